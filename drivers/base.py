@@ -1,0 +1,122 @@
+"""The ``CrossbarDriver`` contract every chip driver fulfils, and what they share.
+
+Batch-oriented: a real controller is slow per call, so every call takes many cells.
+Conductances in µS (float32), times in s (float64), amplitudes in µA, widths in ns.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from pcmlab.config import ArrayGeometry, ChipLimits, StrictModel
+from pcmlab.pulses import PulseKind, check_cells, check_pulses
+
+F32 = npt.NDArray[np.float32]
+
+
+class ChipInfo(StrictModel):
+    """What a driver learned about its chip when it connected."""
+
+    identity: str = Field(description="*IDN? string: maker,model,serial,firmware")
+    geometry: ArrayGeometry
+    g_max_us: float = Field(25.0, gt=0, description="top of the usable conductance range")
+    limits: ChipLimits
+    virtual_clock: bool = Field(False, description="the chip's clock can jump forward")
+
+    @property
+    def n_cells(self) -> int:
+        return self.geometry.n_cells
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Seconds on the chip's time base; ``sleep_until`` returns at (or after) ``t_s``."""
+
+    def now(self) -> float: ...
+
+    def sleep_until(self, t_s: float) -> float: ...
+
+
+class WallClock:
+    """Real time (monotonic), for chips without a virtual clock."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self._start
+
+    def sleep_until(self, t_s: float) -> float:
+        while (remaining := t_s - self.now()) > 0:
+            time.sleep(min(remaining, 1.0))
+        return self.now()
+
+
+@runtime_checkable
+class CrossbarDriver(Protocol):
+    """One interface for every PCM crossbar chip."""
+
+    @property
+    def info(self) -> ChipInfo: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def apply_pulses(
+        self,
+        cells: npt.ArrayLike,
+        kind: PulseKind | str,
+        amplitude_ua: npt.ArrayLike,
+        width_ns: float,
+    ) -> int:
+        """One pulse on each listed cell; returns the number applied. Raises LimitError
+        before sending anything if a value is outside the chip's limits."""
+        ...
+
+    def read(self, cells: npt.ArrayLike | None = None) -> F32:
+        """Conductances in µS of the listed cells (None: the whole array, row-major)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> CrossbarDriver: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class DriverBase:
+    """Shared behaviour: limit checks against ``info``, context manager, closed state."""
+
+    _closed: bool = False
+
+    @property
+    def info(self) -> ChipInfo:  # pragma: no cover - every driver overrides
+        raise NotImplementedError
+
+    def check_pulses(
+        self, cells: npt.ArrayLike, kind: PulseKind | str, amplitude_ua: npt.ArrayLike,
+        width_ns: float,
+    ) -> tuple[PulseKind, npt.NDArray[np.uint32], F32, float]:
+        info = self.info
+        return check_pulses(cells, kind, amplitude_ua, width_ns, info.n_cells, info.limits)
+
+    def check_cells(self, cells: npt.ArrayLike) -> npt.NDArray[np.uint32]:
+        return check_cells(cells, self.info.n_cells)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> DriverBase:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,50 @@
+"""In-process driver over a ``MockChip``: no transport, the chip's virtual clock."""
+
+from __future__ import annotations
+
+import numpy.typing as npt
+
+from drivers.base import F32, ChipInfo, DriverBase
+from mock_chip import MockChip, MockChipConfig, VirtualClock
+from pcmlab.errors import TransportError
+from pcmlab.pulses import PulseKind
+
+
+class MockDriver(DriverBase):
+    """Drive a mock chip held in this process (the default for tests and the demo)."""
+
+    def __init__(self, chip: MockChip | None = None, config: MockChipConfig | None = None
+                 ) -> None:
+        self.chip = chip if chip is not None else MockChip(config)
+        cfg = self.chip.config
+        self._info = ChipInfo(
+            identity=self.chip.identity,
+            geometry=cfg.geometry,
+            g_max_us=cfg.calibration.g_max_us,
+            limits=cfg.limits,
+            virtual_clock=True,
+        )
+
+    @property
+    def info(self) -> ChipInfo:
+        return self._info
+
+    @property
+    def clock(self) -> VirtualClock:
+        return self.chip.clock
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"driver for {self._info.identity} is closed")
+
+    def apply_pulses(self, cells: npt.ArrayLike, kind: PulseKind | str,
+                     amplitude_ua: npt.ArrayLike, width_ns: float) -> int:
+        self._ensure_open()
+        kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
+        return self.chip.apply_pulses(cell_arr, kind, amp, width)
+
+    def read(self, cells: npt.ArrayLike | None = None) -> F32:
+        self._ensure_open()
+        if cells is None:
+            return self.chip.read()
+        return self.chip.read(self.check_cells(cells))

@@ -1,0 +1,181 @@
+"""The mock chip: an array of PCM devices, a virtual clock, hard limits and a seed.
+
+This is what the chip's firmware would hold. The wire servers and the in-process driver
+call it; it never knows how it was reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from mock_chip.clock import VirtualClock
+from mock_chip.physics import OK, DeviceArray, DevicePhysics, FaultRates
+from mock_chip.read_noise import FlickerNoise
+from pcmlab import __version__
+from pcmlab.config import ArrayGeometry, ChipLimits, StrictModel
+from pcmlab.pcm_model import PCMCalibration, PCMModel
+from pcmlab.pulses import PulseKind, check_cells, check_pulses
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+
+_BLOCK = 1 << 16  # cells per block of elementwise work
+
+
+class MockChipConfig(StrictModel):
+    """Everything that defines a mock chip; the same seed gives the same chip and results."""
+
+    geometry: ArrayGeometry = ArrayGeometry()
+    limits: ChipLimits = ChipLimits()
+    physics: DevicePhysics = DevicePhysics()
+    faults: FaultRates = FaultRates()
+    calibration: PCMCalibration = PCMCalibration()
+    seed: int = Field(0, ge=0)
+    maker: str = "pcmlab"
+    model: str = "MockPCM"
+
+
+class MockChip:
+    """A pulse-level PCM crossbar in memory."""
+
+    def __init__(self, config: MockChipConfig | None = None, **overrides: object) -> None:
+        if config is None:
+            config = MockChipConfig.model_validate(overrides)
+        elif overrides:
+            config = config.model_copy(update=overrides)
+        self.config = config
+        self.geometry = config.geometry
+        self.limits = config.limits
+        self.model = PCMModel(config.calibration)
+        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        n = config.geometry.n_cells
+        self.devices = DeviceArray(n, config.physics, config.faults, self.model,
+                                   np.random.default_rng(seeds[0]))
+        self.noise = FlickerNoise(n, np.random.default_rng(seeds[1]),
+                                  t_read_s=config.calibration.t_read_s,
+                                  tau_min_s=config.physics.min_read_delay_s)
+        self.rng = np.random.default_rng(seeds[2])
+        self.clock = VirtualClock()
+        self.pulse_count = np.zeros(n, dtype=np.uint32)
+        self._all = np.arange(n, dtype=np.uint32)
+        self._seen = np.zeros(n, dtype=np.bool_)
+        log.info("mock chip %s ready: %d x %d, seed %d", self.identity,
+                 self.geometry.rows, self.geometry.cols, config.seed)
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        c = self.config
+        return f"{c.maker},{c.model}-{c.geometry.rows}x{c.geometry.cols},{c.seed},{__version__}"
+
+    @property
+    def n_cells(self) -> int:
+        return self.geometry.n_cells
+
+    # -- indexing helpers ------------------------------------------------------------------
+    def _as_index(self, cells: npt.NDArray[np.uint32]) -> slice | npt.NDArray[np.uint32]:
+        """The whole array in order becomes a slice: no gather/scatter on the hot path."""
+        if cells.size == self.n_cells and cells[0] == 0 and np.array_equal(cells, self._all):
+            return slice(None)
+        return cells
+
+    def _blocks(self, idx: slice | npt.NDArray[np.uint32]
+                ) -> Iterator[tuple[slice | npt.NDArray[np.uint32], slice]]:
+        """Split work into cache-sized blocks: the elementwise chains then run from L2
+        instead of main memory (about twice as fast on large arrays)."""
+        n = self.n_cells if isinstance(idx, slice) else idx.size
+        for start in range(0, n, _BLOCK):
+            part = slice(start, min(start + _BLOCK, n))
+            yield (part if isinstance(idx, slice) else idx[part]), part
+
+    def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]]:
+        """Positions of ``cells`` split into rounds with no repeated cell, in request order."""
+        if isinstance(self._as_index(cells), slice):
+            return [self._all[: cells.size]]
+        self._seen[cells] = True
+        unique = int(np.count_nonzero(self._seen)) == cells.size
+        self._seen[cells] = False
+        if unique:
+            return [np.arange(cells.size)]
+        order = np.argsort(cells, kind="stable")
+        sorted_cells = cells[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_cells)) + 1]
+        group_start = np.repeat(starts, np.diff(np.r_[starts, cells.size]))
+        rank = np.empty(cells.size, dtype=np.intp)
+        rank[order] = np.arange(cells.size) - group_start
+        return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]
+
+    # -- the chip's operations -------------------------------------------------------------
+    def apply_pulses(
+        self,
+        cells: npt.ArrayLike,
+        kind: PulseKind | str,
+        amplitude_ua: npt.ArrayLike,
+        width_ns: float,
+    ) -> int:
+        """One pulse on each listed cell (a cell listed twice gets two, in order).
+
+        All or nothing: the whole batch is checked against the limits first. Amplitude 0 is
+        valid and does nothing. Returns the number of pulses applied.
+        """
+        kind, cell_arr, amp, _width = check_pulses(
+            cells, kind, amplitude_ua, width_ns, self.n_cells, self.limits)
+        if cell_arr.size == 0:
+            return 0
+        t = self.clock.now()
+        apply = self.devices.apply_set if kind is PulseKind.SET else self.devices.apply_reset
+        for positions in self._rounds(cell_arr):
+            if positions.size == cell_arr.size:
+                batch, batch_amp = cell_arr, amp
+            else:
+                batch, batch_amp = cell_arr[positions], amp[positions]
+            for sub, part in self._blocks(self._as_index(batch)):
+                apply(sub, batch_amp[part], t, self.rng)
+                self.pulse_count[sub] += np.uint32(1)
+        return int(cell_arr.size)
+
+    def read(self, cells: npt.ArrayLike | None = None) -> F32:
+        """Conductances in µS (drift plus correlated 1/f noise, never negative)."""
+        idx: slice | npt.NDArray[np.uint32]
+        if cells is None:
+            idx = slice(None)
+        else:
+            cell_arr = check_cells(cells, self.n_cells)
+            if cell_arr.size == 0:
+                return np.zeros(0, dtype=np.float32)
+            idx = self._as_index(cell_arr)
+        n = self.n_cells if isinstance(idx, slice) else idx.size
+        out = np.empty(n, dtype=np.float32)
+        for sub, part in self._blocks(idx):
+            out[part] = self._read_block(sub)
+        return out
+
+    def _read_block(self, idx: slice | npt.NDArray[np.uint32]) -> F32:
+        t = self.clock.now()
+        dev = self.devices
+        age = t - dev.t_prog_s[idx]
+        g = dev.conductance_us(idx, t, self.rng, age)
+        np.maximum(age, self.config.physics.min_read_delay_s, out=age)
+        sigma = self.model.read_noise_log_factor(age.astype(np.float32))
+        np.sqrt(sigma, out=sigma)
+        sigma *= g
+        sigma *= dev.q_s[idx]
+        sigma *= self.noise.sample(idx, t, age, self.rng)
+        g += sigma
+        return np.maximum(g, np.float32(0.0), out=g)
+
+    # -- for tests and analysis: the truth a real chip would not tell ----------------------
+    def true_conductance_us(self, cells: npt.ArrayLike | None = None) -> F32:
+        """Noiseless drifted conductance now."""
+        idx = slice(None) if cells is None else check_cells(cells, self.n_cells)
+        return self.devices.conductance_us(idx, self.clock.now(), self.rng)
+
+    def healthy(self) -> npt.NDArray[np.bool_]:
+        """Devices with no fault (not stuck, not weak)."""
+        return (self.devices.fault == OK) & ~self.devices.weak

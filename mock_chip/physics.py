@@ -1,0 +1,259 @@
+"""Pulse-level physics of doped-GST mushroom PCM devices (see DESIGN.md, "mock chip").
+
+Nothing here knows about sockets, clocks or limits: arrays of devices and what a SET or
+RESET pulse does to them. Conductances in µS, currents in µA, times in seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from pcmlab.config import StrictModel
+from pcmlab.pcm_model import PCMModel
+
+F32 = npt.NDArray[np.float32]
+Index = slice | npt.NDArray[np.uint32]
+
+OK, STUCK_RESET, STUCK_SET = 0, 1, 2
+
+
+def select(idx: Index, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """The devices of ``idx`` (a slice or an index array) where ``mask`` is true."""
+    if isinstance(idx, slice):
+        return np.flatnonzero(mask) + (idx.start or 0)
+    return idx[mask]
+
+
+class DevicePhysics(StrictModel):
+    """Pulse-level constants of the mock devices (DESIGN.md, values chosen to meet the
+    calibration target of the statistical model after program-and-verify)."""
+
+    g_sat_median_us: float = Field(32.0, gt=0, description="median saturation conductance")
+    g_sat_log_sigma: float = Field(0.1, ge=0, description="lognormal spread of G_sat")
+    set_threshold_mean_ua: float = Field(50.0, gt=0)
+    set_threshold_std_ua: float = Field(5.0, ge=0)
+    set_current_scale_ua: float = Field(60.0, gt=0, description="G_inf(I) saturation scale")
+    set_fraction: float = Field(0.5, gt=0, le=1, description="fraction of the way to G_inf")
+    set_noise_rel: float = Field(0.15, ge=0, description="c2c noise relative to the step")
+    set_noise_abs_us: float = Field(0.15, ge=0, description="c2c noise floor of a SET step")
+    stall_noise_us: float = Field(0.05, ge=0, description="noise when the state is above G_inf")
+    melt_onset_mean_ua: float = Field(300.0, gt=0)
+    melt_onset_std_ua: float = Field(20.0, ge=0)
+    full_reset_ua: float = Field(450.0, gt=0, description="at or above: full RESET")
+    partial_reset_max_fraction: float = Field(0.6, ge=0, le=1)
+    partial_reset_noise_rel: float = Field(0.1, ge=0)
+    reset_level_sigma_us: float = Field(0.26, ge=0, description="full RESET: |N(0, s)|")
+    min_read_delay_s: float = Field(1e-3, gt=0, description="reads sooner count as this")
+    relaxation_share: float = Field(
+        0.6, ge=0, description="post-programming relaxation spread, in units of sigma_prog(G)")
+
+    @model_validator(mode="after")
+    def _melt_below_full_reset(self) -> DevicePhysics:
+        if self.melt_onset_mean_ua >= self.full_reset_ua:
+            raise ValueError(
+                f"melt_onset_mean_ua={self.melt_onset_mean_ua} must be below "
+                f"full_reset_ua={self.full_reset_ua}"
+            )
+        return self
+
+
+class FaultRates(StrictModel):
+    """Fractions of faulty devices (defaults from DESIGN.md)."""
+
+    stuck_reset: float = Field(0.003, ge=0, le=1)
+    stuck_set: float = Field(0.001, ge=0, le=1)
+    weak: float = Field(0.005, ge=0, le=1, description="devices whose G_sat is far too low")
+    weak_g_sat_fraction: tuple[float, float] = (0.15, 0.6)
+
+    @model_validator(mode="after")
+    def _total(self) -> FaultRates:
+        total = self.stuck_reset + self.stuck_set + self.weak
+        if total > 1:
+            raise ValueError(f"fault rates add up to {total}, more than 1")
+        lo, hi = self.weak_g_sat_fraction
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"weak_g_sat_fraction=({lo}, {hi}) must satisfy 0 < low <= high <= 1")
+        return self
+
+    @classmethod
+    def none(cls) -> FaultRates:
+        return cls(stuck_reset=0.0, stuck_set=0.0, weak=0.0)
+
+
+class DeviceArray:
+    """Per-device parameters and state of every device of a chip, as flat float32 arrays."""
+
+    def __init__(
+        self,
+        n_cells: int,
+        physics: DevicePhysics,
+        faults: FaultRates,
+        model: PCMModel,
+        rng: np.random.Generator,
+    ) -> None:
+        self.physics = physics
+        self.model = model
+        p = physics
+        n = n_cells
+        f32 = np.float32
+        self.g_sat_us = (p.g_sat_median_us * np.exp(p.g_sat_log_sigma * rng.standard_normal(n)))
+        self.g_sat_us = self.g_sat_us.astype(f32)
+        self.i_th_ua = np.maximum(
+            rng.normal(p.set_threshold_mean_ua, p.set_threshold_std_ua, n), 1.0).astype(f32)
+        melt = rng.normal(p.melt_onset_mean_ua, p.melt_onset_std_ua, n)
+        self.i_melt_ua = np.clip(melt, self.i_th_ua + 20.0, p.full_reset_ua - 10.0).astype(f32)
+
+        self.fault = np.zeros(n, dtype=np.uint8)
+        u = rng.random(n)
+        self.fault[u < faults.stuck_reset] = STUCK_RESET
+        self.fault[(u >= faults.stuck_reset) & (u < faults.stuck_reset + faults.stuck_set)] = (
+            STUCK_SET
+        )
+        weak_lo = faults.stuck_reset + faults.stuck_set
+        weak = (u >= weak_lo) & (u < weak_lo + faults.weak)
+        lo, hi = faults.weak_g_sat_fraction
+        self.g_sat_us[weak] *= rng.uniform(lo, hi, int(weak.sum())).astype(f32)
+        self.weak = weak
+        self.ok = self.fault == OK
+
+        # As fabricated: RESET state; stuck-SET devices sit near saturation.
+        self.g_prog_us = np.abs(p.reset_level_sigma_us * rng.standard_normal(n)).astype(f32)
+        stuck_set = self.fault == STUCK_SET
+        self.g_prog_us[stuck_set] = (
+            self.g_sat_us[stuck_set] * rng.uniform(0.7, 1.0, int(stuck_set.sum()))
+        ).astype(f32)
+        self.t_prog_s = np.zeros(n, dtype=np.float64)
+        # A device's drift exponent belongs to its amorphous plug: the standard-normal
+        # deviate behind nu is drawn anew at every melt-quench (RESET) and kept through
+        # partial SETs, which grow crystal into the same plug.
+        self.nu_deviate = rng.standard_normal(n, dtype=f32)
+        self.nu, self.q_s = model.device_params(self.g_prog_us, self.nu_deviate)
+        # Post-programming relaxation deviate, drawn lazily on the first read that sees it
+        # (NaN: not drawn yet), so pulse-and-verify loops pay nothing for it.
+        self.relax_deviate = np.full(n, np.nan, dtype=f32)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.g_prog_us.size)
+
+    # -- state -----------------------------------------------------------------------------
+    def conductance_us(self, idx: Index, t_s: float, rng: np.random.Generator,
+                       age_s: npt.NDArray[np.float64] | None = None) -> F32:
+        """Noiseless conductance now (a copy): the programmed state, its relaxation toward
+        a random offset between the minimum read delay and t0, then drift (age/t0)^(-nu).
+
+        The relaxation (structural relaxation right after melt-quench or partial SET,
+        Le Gallo et al., J. Appl. Phys. 124, 2018) is why a verify read taken microseconds
+        after the pulse is tighter than the spread seen at t0: its size is
+        ``relaxation_share * sigma_prog(G)``, growing linearly in log time.
+        """
+        g = np.array(self.g_prog_us[idx], dtype=np.float32, copy=True)
+        age = t_s - self.t_prog_s[idx] if age_s is None else age_s
+        t0 = self.model.calibration.t0_s
+        d = self.physics.min_read_delay_s
+        relaxing = age > d
+        if relaxing.any() and self.physics.relaxation_share > 0:
+            sel = select(idx, relaxing)
+            r = self.relax_deviate[sel]
+            missing = np.isnan(r)
+            if missing.any():
+                r[missing] = rng.standard_normal(int(missing.sum()), dtype=np.float32)
+                self.relax_deviate[sel[missing]] = r[missing]
+            h = np.log(np.minimum(age[relaxing], t0) / d) / np.log(t0 / d)
+            g_rel = g[relaxing]
+            sigma = self.model.prog_noise_sigma_us(g_rel).astype(np.float32)
+            g_rel += np.float32(self.physics.relaxation_share) * sigma * r * h.astype(np.float32)
+            g[relaxing] = np.maximum(g_rel, np.float32(0.0))
+        late = age > t0
+        if late.any():
+            nu = self.nu[idx][late]
+            g[late] *= (age[late] / t0).astype(np.float32) ** -nu
+        return g
+
+    def _restart(
+        self, idx: Index, g_new: F32, effective: npt.NDArray[np.bool_], t_s: float
+    ) -> None:
+        """An effective pulse leaves state g_new and restarts drift and 1/f noise."""
+        np.maximum(g_new, np.float32(0.0), out=g_new)
+        nu, q_s = self.model.device_params(g_new, self.nu_deviate[idx])
+        if effective.all():
+            self.relax_deviate[idx] = np.nan
+            self.g_prog_us[idx] = g_new
+            self.t_prog_s[idx] = t_s
+            self.nu[idx] = nu
+            self.q_s[idx] = q_s
+        elif isinstance(idx, slice):  # masked copies into views: no gather, no scatter
+            np.copyto(self.relax_deviate[idx], np.nan, where=effective)
+            np.copyto(self.g_prog_us[idx], g_new, where=effective)
+            np.copyto(self.t_prog_s[idx], t_s, where=effective)
+            np.copyto(self.nu[idx], nu, where=effective)
+            np.copyto(self.q_s[idx], q_s, where=effective)
+        else:
+            sel = idx[effective]
+            self.relax_deviate[sel] = np.nan
+            self.g_prog_us[sel] = g_new[effective]
+            self.t_prog_s[sel] = t_s
+            self.nu[sel] = nu[effective]
+            self.q_s[sel] = q_s[effective]
+
+    # -- pulses (idx must not repeat a device) ---------------------------------------------
+    def apply_set(self, idx: Index, amplitude_ua: F32, t_s: float, rng: np.random.Generator
+                  ) -> None:
+        """Partial SET: move a fraction of the way toward G_inf(I) = G_sat(1 - e^-(I-I_th)/s).
+
+        A state already above G_inf(I) barely moves. Written with in-place float32 ops:
+        this is the mock chip's hot path.
+        """
+        p = self.physics
+        f32 = np.float32
+        i_th = self.i_th_ua[idx]
+        effective = amplitude_ua > i_th
+        effective &= self.ok[idx]
+        if not effective.any():
+            return
+        g = self.conductance_us(idx, t_s, rng)
+        delta = i_th - amplitude_ua
+        delta *= f32(1.0 / p.set_current_scale_ua)
+        np.expm1(delta, out=delta)
+        delta *= -self.g_sat_us[idx]  # G_inf(I)
+        delta -= g
+        rising = delta > 0
+        np.maximum(delta, f32(0.0), out=delta)
+        delta *= f32(p.set_fraction)  # the step
+        # cycle-to-cycle noise: a share of the step plus a floor (smaller when stalled)
+        sigma = delta * f32(p.set_noise_rel)
+        sigma += rising * f32(p.set_noise_abs_us - p.stall_noise_us)
+        sigma += f32(p.stall_noise_us)
+        sigma *= rng.standard_normal(g.shape, dtype=np.float32)
+        g += delta
+        g += sigma
+        self._restart(idx, g, effective, t_s)
+
+    def apply_reset(self, idx: Index, amplitude_ua: F32, t_s: float, rng: np.random.Generator
+                    ) -> None:
+        """Melt-quench: nothing below the melting onset; a partial RESET whose level falls
+        with I up to full_reset_ua; at or above it back to the RESET level. The previous
+        state is erased."""
+        p = self.physics
+        f32 = np.float32
+        i_melt = self.i_melt_ua[idx]
+        effective = amplitude_ua >= i_melt
+        effective &= self.ok[idx]
+        if not effective.any():
+            return
+        g_sat = self.g_sat_us[idx]
+        frac = (amplitude_ua - i_melt) / (f32(p.full_reset_ua) - i_melt)
+        np.clip(frac, f32(0.0), f32(1.0), out=frac)
+        level = f32(p.partial_reset_max_fraction) * g_sat * (f32(1.0) - frac)
+        noise = rng.standard_normal((2,) + g_sat.shape, dtype=np.float32)
+        level *= f32(1.0) + f32(p.partial_reset_noise_rel) * noise[0]
+        level += f32(p.reset_level_sigma_us) * noise[0]
+        np.abs(level, out=level)
+        # a new amorphous plug: a new drift-exponent deviate
+        if isinstance(idx, slice):
+            np.copyto(self.nu_deviate[idx], noise[1], where=effective)
+        else:
+            self.nu_deviate[idx[effective]] = noise[1][effective]
+        self._restart(idx, level, effective, t_s)

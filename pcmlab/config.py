@@ -1,0 +1,119 @@
+"""Configuration models (pydantic v2) and their TOML / JSON files.
+
+Every model forbids unknown fields so that a typo in a configuration file is an error,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pcmlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every pcmlab configuration: unknown fields are rejected, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ArrayGeometry(StrictModel):
+    """Shape of the crossbar array; cells are addressed row-major by ``row * cols + col``."""
+
+    rows: int = Field(512, ge=1, le=65536, description="number of word lines")
+    cols: int = Field(2048, ge=1, le=65536, description="number of bit lines")
+
+    @property
+    def n_cells(self) -> int:
+        return self.rows * self.cols
+
+    @model_validator(mode="after")
+    def _fits_uint32(self) -> ArrayGeometry:
+        if self.rows * self.cols > 2**32 - 1:
+            raise ValueError(
+                f"rows*cols = {self.rows * self.cols} exceeds the uint32 cell index range"
+            )
+        return self
+
+
+class ChipLimits(StrictModel):
+    """Hard limits of a chip's pulse generator; requests outside them are refused."""
+
+    max_set_ua: float = Field(250.0, gt=0, description="largest SET amplitude, µA")
+    max_reset_ua: float = Field(500.0, gt=0, description="largest RESET amplitude, µA")
+    min_width_ns: float = Field(10.0, gt=0, description="shortest pulse, ns")
+    max_width_ns: float = Field(10_000.0, gt=0, description="longest pulse, ns")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChipLimits:
+        if self.min_width_ns > self.max_width_ns:
+            raise ValueError(
+                f"min_width_ns={self.min_width_ns} is above max_width_ns={self.max_width_ns}"
+            )
+        return self
+
+
+def format_validation_error(exc: ValidationError, source: str = "") -> str:
+    """One line per problem: where, the value given, and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"{loc}{shown}: {err['msg']}")
+    prefix = f"{source}: " if source else ""
+    return prefix + "invalid configuration\n  " + "\n  ".join(lines)
+
+
+def validate_model(cls: type[ModelT], data: Any, source: str = "") -> ModelT:
+    """Build ``cls`` from ``data``, turning pydantic's error into a readable ConfigError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_model(cls: type[ModelT], path: str | Path) -> ModelT:
+    """Read a model from a ``.toml`` or ``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"{path}: expected a .toml or .json file, got '{suffix}'")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
+    return validate_model(cls, data, str(path))
+
+
+def save_model(model: BaseModel, path: str | Path) -> Path:
+    """Write a model to ``.toml`` or ``.json`` (chosen by the suffix)."""
+    path = Path(path)
+    data = model.model_dump(mode="json", exclude_none=True)
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    elif suffix == ".json":
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    else:
+        raise ConfigError(f"{path}: expected a .toml or .json file, got '{suffix}'")
+    return path

@@ -1,0 +1,45 @@
+"""The package's exception hierarchy: one root, one class per kind of failure."""
+
+from __future__ import annotations
+
+
+class PcmlabError(Exception):
+    """Root of every error pcmlab raises on purpose."""
+
+
+class ConfigError(PcmlabError, ValueError):
+    """A configuration or argument is outside what is allowed."""
+
+
+class LimitError(ConfigError):
+    """A request exceeds a hard limit of the chip (amplitude, width, cell index, ...).
+
+    Raised before anything is sent, so the array is untouched.
+    """
+
+
+class TransportError(PcmlabError, OSError):
+    """The connection to the chip failed: timeout, closed link, corrupt frame."""
+
+
+class DeviceError(PcmlabError):
+    """The chip reported an error for a command."""
+
+    def __init__(self, message: str, *, command: str = "", code: int | None = None) -> None:
+        super().__init__(message)
+        self.command = command
+        self.code = code
+
+
+class SchemaError(PcmlabError, ValueError):
+    """A file is not in the expected schema (foreign, corrupt or newer)."""
+
+
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "LimitError",
+    "PcmlabError",
+    "SchemaError",
+    "TransportError",
+]

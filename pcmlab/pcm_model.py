@@ -1,0 +1,191 @@
+"""The calibrated statistical PCM model: the only home of its constants.
+
+Doped-GST mushroom PCM as characterised by Nandakumar et al., "Phase-change memory
+models for deep learning training and inference", ICECS 2019, and Joshi et al.,
+"Accurate deep neural network inference using computational phase-change memory",
+Nat. Commun. 11, 2473 (2020); the same formulas as IBM aihwkit's ``PCMLikeNoiseModel``.
+Conductances in µS, times in seconds since the end of programming.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from pcmlab.config import StrictModel
+
+FloatArray = npt.NDArray[np.floating]
+ArrayLike = npt.ArrayLike
+
+def _as_float(x: ArrayLike) -> FloatArray:
+    arr = np.asarray(x)
+    return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
+
+
+# Smallest relative conductance used inside logarithms and powers (aihwkit uses the same).
+_G_REL_FLOOR = 1e-7
+
+
+class PCMCalibration(StrictModel):
+    """Constants of the statistical PCM model (defaults: Joshi et al. 2020, Nandakumar 2019).
+
+    A lab that fitted its own chip (``pcmlab fit``) writes a file of this model.
+    """
+
+    g_max_us: float = Field(25.0, gt=0, le=1000, description="G_max that g_T is relative to")
+    t0_s: float = Field(20.0, gt=0, description="drift reference time after programming")
+    # sigma_prog(g_T) = c0 + c1 g_T + c2 g_T^2 (µS), clipped at 0 — Nandakumar 2019, Fig. 3
+    prog_noise_coeffs_us: tuple[float, float, float] = (0.26348, 1.9650, -1.1731)
+    # mu_nu = clip(a ln g_T + b, lo, hi) — Joshi 2020, Methods
+    drift_mu_coeffs: tuple[float, float] = (-0.0155, 0.0244)
+    drift_mu_range: tuple[float, float] = (0.049, 0.1)
+    # sigma_nu = clip(a ln g_T + b, lo, hi)
+    drift_sigma_coeffs: tuple[float, float] = (-0.0125, -0.0059)
+    drift_sigma_range: tuple[float, float] = (0.008, 0.045)
+    # Q_s = min(q / g_T^e, q_max); sigma_read = G(t) Q_s sqrt(ln((t + t_r) / (2 t_r)))
+    read_noise_q: float = Field(0.0088, ge=0)
+    read_noise_exponent: float = Field(0.65, ge=0)
+    read_noise_q_max: float = Field(0.2, ge=0)
+    t_read_s: float = Field(250e-9, gt=0, description="read pulse duration t_r")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> PCMCalibration:
+        for name in ("drift_mu_range", "drift_sigma_range"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name}=({lo}, {hi}): need 0 <= low <= high")
+        return self
+
+
+class PCMModel:
+    """Vectorized sampling and formulas of the statistical model.
+
+    Every random method takes an explicit ``numpy.random.Generator``.
+    """
+
+    def __init__(self, calibration: PCMCalibration | None = None) -> None:
+        self.calibration = calibration or PCMCalibration()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def relative(self, g_us: ArrayLike) -> FloatArray:
+        """g_T = G / G_max, floored at a tiny positive value for logs and powers.
+
+        float32 input stays float32 (the mock chip's hot path); anything else is float64.
+        """
+        g = _as_float(g_us)
+        return np.maximum(g * g.dtype.type(1.0 / self.calibration.g_max_us), _G_REL_FLOOR)
+
+    # -- programming noise -----------------------------------------------------------------
+    def prog_noise_sigma_us(self, g_target_us: ArrayLike) -> FloatArray:
+        """sigma_prog(G_T) in µS."""
+        c0, c1, c2 = self.calibration.prog_noise_coeffs_us
+        g = np.asarray(g_target_us, dtype=np.float64) / self.calibration.g_max_us
+        return np.maximum(c0 + c1 * g + c2 * g * g, 0.0)
+
+    def program(self, g_target_us: ArrayLike, rng: np.random.Generator) -> FloatArray:
+        """Programmed conductances: target plus programming noise, never negative."""
+        g_t = np.asarray(g_target_us, dtype=np.float64)
+        g = g_t + self.prog_noise_sigma_us(g_t) * rng.standard_normal(g_t.shape)
+        return np.maximum(g, 0.0)
+
+    # -- drift -----------------------------------------------------------------------------
+    def drift_nu_mean(self, g_us: ArrayLike) -> FloatArray:
+        """Mean drift exponent mu_nu at conductance G."""
+        a, b = self.calibration.drift_mu_coeffs
+        lo, hi = self.calibration.drift_mu_range
+        return np.clip(a * np.log(self.relative(g_us)) + b, lo, hi)
+
+    def drift_nu_std(self, g_us: ArrayLike) -> FloatArray:
+        """Spread sigma_nu of the drift exponent at conductance G."""
+        a, b = self.calibration.drift_sigma_coeffs
+        lo, hi = self.calibration.drift_sigma_range
+        return np.clip(a * np.log(self.relative(g_us)) + b, lo, hi)
+
+    def sample_nu(self, g_us: ArrayLike, rng: np.random.Generator) -> FloatArray:
+        """Per-device drift exponents nu ~ |N(mu_nu, sigma_nu)|."""
+        mu = self.drift_nu_mean(g_us)
+        noise = rng.standard_normal(mu.shape, dtype=mu.dtype)
+        return np.abs(mu + self.drift_nu_std(g_us) * noise)
+
+    def device_params(
+        self, g_us: ArrayLike, nu_deviate: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """(nu, Q_s) for devices just programmed to G: one logarithm serves both.
+
+        ``nu_deviate`` are standard-normal deviates, one per device:
+        nu = |mu_nu(G) + sigma_nu(G) * deviate|.
+        """
+        c = self.calibration
+        log_g = np.log(self.relative(g_us))
+        (ma, mb), (mlo, mhi) = c.drift_mu_coeffs, c.drift_mu_range
+        (sa, sb), (slo, shi) = c.drift_sigma_coeffs, c.drift_sigma_range
+        nu = np.clip(sa * log_g + sb, slo, shi)  # sigma_nu
+        nu *= nu_deviate
+        nu += np.clip(ma * log_g + mb, mlo, mhi)  # mu_nu
+        np.abs(nu, out=nu)
+        log_g *= -c.read_noise_exponent
+        q_s = np.exp(log_g, out=log_g)
+        q_s *= c.read_noise_q
+        np.minimum(q_s, c.read_noise_q_max, out=q_s)
+        return nu, q_s
+
+    def drift(self, g_prog_us: ArrayLike, nu: ArrayLike, t_s: ArrayLike) -> FloatArray:
+        """G(t) = G_prog (t / t0)^(-nu), flat before t0."""
+        t0 = self.calibration.t0_s
+        ratio = np.maximum(np.asarray(t_s, dtype=np.float64), t0) / t0
+        return np.asarray(g_prog_us, dtype=np.float64) * ratio ** (-np.asarray(nu))
+
+    # -- read noise ------------------------------------------------------------------------
+    def read_noise_q(self, g_us: ArrayLike) -> FloatArray:
+        """Q_s, the 1/f noise amplitude relative to G, at conductance G."""
+        c = self.calibration
+        return np.minimum(c.read_noise_q / self.relative(g_us) ** c.read_noise_exponent,
+                          c.read_noise_q_max)
+
+    def read_noise_log_factor(self, t_s: ArrayLike) -> FloatArray:
+        """ln((t + t_r) / (2 t_r)): the 1/f variance integrated over the bandwidth 1/t..1/2t_r."""
+        t_r = self.calibration.t_read_s
+        return np.log((_as_float(t_s) + t_r) / (2 * t_r))
+
+    def read_noise_sigma_us(
+        self, g_drift_us: ArrayLike, g_target_us: ArrayLike, t_s: ArrayLike
+    ) -> FloatArray:
+        """sigma_read(t) = G_drift(t) Q_s(G_T) sqrt(ln((t + t_r) / (2 t_r)))."""
+        log_factor = np.maximum(self.read_noise_log_factor(t_s), 0.0)
+        return np.asarray(g_drift_us) * self.read_noise_q(g_target_us) * np.sqrt(log_factor)
+
+    # -- the whole chain -------------------------------------------------------------------
+    def simulate(
+        self, g_target_us: ArrayLike, t_s: ArrayLike, rng: np.random.Generator
+    ) -> FloatArray:
+        """Conductances read at each time t (s after programming) for targets G_T.
+
+        Returns shape ``(len(t_s),) + G_T.shape``; one programming and one set of drift
+        exponents per device, independent read noise per time. Never negative.
+        """
+        g_t = np.asarray(g_target_us, dtype=np.float64)
+        times = np.atleast_1d(np.asarray(t_s, dtype=np.float64))
+        g_prog = self.program(g_t, rng)
+        nu = self.sample_nu(g_t, rng)
+        out = np.empty(times.shape + g_t.shape)
+        for i, t in enumerate(times):
+            g_drift = self.drift(g_prog, nu, t)
+            sigma = self.read_noise_sigma_us(g_drift, g_t, t)
+            out[i] = np.maximum(g_drift + sigma * rng.standard_normal(g_t.shape), 0.0)
+        return out
+
+    def total_sigma_us(self, g_target_us: ArrayLike, t_s: float) -> FloatArray:
+        """Spread of a single read at t around G_T, ignoring drift: sqrt(prog^2 + read^2)."""
+        g_t = np.asarray(g_target_us, dtype=np.float64)
+        return np.hypot(self.prog_noise_sigma_us(g_t), self.read_noise_sigma_us(g_t, g_t, t_s))
+
+
+def global_drift_compensation(
+    response_t0: ArrayLike, response_t: ArrayLike
+) -> float:
+    """alpha_GDC = summed |response| at t0 over the same at t (one factor per layer)."""
+    denom = float(np.sum(np.abs(response_t)))
+    if denom == 0.0:
+        return 1.0
+    return float(np.sum(np.abs(response_t0))) / denom

@@ -1,0 +1,286 @@
+"""Closed-loop iterative program-and-verify, written once against ``CrossbarDriver``.
+
+Vectorized over the cells still in the loop: each iteration costs at most three driver
+calls (RESET the overshot, SET the rest, verify-read both), whatever the number of cells.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from drivers.base import ChipInfo, CrossbarDriver
+from pcmlab.config import StrictModel
+from pcmlab.errors import ConfigError, LimitError
+from pcmlab.pulses import PulseKind
+from protocols.interrupt import StopToken, deferred_sigint
+
+log = logging.getLogger(__name__)
+
+
+class AmplitudeCurve(StrictModel):
+    """Chip-average programming curve: the SET amplitude whose saturation level is G,
+    I(G) = I_th - s ln(1 - G / G_sat) (inverse of G_inf(I) = G_sat (1 - e^-(I - I_th)/s))."""
+
+    g_sat_us: float = Field(32.0, gt=0)
+    threshold_ua: float = Field(50.0, ge=0)
+    scale_ua: float = Field(60.0, gt=0)
+
+    def amplitude_ua(self, g_us: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        g = np.minimum(np.asarray(g_us, dtype=np.float64), 0.98 * self.g_sat_us)
+        amp = self.threshold_ua - self.scale_ua * np.log1p(-g / self.g_sat_us)
+        return amp.astype(np.float32)
+
+
+class OvershootPolicy(str, enum.Enum):
+    """What to do with a cell above its window: SET cannot lower a conductance."""
+
+    RESET = "reset"  # RESET it and retry at a lower amplitude
+    STOP = "stop"  # give up on it (left unconverged)
+
+
+class ProgramVerifyConfig(StrictModel):
+    """Settings of program-and-verify; the defaults converge on the mock's physics."""
+
+    tolerance_abs_us: float = Field(0.5, ge=0, description="window half-width, fixed part")
+    tolerance_rel: float = Field(0.04, ge=0, lt=1, description="window half-width, share of G_T")
+    max_iterations: int = Field(20, ge=1, le=10_000)
+    gain_ua_per_us: float = Field(2.0, gt=0, le=1000, description="amplitude step per µS error")
+    initial_curve: AmplitudeCurve = AmplitudeCurve()
+    overshoot: OvershootPolicy = OvershootPolicy.RESET
+    overshoot_backoff_ua: float = Field(5.0, ge=0, description="extra step down after a RESET")
+    overshoot_gain_factor: float = Field(
+        0.5, gt=0, le=1, description="a cell's gain is multiplied by this at each overshoot")
+    min_set_ua: float = Field(0.0, ge=0, description="lowest SET amplitude the loop uses")
+    max_set_ua: float | None = Field(
+        None, gt=0, description="highest SET amplitude the loop uses (default: chip limit)")
+    set_width_ns: float = Field(500.0, gt=0)
+    reset_amplitude_ua: float = Field(470.0, gt=0)
+    reset_width_ns: float = Field(50.0, gt=0)
+    record_traces: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProgramVerifyConfig:
+        if self.tolerance_abs_us == 0 and self.tolerance_rel == 0:
+            raise ValueError("tolerance_abs_us and tolerance_rel are both 0: no cell could "
+                             "ever converge; give a positive tolerance")
+        if self.max_set_ua is not None and self.min_set_ua > self.max_set_ua:
+            raise ValueError(f"min_set_ua={self.min_set_ua} is above max_set_ua={self.max_set_ua}")
+        return self
+
+    def check_against(self, info: ChipInfo) -> None:
+        """Refuse settings the chip cannot do, before any pulse is sent."""
+        lim = info.limits
+        if self.max_set_ua is not None and self.max_set_ua > lim.max_set_ua:
+            raise LimitError(f"max_set_ua={self.max_set_ua} µA is above the chip's SET limit "
+                             f"of {lim.max_set_ua} µA; lower it or leave it unset")
+        if self.min_set_ua > lim.max_set_ua:
+            raise LimitError(f"min_set_ua={self.min_set_ua} µA is above the chip's SET limit "
+                             f"of {lim.max_set_ua} µA")
+        if self.reset_amplitude_ua > lim.max_reset_ua:
+            raise LimitError(f"reset_amplitude_ua={self.reset_amplitude_ua} µA is above the "
+                             f"chip's RESET limit of {lim.max_reset_ua} µA")
+        for name in ("set_width_ns", "reset_width_ns"):
+            width = getattr(self, name)
+            if not lim.min_width_ns <= width <= lim.max_width_ns:
+                raise LimitError(f"{name}={width} ns is outside the chip's range "
+                                 f"{lim.min_width_ns}..{lim.max_width_ns} ns")
+
+    def tolerance_us(self, target_us: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return (self.tolerance_abs_us + self.tolerance_rel * target_us).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ProgramProgress:
+    iteration: int
+    max_iterations: int
+    n_converged: int
+    n_total: int
+    n_active: int
+
+
+@dataclass
+class ProgramResult:
+    """Per-cell outcome of program-and-verify, in the order the cells were given."""
+
+    cells: npt.NDArray[np.uint32]
+    target_us: npt.NDArray[np.float32]
+    g_us: npt.NDArray[np.float32]  # final verify reading
+    iterations: npt.NDArray[np.uint16]
+    converged: npt.NDArray[np.bool_]
+    last_pulse_s: npt.NDArray[np.float64]  # chip clock
+    end_s: float  # chip clock at the end of programming
+    interrupted: bool = False
+    n_driver_calls: int = 0
+    traces: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    @property
+    def converged_fraction_nonzero(self) -> float:
+        nonzero = self.target_us > 0
+        return float(self.converged[nonzero].mean()) if nonzero.any() else 1.0
+
+
+ProgressCallback = Callable[[ProgramProgress], None]
+
+
+def differential_targets(
+    plus_cells: npt.ArrayLike, minus_cells: npt.ArrayLike, signed_target_us: npt.ArrayLike
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+    """Targets for differential pairs G+ / G-: the device carrying the sign gets |G_T|, its
+    partner 0 (left RESET). Returns (cells, per-device targets), plus devices first."""
+    plus = np.asarray(plus_cells, dtype=np.uint32)
+    minus = np.asarray(minus_cells, dtype=np.uint32)
+    signed = np.asarray(signed_target_us, dtype=np.float32)
+    if not plus.shape == minus.shape == signed.shape or plus.ndim != 1:
+        raise ConfigError(f"plus_cells {plus.shape}, minus_cells {minus.shape} and "
+                          f"signed_target_us {signed.shape} must be 1-D of one length")
+    cells = np.concatenate([plus, minus])
+    targets = np.concatenate([np.maximum(signed, 0), np.maximum(-signed, 0)])
+    return cells, targets.astype(np.float32)
+
+
+def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
+                   ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+    cell_arr = np.asarray(cells)
+    tgt = np.asarray(target_us, dtype=np.float32)
+    if cell_arr.ndim != 1 or tgt.shape != cell_arr.shape:
+        raise ConfigError(f"{cell_arr.size} cells but {tgt.size} targets: give one target "
+                          "(µS) per cell, both 1-D")
+    if not np.issubdtype(cell_arr.dtype, np.integer):
+        raise ConfigError(f"cells must be integer flat indices, got dtype {cell_arr.dtype}")
+    if cell_arr.size and (cell_arr.min() < 0 or cell_arr.max() >= info.n_cells):
+        bad = int(cell_arr.min()) if cell_arr.min() < 0 else int(cell_arr.max())
+        raise LimitError(f"cell index {bad} is outside the array (valid 0..{info.n_cells - 1})")
+    cell_arr = cell_arr.astype(np.uint32)
+    if np.unique(cell_arr).size != cell_arr.size:
+        raise ConfigError("a cell appears twice in the targets: give each cell one target")
+    if not np.isfinite(tgt).all():
+        raise ConfigError("targets contain NaN or infinity")
+    if tgt.size and (tgt.min() < 0 or tgt.max() > info.g_max_us):
+        bad = float(tgt.min()) if tgt.min() < 0 else float(tgt.max())
+        raise ConfigError(f"target {bad} µS is outside the chip's range 0..{info.g_max_us} µS"
+                          "; a negative weight goes on the minus device of its pair")
+    return cell_arr, tgt
+
+
+def program_and_verify(
+    driver: CrossbarDriver,
+    cells: npt.ArrayLike,
+    target_us: npt.ArrayLike,
+    config: ProgramVerifyConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    stop: StopToken | None = None,
+) -> ProgramResult:
+    """Program each cell to its target conductance (µS) and verify it.
+
+    Every cell is RESET first; zero targets stay RESET (re-RESET until they read within
+    the window). Returns the partial result, marked interrupted, on Ctrl-C or ``stop``.
+    """
+    cfg = config or ProgramVerifyConfig()
+    info = driver.info
+    cfg.check_against(info)
+    cells_arr, target = _check_targets(info, cells, target_us)
+    stop = stop or StopToken()
+    n = cells_arr.size
+    tol = cfg.tolerance_us(target)
+    max_set = cfg.max_set_ua if cfg.max_set_ua is not None else info.limits.max_set_ua
+    amp = np.clip(cfg.initial_curve.amplitude_ua(target), cfg.min_set_ua, max_set)
+    gain = np.full(n, cfg.gain_ua_per_us, dtype=np.float32)
+    g = np.full(n, np.nan, dtype=np.float32)
+    iterations = np.zeros(n, dtype=np.uint16)
+    converged = np.zeros(n, dtype=np.bool_)
+    last_pulse = np.full(n, np.nan, dtype=np.float64)
+    zero = target == 0
+    need_reset = np.ones(n, dtype=np.bool_)  # everything starts from RESET
+    need_set = ~zero
+    calls = 0
+    trace_g: list[npt.NDArray[np.float32]] = []
+    trace_amp: list[npt.NDArray[np.float32]] = []
+    interrupted = False
+
+    def report(iteration: int) -> None:
+        if progress is not None:
+            progress(ProgramProgress(iteration, cfg.max_iterations, int(converged.sum()), n,
+                                     int((need_set | need_reset).sum())))
+
+    with deferred_sigint(stop):
+        for it in range(0, cfg.max_iterations + 1):
+            # iteration 0 is the initial RESET of everything and its verify
+            pulsed = np.zeros(n, dtype=np.bool_)
+            rs = np.flatnonzero(need_reset)
+            if rs.size:
+                driver.apply_pulses(cells_arr[rs], PulseKind.RESET, cfg.reset_amplitude_ua,
+                                    cfg.reset_width_ns)
+                calls += 1
+                last_pulse[rs] = driver.clock.now()
+                pulsed[rs] = True
+                if stop.requested:
+                    interrupted = True
+                    break
+            ss = np.flatnonzero(need_set) if it > 0 else np.zeros(0, dtype=np.intp)
+            if ss.size:
+                driver.apply_pulses(cells_arr[ss], PulseKind.SET, amp[ss], cfg.set_width_ns)
+                calls += 1
+                last_pulse[ss] = driver.clock.now()
+                pulsed[ss] = True
+                if stop.requested:
+                    interrupted = True
+                    break
+            touched = np.flatnonzero(pulsed)
+            if touched.size == 0:
+                break
+            g[touched] = driver.read(cells_arr[touched])
+            calls += 1
+            if it > 0:
+                iterations[touched] += 1
+            err = target[touched] - g[touched]
+            ok = np.abs(err) <= tol[touched]
+            converged[touched[ok]] = True
+            need_reset[touched] = False
+            need_set[touched[ok]] = False
+            # zero targets that still read high: RESET again
+            bad_zero = touched[~ok & zero[touched]]
+            need_reset[bad_zero] = True
+            # SET cells: feedback on the error; overshoot handled by policy
+            live = ~ok & ~zero[touched]
+            over = live & (err < -tol[touched])
+            under = live & ~over
+            idx_under = touched[under]
+            amp[idx_under] = np.clip(amp[idx_under] + gain[idx_under] * err[under],
+                                     cfg.min_set_ua, max_set)
+            idx_over = touched[over]
+            if cfg.overshoot is OvershootPolicy.RESET:
+                need_reset[idx_over] = True
+                lowered = amp[idx_over] + gain[idx_over] * err[over] - cfg.overshoot_backoff_ua
+                amp[idx_over] = np.clip(lowered, cfg.min_set_ua, max_set)
+                gain[idx_over] *= cfg.overshoot_gain_factor
+            else:
+                need_set[idx_over] = False
+            if it > 0 and cfg.record_traces:
+                trace_g.append(g.copy())
+                trace_amp.append(amp.copy())
+            report(it)
+            if stop.requested:
+                interrupted = True
+                break
+            if it == cfg.max_iterations or not (need_set.any() or need_reset.any()):
+                break
+    traces = {}
+    if cfg.record_traces and trace_g:
+        traces = {"conductance_us": np.stack(trace_g), "amplitude_ua": np.stack(trace_amp)}
+    result = ProgramResult(
+        cells=cells_arr, target_us=target, g_us=g, iterations=iterations,
+        converged=converged, last_pulse_s=last_pulse, end_s=driver.clock.now(),
+        interrupted=interrupted, n_driver_calls=calls, traces=traces,
+    )
+    log.info("program-and-verify: %d cells, %.2f %% of non-zero converged, %d driver calls%s",
+             n, 100 * result.converged_fraction_nonzero, calls,
+             " (interrupted)" if interrupted else "")
+    return result
