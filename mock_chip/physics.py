@@ -247,7 +247,7 @@ class DeviceArray:
         frac = (amplitude_ua - i_melt) / (f32(p.full_reset_ua) - i_melt)
         np.clip(frac, f32(0.0), f32(1.0), out=frac)
         level = f32(p.partial_reset_max_fraction) * g_sat * (f32(1.0) - frac)
-        noise = rng.standard_normal((2,) + g_sat.shape, dtype=np.float32)
+        noise = rng.standard_normal((2, *g_sat.shape), dtype=np.float32)
         level *= f32(1.0) + f32(p.partial_reset_noise_rel) * noise[0]
         level += f32(p.reset_level_sigma_us) * noise[0]
         np.abs(level, out=level)

@@ -1,0 +1,77 @@
+"""Statistics a lab looks at after programming and reading a chip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pcmlab.pcm_model import PCMModel
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """Programming outcome of the cells that share one target level."""
+
+    target_us: float
+    cells: int
+    converged_fraction: float
+    iterations_p50: float
+    iterations_p90: float
+    error_mean_us: float  # final verify reading minus target, converged cells
+    error_std_us: float
+    sigma_prog_us: float  # what the statistical model says
+    t0_std_us: float | None = None  # spread of a read at t0 around the target, if taken
+    t0_model_std_us: float | None = None
+
+
+def level_of(target_us: npt.NDArray[np.floating], step_us: float = 2.5
+             ) -> npt.NDArray[np.float32]:
+    """Group continuous targets into levels ``step_us`` apart (exact levels stay as they are)."""
+    t = np.asarray(target_us, dtype=np.float64)
+    return (np.round(t / step_us) * step_us).astype(np.float32)
+
+
+def convergence_by_level(
+    target_us: npt.ArrayLike,
+    g_verify_us: npt.ArrayLike,
+    converged: npt.ArrayLike,
+    iterations: npt.ArrayLike,
+    *,
+    g_t0_us: npt.ArrayLike | None = None,
+    t0_s: float | None = None,
+    model: PCMModel | None = None,
+    step_us: float = 2.5,
+) -> list[LevelStats]:
+    """One row per target level (targets grouped ``step_us`` apart)."""
+    model = model or PCMModel()
+    target = np.asarray(target_us, dtype=np.float32)
+    g = np.asarray(g_verify_us, dtype=np.float32)
+    conv = np.asarray(converged, dtype=bool)
+    its = np.asarray(iterations)
+    g_t0 = None if g_t0_us is None else np.asarray(g_t0_us, dtype=np.float32)
+    t0 = t0_s if t0_s is not None else model.calibration.t0_s
+    levels = level_of(target, step_us)
+    rows = []
+    for level in np.unique(levels):
+        sel = levels == level
+        ok = sel & conv
+        err = (g - target)[ok]
+        t0_std = t0_model = None
+        if g_t0 is not None and ok.any():
+            t0_std = float(np.sqrt(np.mean((g_t0 - target)[ok] ** 2)))
+            t0_model = float(model.total_sigma_us(level, t0))
+        rows.append(LevelStats(
+            target_us=float(level),
+            cells=int(sel.sum()),
+            converged_fraction=float(conv[sel].mean()),
+            iterations_p50=float(np.percentile(its[sel], 50)),
+            iterations_p90=float(np.percentile(its[sel], 90)),
+            error_mean_us=float(err.mean()) if err.size else float("nan"),
+            error_std_us=float(err.std()) if err.size else float("nan"),
+            sigma_prog_us=float(model.prog_noise_sigma_us(level)),
+            t0_std_us=t0_std,
+            t0_model_std_us=t0_model,
+        ))
+    return rows
