@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-# This script shares its name with the mock_chip package: keep its folder off the path.
+# benchmarks/mock_chip.py shadows the mock_chip package: the project's packages are
+# imported with this folder off the path, the shared helpers after it is put back.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 from mock_chip import MockChip  # noqa: E402
 
 sys.path.append(str(_HERE))

@@ -74,16 +74,19 @@ def check_pulses(
     """
     kind = PulseKind.parse(kind)
     cell_arr = check_cells(cells, n_cells)
-    amp = np.asarray(amplitude_ua, dtype=np.float64)
-    if amp.ndim == 0:
-        amp = np.full(cell_arr.shape, float(amp), dtype=np.float32)
+    amp = np.asarray(amplitude_ua)
+    if amp.dtype.kind not in "fiu":
+        raise ConfigError(f"amplitude_ua must be numbers (µA), got dtype {amp.dtype}")
+    if amp.dtype.kind != "f":
+        amp = amp.astype(np.float64)
+    scalar = amp.ndim == 0
+    if scalar:
+        amp = amp.reshape(1)  # checked once, spread over the cells at the end
     elif amp.shape != cell_arr.shape:
         raise ConfigError(
             f"amplitude_ua has {amp.size} values for {cell_arr.size} cells; "
             "give one amplitude per cell or a single scalar"
         )
-    else:
-        amp = amp.astype(np.float32)
     try:
         width = float(width_ns)
     except (TypeError, ValueError):
@@ -93,22 +96,28 @@ def check_pulses(
             f"pulse width {width} ns is outside the chip's range "
             f"{limits.min_width_ns}..{limits.max_width_ns} ns"
         )
-    if amp.size:
+    if cell_arr.size:
         if np.isnan(amp).any():
-            i = int(np.flatnonzero(np.isnan(amp))[0])
+            i = 0 if scalar else int(np.flatnonzero(np.isnan(amp))[0])
             raise LimitError(f"amplitude for cell {int(cell_arr[i])} is NaN")
         limit = max_amplitude_ua(kind, limits)
         lo, hi = float(amp.min()), float(amp.max())
         if lo < 0:
-            i = int(np.argmin(amp))
+            i = 0 if scalar else int(np.argmin(amp))
             raise LimitError(
                 f"{kind.value} amplitude {lo} µA for cell {int(cell_arr[i])} is negative; "
                 "amplitudes are 0 (no effect) or positive"
             )
         if hi > limit:
-            i = int(np.argmax(amp))
+            i = 0 if scalar else int(np.argmax(amp))
             raise LimitError(
                 f"{kind.value} amplitude {hi} µA for cell {int(cell_arr[i])} is above the "
                 f"chip's limit of {limit} µA; lower it (nothing was applied)"
             )
-    return kind, cell_arr, amp, width
+    if scalar:
+        return kind, cell_arr, np.full(cell_arr.shape, amp[0], dtype=np.float32), width
+    amp32 = amp.astype(np.float32, copy=False)
+    if amp32.size and float(amp32.max()) > max_amplitude_ua(kind, limits):
+        raise LimitError(f"{kind.value} amplitude rounds to {float(amp32.max())} µA in float32, "
+                         f"above the chip's limit of {max_amplitude_ua(kind, limits)} µA")
+    return kind, cell_arr, amp32, width

@@ -145,6 +145,13 @@ def differential_targets(
     return cells, targets.astype(np.float32)
 
 
+def _float32_at_most(x: float) -> np.float32:
+    """The largest float32 not above ``x``: amplitudes travel as float32, and rounding
+    must never carry one over a limit."""
+    y = np.float32(x)
+    return np.nextafter(y, np.float32(-np.inf)) if float(y) > x else y
+
+
 def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
                    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
     cell_arr = np.asarray(cells)
@@ -158,7 +165,9 @@ def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLik
         bad = int(cell_arr.min()) if cell_arr.min() < 0 else int(cell_arr.max())
         raise LimitError(f"cell index {bad} is outside the array (valid 0..{info.n_cells - 1})")
     cell_arr = cell_arr.astype(np.uint32)
-    if np.unique(cell_arr).size != cell_arr.size:
+    seen = np.zeros(info.n_cells, dtype=np.bool_)
+    seen[cell_arr] = True
+    if np.count_nonzero(seen) != cell_arr.size:
         raise ConfigError("a cell appears twice in the targets: give each cell one target")
     if not np.isfinite(tgt).all():
         raise ConfigError("targets contain NaN or infinity")
@@ -190,7 +199,8 @@ def program_and_verify(
     stop = stop or StopToken()
     n = cells_arr.size
     tol = cfg.tolerance_us(target)
-    max_set = cfg.max_set_ua if cfg.max_set_ua is not None else info.limits.max_set_ua
+    max_set = _float32_at_most(cfg.max_set_ua if cfg.max_set_ua is not None
+                               else info.limits.max_set_ua)
     amp = np.clip(cfg.initial_curve.amplitude_ua(target), cfg.min_set_ua, max_set)
     gain = np.full(n, cfg.gain_ua_per_us, dtype=np.float32)
     g = np.full(n, np.nan, dtype=np.float32)
