@@ -26,7 +26,7 @@ from pcmlab.errors import ConfigError, PcmlabError
 from pcmlab.pcm_model import PCMModel
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("pcmlab")
 
 EXIT_USAGE = 2
@@ -126,8 +126,9 @@ def _load_targets(path: Path, n_cells: int, geometry: ArrayGeometry):
         raise ConfigError(f"{path}: no such targets file (expected a .npy array of µS)")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{path}: not a numpy .npy array ({exc})") from None
+    except (ValueError, OSError):
+        raise ConfigError(f"{path}: not a numpy .npy array (write targets with numpy.save; "
+                          "object arrays are refused)") from None
     if arr.ndim == 2:
         if arr.shape != (geometry.rows, geometry.cols):
             raise ConfigError(f"{path}: 2-D targets must match the array, "

@@ -1,0 +1,65 @@
+"""The command line: main commands work, user mistakes give one clear line, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcmlab.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pcmlab.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--rows", "32", "--cols", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "1 year" in out and "converged" in out
+
+
+def test_program_random_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["program", "--rows", "64", "--cols", "64", "--no-faults"]) == 0
+    out = capsys.readouterr().out
+    assert "convergence per target level" in out
+    assert "% of non-zero cells converged" in out
+
+
+def test_program_targets_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    targets = np.full((16, 16), np.nan, dtype=np.float32)
+    targets[:4] = 10.0
+    path = tmp_path / "t.npy"
+    np.save(path, targets)
+    assert main(["program", "--rows", "16", "--cols", "16", "--targets", str(path)]) == 0
+    assert "programming 64 cells" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["program", "--max-iterations", "0"], "max_iterations = 0"),
+     (["program", "--tolerance-abs", "-1"], "tolerance_abs_us = -1.0"),
+     (["program", "--rows", "0"], "rows = 0"),
+     (["program", "--targets", "nope.npy"], "no such targets file"),
+     (["program", "--rows", "8", "--cols", "8", "--cells", "100"], "--cells 100"),
+     (["program", "--chip", "missing.toml"], "no such configuration file")],
+)
+def test_user_mistakes_exit_2_without_traceback(args: list[str], message: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_targets_file_of_wrong_shape(tmp_path: Path) -> None:
+    path = tmp_path / "t.npy"
+    np.save(path, np.ones((3, 5)))
+    proc = run_cli("program", "--rows", "8", "--cols", "8", "--targets", str(path))
+    assert proc.returncode == 2 and "must match the array, 8 x 8" in proc.stderr
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    proc = run_cli("program", "--targets", str(bad))
+    assert proc.returncode == 2 and "not a numpy .npy array" in proc.stderr
+    assert "Traceback" not in proc.stderr
