@@ -75,3 +75,75 @@ def convergence_by_level(
             t0_model_std_us=t0_model,
         ))
     return rows
+
+
+@dataclass(frozen=True)
+class DriftStats:
+    """Drift of the cells that share one target level, beside the calibrated model."""
+
+    target_us: float
+    cells: int
+    g_first_mean_us: float  # mean at the first readout
+    g_first_std_us: float
+    g_last_mean_us: float
+    nu_mean: float  # fitted per device, then averaged
+    nu_std: float
+    nu_median: float
+    model_nu_mean: float
+    model_nu_std: float
+
+
+def fit_drift_exponents(
+    time_s: npt.ArrayLike, g_us: npt.ArrayLike, *, t_min_s: float = 20.0
+) -> npt.NDArray[np.float64]:
+    """Per-device drift exponent nu from readouts: least squares of ln G on ln t over the
+    readouts at or after ``t_min_s`` (G <= 0 readings are left out). NaN where fewer than
+    two readings remain."""
+    t = np.asarray(time_s, dtype=np.float64)
+    g = np.asarray(g_us, dtype=np.float64)
+    use = t >= t_min_s
+    if use.sum() < 2:
+        raise ValueError(f"need at least two readouts at or after {t_min_s} s to fit drift, "
+                         f"have {int(use.sum())}")
+    x = np.log(t[use])[:, None]
+    y = g[use]
+    valid = y > 0
+    y = np.log(np.where(valid, y, 1.0))
+    w = valid.astype(np.float64)
+    n = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x_mean = (w * x).sum(axis=0) / n
+        y_mean = (w * y).sum(axis=0) / n
+        dx = (x - x_mean) * w
+        slope = (dx * (y - y_mean)).sum(axis=0) / (dx * (x - x_mean)).sum(axis=0)
+    slope[n < 2] = np.nan
+    return -slope
+
+
+def drift_by_level(
+    target_us: npt.ArrayLike, time_s: npt.ArrayLike, g_us: npt.ArrayLike, *,
+    mask: npt.ArrayLike | None = None, model: PCMModel | None = None, step_us: float = 2.5,
+) -> list[DriftStats]:
+    """Per non-zero target level: conductance at the first and last readout and the fitted
+    drift exponents, beside the model's mu_nu and sigma_nu."""
+    model = model or PCMModel()
+    target = np.asarray(target_us, dtype=np.float32)
+    g = np.asarray(g_us, dtype=np.float32)
+    keep = np.ones(target.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    nu = fit_drift_exponents(time_s, g, t_min_s=model.calibration.t0_s)
+    levels = level_of(target, step_us)
+    rows = []
+    for level in np.unique(levels[levels > 0]):
+        sel = (levels == level) & keep & np.isfinite(nu)
+        if not sel.any():
+            continue
+        rows.append(DriftStats(
+            target_us=float(level), cells=int(sel.sum()),
+            g_first_mean_us=float(g[0, sel].mean()), g_first_std_us=float(g[0, sel].std()),
+            g_last_mean_us=float(g[-1, sel].mean()),
+            nu_mean=float(nu[sel].mean()), nu_std=float(nu[sel].std()),
+            nu_median=float(np.median(nu[sel])),
+            model_nu_mean=float(model.drift_nu_mean(level)),
+            model_nu_std=float(model.drift_nu_std(level)),
+        ))
+    return rows

@@ -43,6 +43,17 @@ def _add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
     g.add_argument("--no-faults", action="store_true", help="a chip without faulty devices")
 
 
+def _driver_for_run(config, source: str):  # (RunConfig) -> CrossbarDriver
+    """The driver a run's configuration names."""
+    from drivers.mock import MockDriver
+    from mock_chip import MockChipConfig
+
+    if config.resource != "mock":
+        raise ConfigError(f"{source}: resource '{config.resource}' is not supported yet; "
+                          "use resource = 'mock'")
+    return MockDriver(config=validate_model(MockChipConfig, config.chip, f"{source} [chip]"))
+
+
 def _make_mock_driver(args: argparse.Namespace):  # -> MockDriver
     from drivers.mock import MockDriver
     from mock_chip import FaultRates, MockChipConfig
@@ -121,32 +132,6 @@ def _convergence_table(rows: list[LevelStats], title: str) -> Table:
     return table
 
 
-def _load_targets(path: Path, n_cells: int, geometry: ArrayGeometry):
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such targets file (expected a .npy array of µS)")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError):
-        raise ConfigError(f"{path}: not a numpy .npy array (write targets with numpy.save; "
-                          "object arrays are refused)") from None
-    if arr.ndim == 2:
-        if arr.shape != (geometry.rows, geometry.cols):
-            raise ConfigError(f"{path}: 2-D targets must match the array, "
-                              f"{geometry.rows} x {geometry.cols}; got {arr.shape[0]} x "
-                              f"{arr.shape[1]}")
-        arr = arr.reshape(-1)
-    elif arr.ndim != 1:
-        raise ConfigError(f"{path}: targets must be 1-D (cells 0..N-1) or rows x cols, "
-                          f"got {arr.ndim}-D")
-    if arr.size > n_cells:
-        raise ConfigError(f"{path}: {arr.size} targets for an array of {n_cells} cells")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ConfigError(f"{path}: targets must be numbers (µS), got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    cells = np.flatnonzero(~np.isnan(arr)).astype(np.uint32)  # NaN: leave the cell alone
-    return cells, arr[cells]
-
-
 # -- commands ------------------------------------------------------------------------------
 def cmd_program(args: argparse.Namespace) -> int:
     cfg = _program_config(args)
@@ -154,7 +139,9 @@ def cmd_program(args: argparse.Namespace) -> int:
     with driver:
         info = driver.info
         if args.targets is not None:
-            cells, targets = _load_targets(args.targets, info.n_cells, info.geometry)
+            from protocols.experiment import load_targets_file
+
+            cells, targets = load_targets_file(args.targets, info)
         else:
             n = info.n_cells if args.cells is None else args.cells
             if not 1 <= n <= info.n_cells:
@@ -178,6 +165,137 @@ def cmd_program(args: argparse.Namespace) -> int:
     console.print(f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero cells converged"
                   f" in {wall_s:.2f} s wall, {result.n_driver_calls} driver calls"
                   + ("  [yellow](interrupted)[/]" if result.interrupted else ""))
+    return 0
+
+
+def _readout_progress(bar: Progress, n: int):
+    task = bar.add_task("readouts", total=n, next="")
+
+    def on_wait(i: int, t_s: float, chip_now: float) -> None:
+        bar.update(task, completed=i, next=f"next: readout {i + 1}/{n} at {_fmt_s(t_s)}")
+
+    return task, on_wait
+
+
+def _fmt_s(t_s: float) -> str:
+    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t_s >= size:
+            return f"{t_s / size:.3g} {unit}"
+    return f"{t_s:.3g} s"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from protocols.experiment import RunConfig, run_experiment
+    from protocols.program_verify import ProgramProgress
+
+    config = load_model(RunConfig, args.config)
+    output = args.output or Path(time.strftime("run-%Y%m%d-%H%M%S.h5"))
+    driver = _driver_for_run(config, str(args.config))
+    n = config.schedule.n_readouts
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), TimeElapsedColumn(),
+                          console=err_console, transient=True) as bar:
+        pv = bar.add_task("program-and-verify", total=config.program.max_iterations, next="")
+
+        def on_program(p: ProgramProgress) -> None:
+            bar.update(pv, completed=p.iteration,
+                       next=f"{100 * p.n_converged / max(p.n_total, 1):.1f} % converged")
+
+        _, on_wait = _readout_progress(bar, n)
+        result, taken = run_experiment(driver, config, output, config_dir=args.config.parent,
+                                       program_progress=on_program, on_wait=on_wait)
+    console.print(f"programmed {result.cells.size} cells on {driver.info.identity}: "
+                  f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero converged")
+    state = "complete" if taken == n else f"stopped after {taken}; continue with " \
+        f"'pcmlab resume {output}'"
+    console.print(f"readouts: {taken} of {n} ({state})")
+    console.print(f"wrote [bold]{output}[/]")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pcmlab.store import RunReader
+    from protocols.experiment import RunConfig, replay_programming, resume_experiment
+
+    with RunReader(args.run) as run:
+        config = validate_model(RunConfig, run.config, f"{args.run} (stored configuration)")
+        n = config.schedule.n_readouts
+    driver = _driver_for_run(config, str(args.run))
+    with driver:
+        if config.resource == "mock":
+            # the in-process mock chip died with the run: rebuild it from its seed and
+            # replay programming, checked bit for bit against the file
+            replay_programming(driver, args.run)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[next]}"), console=err_console,
+                      transient=True) as bar:
+            _, on_wait = _readout_progress(bar, n)
+            before, after = resume_experiment(driver, args.run, on_wait=on_wait)
+    console.print(f"{args.run}: {before} readouts were there, {after} of {n} now")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pcmlab.analysis import drift_by_level
+    from pcmlab.store import RunReader
+
+    with RunReader(args.run) as run:
+        info = Table(title=f"run {args.run}", show_header=False)
+        info.add_row("schema / pcmlab", f"{run.file.attrs['schema']} / {run.pcmlab_version}")
+        info.add_row("created", run.created)
+        info.add_row("chip", run.driver_identity)
+        targets = run.targets()
+        info.add_row("cells", str(targets.cell.size))
+        prog = run.programming()
+        n = run.n_readouts
+        planned = run.schedule_time_s.size or run.config.get("schedule", {}).get("n_readouts", 0)
+        info.add_row("readouts", f"{n} of {planned}")
+        if n:
+            ro = run.readouts()
+            info.add_row("read times", f"{_fmt_s(ro.time_s[0])} .. {_fmt_s(ro.time_s[-1])} "
+                                       "after programming")
+        for entry in run.interruptions:
+            info.add_row("interruption", ", ".join(f"{k}={v}" for k, v in entry.items()))
+        console.print(info)
+        if prog is None:
+            console.print("[yellow]programming never finished in this file[/]")
+            return 0
+        rows = convergence_by_level(targets.conductance_us, prog.conductance_us,
+                                    prog.converged, prog.iterations)
+        console.print(_convergence_table(rows, "programming"))
+        if n >= 2:
+            ro = run.readouts()
+            drift = drift_by_level(targets.conductance_us, ro.time_s, ro.conductance_us,
+                                   mask=prog.converged)
+            table = Table(title="drift per level (fitted per device) beside the model")
+            for col in ("G_T µS", "cells", "G first", "G last", "ν mean", "ν median", "ν std",
+                        "model μ_ν", "model σ_ν"):
+                table.add_column(col, justify="right")
+            for d in drift:
+                table.add_row(f"{d.target_us:.1f}", str(d.cells), f"{d.g_first_mean_us:.2f}",
+                              f"{d.g_last_mean_us:.2f}", f"{d.nu_mean:.4f}",
+                              f"{d.nu_median:.4f}", f"{d.nu_std:.4f}",
+                              f"{d.model_nu_mean:.4f}", f"{d.model_nu_std:.4f}")
+            console.print(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pcmlab.plots import plot_run
+    from pcmlab.store import RunReader
+
+    with RunReader(args.run) as run:
+        targets = run.targets()
+        prog = run.programming()
+        if prog is None:
+            raise ConfigError(f"{args.run}: programming never finished; nothing to plot")
+        ro = run.readouts()
+        out = args.output or args.run.with_suffix(".png")
+        plot_run(out, targets.conductance_us, prog.conductance_us, prog.converged, ro.time_s,
+                 ro.conductance_us, title=f"{args.run.name} — {run.driver_identity}")
+    console.print(f"wrote [bold]{out}[/]")
     return 0
 
 
@@ -245,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="program N cells to uniform random targets 0..G_max (default: all)")
     p.add_argument("--target-seed", type=int, default=1, help="seed of random targets")
     p.set_defaults(func=cmd_program)
+
+    p = sub.add_parser("run", help="program, then read on a schedule into an HDF5 file")
+    p.add_argument("config", type=Path, help="run configuration (.toml or .json)")
+    p.add_argument("-o", "--output", type=Path, help="measurement file (default run-<time>.h5)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted run's readouts")
+    p.add_argument("run", type=Path, help="measurement file of the run")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("inspect", help="summary tables of a measurement file")
+    p.add_argument("run", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plot", help="PNG: drift per level and programming-error histogram")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN.png)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""PNG figures of a run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pcmlab.analysis import level_of
+
+
+def plot_run(
+    path: str | Path,
+    target_us: npt.NDArray[np.float32],
+    verify_us: npt.NDArray[np.float32],
+    converged: npt.NDArray[np.bool_],
+    time_s: npt.NDArray[np.float64],
+    g_us: npt.NDArray[np.float32],
+    title: str = "",
+) -> Path:
+    """Conductance vs time per target level (log axes; median and 10-90 % band) and the
+    programming-error histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    levels = level_of(target_us)
+    fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(12, 4.8))
+    if time_s.size:
+        cmap = plt.get_cmap("viridis")
+        uniq = np.unique(levels[levels > 0])
+        for k, level in enumerate(uniq):
+            sel = (levels == level) & converged
+            if not sel.any():
+                continue
+            g = g_us[:, sel]
+            color = cmap(k / max(len(uniq) - 1, 1))
+            ax_t.plot(time_s, np.median(g, axis=1), color=color, label=f"{level:g} µS")
+            ax_t.fill_between(time_s, np.percentile(g, 10, axis=1),
+                              np.percentile(g, 90, axis=1), color=color, alpha=0.2)
+        ax_t.set_xscale("log")
+        ax_t.set_yscale("log")
+        ax_t.legend(fontsize="small", ncol=2)
+    else:
+        ax_t.text(0.5, 0.5, "no readouts yet", ha="center", transform=ax_t.transAxes)
+    ax_t.set_xlabel("time since programming (s)")
+    ax_t.set_ylabel("conductance (µS)")
+    ax_t.set_title("drift per target level (median, 10-90 %)")
+    err = (verify_us - target_us)[converged & (target_us > 0)]
+    ax_h.hist(err, bins=80, color="tab:blue")
+    ax_h.set_xlabel("final verify reading - target (µS)")
+    ax_h.set_ylabel("cells")
+    ax_h.set_title("programming error (converged, non-zero)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,235 @@
+"""Reading a measurement file: validation, typed access, live (SWMR) following, xarray."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from pcmlab.errors import SchemaError
+from pcmlab.store import schema as S
+
+log = logging.getLogger(__name__)
+
+REQUIRED = (
+    f"{S.TARGETS}/{S.CELL}", f"{S.TARGETS}/{S.CONDUCTANCE}", f"{S.TARGETS}/{S.LAYER}",
+    f"{S.PROGRAMMING}/{S.CONDUCTANCE}", f"{S.PROGRAMMING}/{S.ITERATIONS}",
+    f"{S.PROGRAMMING}/{S.CONVERGED}", f"{S.PROGRAMMING}/{S.LAST_PULSE}",
+    f"{S.READOUTS}/{S.TIME}", f"{S.READOUTS}/{S.CHIP_TIME}", f"{S.READOUTS}/{S.WALL_TIME}",
+    f"{S.READOUTS}/{S.CONDUCTANCE}",
+)
+
+
+@dataclass(frozen=True)
+class Targets:
+    cell: npt.NDArray[np.uint32]
+    conductance_us: npt.NDArray[np.float32]
+    layer: npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True)
+class Programming:
+    conductance_us: npt.NDArray[np.float32]
+    iterations: npt.NDArray[np.uint16]
+    converged: npt.NDArray[np.bool_]
+    last_pulse_s: npt.NDArray[np.float64]
+    end_chip_time_s: float
+    interrupted: bool
+    traces: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """Completed readouts only: T rows of N cells."""
+
+    time_s: npt.NDArray[np.float64]
+    chip_time_s: npt.NDArray[np.float64]
+    wall_time: npt.NDArray[np.float64]
+    conductance_us: npt.NDArray[np.float32]
+
+    @property
+    def n(self) -> int:
+        return int(self.time_s.size)
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file")
+    if path.is_dir():
+        raise SchemaError(f"{path}: is a folder, not a measurement file")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError:
+        is_hdf5 = False
+    if not is_hdf5:
+        raise SchemaError(f"{path}: not an HDF5 file (expected a pcmlab measurement file)")
+    # SWMR read works on files a writer left open (even killed); plain read on others.
+    errors = []
+    for swmr in (True, False):
+        try:
+            return h5py.File(path, "r", swmr=swmr)
+        except OSError as exc:
+            errors.append(str(exc))
+    raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
+                      f"({errors[-1]})")
+
+
+class RunReader:
+    """Read-only view of a run; safe to use while the run is still being written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.file = _open(self.path)
+        try:
+            self._validate()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _validate(self) -> None:
+        f = self.file
+        try:
+            schema = f.attrs.get(S.ATTR_SCHEMA)
+        except OSError as exc:
+            raise SchemaError(f"{self.path}: corrupt file ({exc})") from None
+        if schema is None:
+            raise SchemaError(f"{self.path}: not a pcmlab measurement file (no 'schema' "
+                              "attribute at the root)")
+        if isinstance(schema, bytes):
+            schema = schema.decode()
+        family, _, version = str(schema).partition("/")
+        if family != S.SCHEMA_FAMILY:
+            raise SchemaError(f"{self.path}: schema '{schema}' is not a pcmlab schema "
+                              f"(expected {S.SCHEMA})")
+        if version != S.SCHEMA_VERSION:
+            newer = version.isdigit() and int(version) > int(S.SCHEMA_VERSION)
+            hint = ("written by a newer pcmlab: upgrade pcmlab to read it" if newer
+                    else "not a schema this pcmlab reads")
+            raise SchemaError(f"{self.path}: schema '{schema}' is {hint} (reads {S.SCHEMA})")
+        for name in REQUIRED:
+            try:
+                present = name in f
+            except (OSError, RuntimeError):
+                present = False
+            if not present:
+                raise SchemaError(f"{self.path}: missing /{name}; the file is incomplete or "
+                                  "not written by pcmlab")
+
+    # -- metadata --------------------------------------------------------------------------
+    def _attr(self, name: str, default: Any = None) -> Any:
+        value = self.file.attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self._attr(S.ATTR_CONFIG, "{}"))
+
+    @property
+    def driver_identity(self) -> str:
+        return str(self._attr(S.ATTR_DRIVER, ""))
+
+    @property
+    def created(self) -> str:
+        return str(self._attr(S.ATTR_CREATED, ""))
+
+    @property
+    def pcmlab_version(self) -> str:
+        return str(self._attr(S.ATTR_VERSION, ""))
+
+    @property
+    def interruptions(self) -> list[dict[str, Any]]:
+        return json.loads(self._attr(S.ATTR_INTERRUPTIONS, "[]"))
+
+    @property
+    def schedule_time_s(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.file[S.READOUTS].attrs.get(S.ATTR_SCHEDULE, []), dtype=float)
+
+    @property
+    def anchor_chip_time_s(self) -> float:
+        return float(self.file[S.READOUTS].attrs.get(S.ATTR_ANCHOR, np.nan))
+
+    # -- data ------------------------------------------------------------------------------
+    def _read(self, name: str) -> np.ndarray:
+        try:
+            return self.file[name][...]
+        except (OSError, KeyError) as exc:
+            raise SchemaError(f"{self.path}: cannot read /{name}, the file is corrupt or "
+                              f"truncated ({exc})") from None
+
+    def targets(self) -> Targets:
+        return Targets(cell=self._read(f"{S.TARGETS}/{S.CELL}").astype(np.uint32),
+                       conductance_us=self._read(f"{S.TARGETS}/{S.CONDUCTANCE}"),
+                       layer=self._read(f"{S.TARGETS}/{S.LAYER}"))
+
+    def programming(self) -> Programming | None:
+        """The programming results, or None if programming never finished."""
+        p = self.file[S.PROGRAMMING]
+        if not bool(p.attrs.get(S.ATTR_COMPLETE, False)):
+            return None
+        traces = {}
+        if S.TRACES in p:
+            traces = {k: v[...] for k, v in p[S.TRACES].items()}
+        return Programming(
+            conductance_us=self._read(f"{S.PROGRAMMING}/{S.CONDUCTANCE}"),
+            iterations=self._read(f"{S.PROGRAMMING}/{S.ITERATIONS}"),
+            converged=self._read(f"{S.PROGRAMMING}/{S.CONVERGED}").astype(bool),
+            last_pulse_s=self._read(f"{S.PROGRAMMING}/{S.LAST_PULSE}"),
+            end_chip_time_s=float(p.attrs[S.ATTR_END_CHIP_TIME]),
+            interrupted=bool(p.attrs[S.ATTR_INTERRUPTED]),
+            traces=traces,
+        )
+
+    def refresh(self) -> None:
+        """See rows a live writer appended since the last look (SWMR)."""
+        if self.file.swmr_mode:
+            for name in (S.TIME, S.CHIP_TIME, S.WALL_TIME, S.CONDUCTANCE):
+                self.file[S.READOUTS][name].refresh()
+
+    @property
+    def n_readouts(self) -> int:
+        """Completed rows: time_s written (it is written last) and the row present."""
+        r = self.file[S.READOUTS]
+        t = r[S.TIME][...]
+        done = np.isfinite(t)
+        n = int(np.argmin(done)) if not done.all() else t.size
+        return min(n, r[S.CONDUCTANCE].shape[0], r[S.CHIP_TIME].shape[0],
+                   r[S.WALL_TIME].shape[0])
+
+    def readouts(self, start: int = 0, stop: int | None = None) -> Readouts:
+        """Completed readouts ``start`` to ``stop`` (default: all of them)."""
+        n = self.n_readouts
+        sel = slice(*slice(start, stop).indices(n)[:2])
+        r = f"{S.READOUTS}/"
+        try:
+            g = self.file[r + S.CONDUCTANCE][sel]
+        except OSError as exc:
+            raise SchemaError(f"{self.path}: readouts are corrupt ({exc})") from None
+        return Readouts(time_s=self.file[r + S.TIME][sel],
+                        chip_time_s=self.file[r + S.CHIP_TIME][sel],
+                        wall_time=self.file[r + S.WALL_TIME][sel],
+                        conductance_us=g)
+
+    def to_xarray(self):  # -> xarray.Dataset
+        """The readouts as an xarray Dataset (dims time_s x cell), via h5netcdf."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise SchemaError("xarray is not installed: pip install xarray h5netcdf") from None
+        return xr.open_dataset(self.path, group=S.READOUTS, engine="h5netcdf",
+                               phony_dims="sort")
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

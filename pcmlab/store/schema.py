@@ -1,0 +1,40 @@
+"""Names of the measurement file (schema ``pcmlab/1``): part of the format, read by other
+tools without pcmlab. DESIGN.md, "The HDF5 measurement file"."""
+
+from __future__ import annotations
+
+SCHEMA = "pcmlab/1"
+SCHEMA_FAMILY, SCHEMA_VERSION = SCHEMA.split("/")
+
+# root attributes
+ATTR_SCHEMA = "schema"
+ATTR_VERSION = "pcmlab_version"
+ATTR_CREATED = "created"
+ATTR_CONFIG = "config"
+ATTR_DRIVER = "driver"
+ATTR_INTERRUPTIONS = "interruptions"  # JSON list, one entry per resume
+
+TARGETS = "targets"
+PROGRAMMING = "programming"
+READOUTS = "readouts"
+NETWORK = "network"
+EVALUATION = "evaluation"
+
+CELL = "cell"
+CONDUCTANCE = "conductance_us"
+LAYER = "layer"
+ITERATIONS = "iterations"
+CONVERGED = "converged"
+LAST_PULSE = "last_pulse_s"
+TRACES = "traces"
+TIME = "time_s"
+CHIP_TIME = "chip_time_s"
+WALL_TIME = "wall_time"
+
+# /programming attributes
+ATTR_COMPLETE = "complete"
+ATTR_INTERRUPTED = "interrupted"
+ATTR_END_CHIP_TIME = "end_chip_time_s"
+# /readouts attributes
+ATTR_SCHEDULE = "schedule_time_s"
+ATTR_ANCHOR = "anchor_chip_time_s"

@@ -1,0 +1,225 @@
+"""A whole run: program targets, then read them on a schedule into a measurement file;
+and resuming a run that stopped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field, model_validator
+
+from drivers.base import ChipInfo, CrossbarDriver
+from pcmlab.config import StrictModel
+from pcmlab.errors import ConfigError, SchemaError
+from pcmlab.store import RunReader, RunWriter
+from protocols.interrupt import StopToken
+from protocols.program_verify import (
+    ProgramResult,
+    ProgramVerifyConfig,
+    ProgressCallback,
+    program_and_verify,
+)
+from protocols.readout import ReadoutSchedule, WaitCallback, run_schedule
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEVELS_US = (0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5)
+
+
+class TargetSpec(StrictModel):
+    """Which cells to program to what: levels in turn, uniform random, or a .npy file."""
+
+    kind: Literal["levels", "uniform", "file"] = "levels"
+    levels_us: tuple[float, ...] = DEFAULT_LEVELS_US
+    cells: int | None = Field(None, ge=1, description="cells 0..N-1 (default: the array)")
+    file: str | None = Field(None, description=".npy of µS, 1-D or rows x cols, NaN = skip")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _file_given(self) -> TargetSpec:
+        if self.kind == "file" and not self.file:
+            raise ValueError("kind = 'file' needs file = 'targets.npy'")
+        if self.kind == "levels" and not self.levels_us:
+            raise ValueError("kind = 'levels' needs at least one level in levels_us")
+        return self
+
+    def resolve(self, info: ChipInfo, base: Path | None = None
+                ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+        """(cells, targets in µS) for this chip."""
+        if self.kind == "file":
+            path = Path(self.file or "")
+            if base is not None and not path.is_absolute():
+                path = base / path
+            return load_targets_file(path, info)
+        n = info.n_cells if self.cells is None else self.cells
+        if n > info.n_cells:
+            raise ConfigError(f"targets.cells = {n} but the array has {info.n_cells} cells")
+        cells = np.arange(n, dtype=np.uint32)
+        if self.kind == "levels":
+            levels = np.asarray(self.levels_us, dtype=np.float32)
+            return cells, levels[np.arange(n) % levels.size]
+        rng = np.random.default_rng(self.seed)
+        return cells, rng.uniform(0, info.g_max_us, n).astype(np.float32)
+
+
+def load_targets_file(path: Path, info: ChipInfo
+                      ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+    """Targets in µS from a .npy: 1-D (cells 0..N-1) or rows x cols; NaN leaves a cell alone."""
+    geometry = info.geometry
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such targets file (expected a .npy array of µS)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError):
+        raise ConfigError(f"{path}: not a numpy .npy array (write targets with numpy.save; "
+                          "object arrays are refused)") from None
+    if arr.ndim == 2:
+        if arr.shape != (geometry.rows, geometry.cols):
+            raise ConfigError(f"{path}: 2-D targets must match the array, "
+                              f"{geometry.rows} x {geometry.cols}; got {arr.shape[0]} x "
+                              f"{arr.shape[1]}")
+        arr = arr.reshape(-1)
+    elif arr.ndim != 1:
+        raise ConfigError(f"{path}: targets must be 1-D (cells 0..N-1) or rows x cols, "
+                          f"got {arr.ndim}-D")
+    if arr.size > info.n_cells:
+        raise ConfigError(f"{path}: {arr.size} targets for an array of {info.n_cells} cells")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ConfigError(f"{path}: targets must be numbers (µS), got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    cells = np.flatnonzero(~np.isnan(arr)).astype(np.uint32)
+    return cells, arr[cells]
+
+
+class RunConfig(StrictModel):
+    """A run, as written in a TOML file for ``pcmlab run``."""
+
+    resource: str = Field("mock", description="'mock' (in-process mock chip) or a resource")
+    chip: dict[str, Any] = Field(default_factory=dict,
+                                 description="mock chip settings (MockChipConfig)")
+    targets: TargetSpec = TargetSpec()
+    program: ProgramVerifyConfig = ProgramVerifyConfig()
+    schedule: ReadoutSchedule = ReadoutSchedule()
+
+
+RunEvent = Callable[[str, dict[str, Any]], None]
+
+
+def _read_cells(info: ChipInfo, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32] | None:
+    """None (read the whole array in one call) when the run covers it in order."""
+    if cells.size == info.n_cells and np.array_equal(cells, np.arange(info.n_cells)):
+        return None
+    return cells
+
+
+def run_experiment(
+    driver: CrossbarDriver,
+    config: RunConfig,
+    path: str | Path,
+    *,
+    config_dir: Path | None = None,
+    program_progress: ProgressCallback | None = None,
+    on_wait: WaitCallback | None = None,
+    stop: StopToken | None = None,
+) -> tuple[ProgramResult, int]:
+    """Program the targets, then take the schedule's readouts into a new file at ``path``.
+
+    Returns the programming result and the number of readouts taken.
+    """
+    info = driver.info
+    config.program.check_against(info)
+    cells, target = config.targets.resolve(info, config_dir)
+    stop = stop or StopToken()
+    writer = RunWriter.create(path, config=config.model_dump(mode="json"),
+                              driver_identity=info.identity, cells=cells, target_us=target)
+    with writer:
+        result = program_and_verify(driver, cells, target, config.program,
+                                    progress=program_progress, stop=stop)
+        writer.write_programming(
+            conductance_us=result.g_us, iterations=result.iterations,
+            converged=result.converged, last_pulse_s=result.last_pulse_s,
+            end_chip_time_s=result.end_s, interrupted=result.interrupted,
+            traces=result.traces or None)
+        if result.interrupted:
+            log.warning("programming interrupted: no readouts taken")
+            return result, 0
+        times = config.schedule.times_s()
+        writer.start_readouts(times, result.end_s)
+        taken = run_schedule(driver, times, result.end_s, _sink(writer),
+                             cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
+    return result, taken
+
+
+def _sink(writer: RunWriter):
+    def sink(i: int, t_s: float, chip_t: float, wall: float,
+             g: npt.NDArray[np.float32]) -> None:
+        row = writer.append_readout(t_s, chip_t, wall, g)
+        if row != i:  # the file and the schedule disagree: never write a readout twice
+            raise SchemaError(f"{writer.path}: readout {i} written as row {row}")
+    return sink
+
+
+def replay_programming(driver: CrossbarDriver, path: str | Path) -> ProgramResult:
+    """Program a rebuilt (deterministic) mock chip again exactly as the file's run did, and
+    check the verify readings match the file bit for bit."""
+    with RunReader(path) as run:
+        config = RunConfig.model_validate(run.config)
+        targets = run.targets()
+        stored = run.programming()
+    if stored is None:
+        raise SchemaError(f"{path}: programming never finished; start a new run")
+    result = program_and_verify(driver, targets.cell, targets.conductance_us, config.program)
+    same = np.array_equal(result.g_us, stored.conductance_us, equal_nan=True)
+    if not same or result.end_s != stored.end_chip_time_s:
+        raise SchemaError(f"{path}: the mock chip rebuilt from the file's seed did not "
+                          "program identically; the run cannot be resumed on it")
+    return result
+
+
+def resume_experiment(
+    driver: CrossbarDriver,
+    path: str | Path,
+    *,
+    reason: str = "resumed after the run stopped",
+    on_wait: WaitCallback | None = None,
+    stop: StopToken | None = None,
+) -> tuple[int, int]:
+    """Continue an interrupted run's schedule in its file. The driver must reach the chip
+    that was programmed (its clock still anchored as in the file).
+
+    Returns (readouts that were already there, readouts there now).
+    """
+    info = driver.info
+    with RunReader(path) as run:
+        if run.driver_identity != info.identity:
+            raise ConfigError(f"{path} was measured on '{run.driver_identity}', not on "
+                              f"'{info.identity}'")
+        prog = run.programming()
+        if prog is None:
+            raise SchemaError(f"{path}: programming never finished, so there is nothing to "
+                              "resume; start a new run")
+        if prog.interrupted:
+            raise SchemaError(f"{path}: programming was interrupted, so there is no schedule "
+                              "to resume; start a new run")
+        config = RunConfig.model_validate(run.config)
+        cells = run.targets().cell
+        done = run.n_readouts
+    times = config.schedule.times_s()
+    anchor = prog.end_chip_time_s
+    if done >= times.size:
+        log.info("%s: schedule already complete (%d readouts)", path, done)
+        return done, done
+    entry = {"resumed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+             "reason": reason, "chip_time_s": driver.clock.now()}
+    writer, done = RunWriter.resume(path, entry, schedule_time_s=times,
+                                    anchor_chip_time_s=anchor)
+    with writer:
+        taken = run_schedule(driver, times, anchor, _sink(writer),
+                             cells=_read_cells(info, cells), start=done, stop=stop,
+                             on_wait=on_wait)
+    return done, taken
