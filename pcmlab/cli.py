@@ -25,7 +25,7 @@ from pcmlab.config import ArrayGeometry, load_model, validate_model
 from pcmlab.errors import ConfigError, PcmlabError
 from pcmlab.pcm_model import PCMModel
 
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("pcmlab")
 

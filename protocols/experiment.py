@@ -135,8 +135,11 @@ def run_experiment(
     config.program.check_against(info)
     cells, target = config.targets.resolve(info, config_dir)
     stop = stop or StopToken()
-    writer = RunWriter.create(path, config=config.model_dump(mode="json"),
-                              driver_identity=info.identity, cells=cells, target_us=target)
+    times = config.schedule.times_s()
+    writer = RunWriter.create(
+        path, config=config.model_dump(mode="json"), driver_identity=info.identity,
+        cells=cells, target_us=target, schedule_time_s=times,
+        trace_iterations=config.program.max_iterations if config.program.record_traces else 0)
     with writer:
         result = program_and_verify(driver, cells, target, config.program,
                                     progress=program_progress, stop=stop)
@@ -148,8 +151,6 @@ def run_experiment(
         if result.interrupted:
             log.warning("programming interrupted: no readouts taken")
             return result, 0
-        times = config.schedule.times_s()
-        writer.start_readouts(times, result.end_s)
         taken = run_schedule(driver, times, result.end_s, _sink(writer),
                              cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
     return result, taken
@@ -206,18 +207,16 @@ def resume_experiment(
         if prog.interrupted:
             raise SchemaError(f"{path}: programming was interrupted, so there is no schedule "
                               "to resume; start a new run")
-        config = RunConfig.model_validate(run.config)
         cells = run.targets().cell
         done = run.n_readouts
-    times = config.schedule.times_s()
+        times = run.schedule_time_s
     anchor = prog.end_chip_time_s
     if done >= times.size:
         log.info("%s: schedule already complete (%d readouts)", path, done)
         return done, done
     entry = {"resumed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              "reason": reason, "chip_time_s": driver.clock.now()}
-    writer, done = RunWriter.resume(path, entry, schedule_time_s=times,
-                                    anchor_chip_time_s=anchor)
+    writer, done = RunWriter.resume(path, entry)
     with writer:
         taken = run_schedule(driver, times, anchor, _sink(writer),
                              cells=_read_cells(info, cells), start=done, stop=stop,

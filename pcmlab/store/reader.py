@@ -21,6 +21,8 @@ REQUIRED = (
     f"{S.TARGETS}/{S.CELL}", f"{S.TARGETS}/{S.CONDUCTANCE}", f"{S.TARGETS}/{S.LAYER}",
     f"{S.PROGRAMMING}/{S.CONDUCTANCE}", f"{S.PROGRAMMING}/{S.ITERATIONS}",
     f"{S.PROGRAMMING}/{S.CONVERGED}", f"{S.PROGRAMMING}/{S.LAST_PULSE}",
+    f"{S.PROGRAMMING}/{S.END_CHIP_TIME}", f"{S.PROGRAMMING}/{S.INTERRUPTED}",
+    f"{S.READOUTS}/{S.SCHEDULE}",
     f"{S.READOUTS}/{S.TIME}", f"{S.READOUTS}/{S.CHIP_TIME}", f"{S.READOUTS}/{S.WALL_TIME}",
     f"{S.READOUTS}/{S.CONDUCTANCE}",
 )
@@ -69,15 +71,19 @@ def _open(path: Path) -> h5py.File:
         is_hdf5 = False
     if not is_hdf5:
         raise SchemaError(f"{path}: not an HDF5 file (expected a pcmlab measurement file)")
-    # SWMR read works on files a writer left open (even killed); plain read on others.
-    errors = []
-    for swmr in (True, False):
-        try:
-            return h5py.File(path, "r", swmr=swmr)
-        except OSError as exc:
-            errors.append(str(exc))
-    raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
-                      f"({errors[-1]})")
+    # A plain open first: it checks the file against truncation. A file a writer has open
+    # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
+                              f"({exc})") from None
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as exc:
+        raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
+                          f"({exc})") from None
 
 
 class RunReader:
@@ -148,11 +154,8 @@ class RunReader:
 
     @property
     def schedule_time_s(self) -> npt.NDArray[np.float64]:
-        return np.asarray(self.file[S.READOUTS].attrs.get(S.ATTR_SCHEDULE, []), dtype=float)
-
-    @property
-    def anchor_chip_time_s(self) -> float:
-        return float(self.file[S.READOUTS].attrs.get(S.ATTR_ANCHOR, np.nan))
+        """Planned readout times, s after the end of programming."""
+        return self._read(f"{S.READOUTS}/{S.SCHEDULE}")
 
     # -- data ------------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
@@ -169,27 +172,37 @@ class RunReader:
 
     def programming(self) -> Programming | None:
         """The programming results, or None if programming never finished."""
-        p = self.file[S.PROGRAMMING]
-        if not bool(p.attrs.get(S.ATTR_COMPLETE, False)):
+        self.refresh()
+        end_s = float(self._read(f"{S.PROGRAMMING}/{S.END_CHIP_TIME}"))
+        if np.isnan(end_s):
             return None
         traces = {}
-        if S.TRACES in p:
-            traces = {k: v[...] for k, v in p[S.TRACES].items()}
+        if f"{S.PROGRAMMING}/{S.TRACES}" in self.file:
+            traces = {k: self._read(f"{S.PROGRAMMING}/{S.TRACES}/{k}")
+                      for k in self.file[S.PROGRAMMING][S.TRACES]}
         return Programming(
             conductance_us=self._read(f"{S.PROGRAMMING}/{S.CONDUCTANCE}"),
             iterations=self._read(f"{S.PROGRAMMING}/{S.ITERATIONS}"),
             converged=self._read(f"{S.PROGRAMMING}/{S.CONVERGED}").astype(bool),
             last_pulse_s=self._read(f"{S.PROGRAMMING}/{S.LAST_PULSE}"),
-            end_chip_time_s=float(p.attrs[S.ATTR_END_CHIP_TIME]),
-            interrupted=bool(p.attrs[S.ATTR_INTERRUPTED]),
+            end_chip_time_s=end_s,
+            interrupted=bool(self._read(f"{S.PROGRAMMING}/{S.INTERRUPTED}")),
             traces=traces,
         )
 
     def refresh(self) -> None:
-        """See rows a live writer appended since the last look (SWMR)."""
-        if self.file.swmr_mode:
-            for name in (S.TIME, S.CHIP_TIME, S.WALL_TIME, S.CONDUCTANCE):
-                self.file[S.READOUTS][name].refresh()
+        """See what a live writer wrote since the last look (SWMR)."""
+        if not self.file.swmr_mode:
+            return
+        names = [f"{S.READOUTS}/{n}" for n in (S.TIME, S.CHIP_TIME, S.WALL_TIME, S.CONDUCTANCE)]
+        names += [f"{S.PROGRAMMING}/{n}" for n in (S.CONDUCTANCE, S.ITERATIONS, S.CONVERGED,
+                                                  S.LAST_PULSE, S.INTERRUPTED, S.END_CHIP_TIME)]
+        try:
+            for name in names:
+                self.file[name].refresh()
+        except (OSError, KeyError) as exc:
+            raise SchemaError(f"{self.path}: cannot read /{name}, the file is corrupt or "
+                              f"truncated ({exc})") from None
 
     @property
     def n_readouts(self) -> int:

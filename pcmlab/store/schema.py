@@ -31,10 +31,9 @@ TIME = "time_s"
 CHIP_TIME = "chip_time_s"
 WALL_TIME = "wall_time"
 
-# /programming attributes
-ATTR_COMPLETE = "complete"
-ATTR_INTERRUPTED = "interrupted"
-ATTR_END_CHIP_TIME = "end_chip_time_s"
-# /readouts attributes
-ATTR_SCHEDULE = "schedule_time_s"
-ATTR_ANCHOR = "anchor_chip_time_s"
+# /programming scalars: datasets, not attributes, because they are written after SWMR is
+# on (a SWMR writer may change data, never attributes). NaN end time: not finished.
+END_CHIP_TIME = "end_chip_time_s"
+INTERRUPTED = "interrupted"
+# /readouts: the planned times (s after the end of programming), fixed at creation
+SCHEDULE = "schedule_time_s"

@@ -1,4 +1,8 @@
-"""Writing a measurement file: everything created up front, SWMR on, one row per readout.
+"""Writing a measurement file: everything created up front, SWMR on at once, then the
+programming results and one row per readout, each flushed as it is written.
+
+SWMR goes on before anything is measured because a file a writer left open in plain mode
+(killed) opens in neither mode afterwards, while a SWMR file stays readable.
 
 Write order per readout: the conductance row, then chip and wall time, then ``time_s``
 last. A row counts as complete once its ``time_s`` is written (the fill value is NaN), so
@@ -50,10 +54,16 @@ class RunWriter:
         driver_identity: str,
         cells: npt.ArrayLike,
         target_us: npt.ArrayLike,
+        schedule_time_s: npt.ArrayLike,
         layer: npt.ArrayLike | None = None,
+        trace_iterations: int = 0,
         overwrite: bool = False,
+        created: str | None = None,
+        interruptions: list[dict[str, Any]] | None = None,
     ) -> RunWriter:
-        """A new file with every dataset of the schema; readouts empty, programming unset."""
+        """A new file with every dataset of the schema, in SWMR mode: readouts empty,
+        programming unset (NaN end time). ``trace_iterations`` > 0 reserves per-iteration
+        traces of programming."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; choose another output file (measurements are "
@@ -69,7 +79,11 @@ class RunWriter:
                               f"{lay.shape} must be 1-D of one length")
         f = h5py.File(path, "w", libver="latest")
         try:
-            cls._create_layout(f, config, driver_identity, cell_arr, tgt, lay)
+            cls._create_layout(f, config, driver_identity, cell_arr, tgt, lay,
+                               np.asarray(schedule_time_s, dtype=np.float64), trace_iterations)
+            f.attrs[S.ATTR_CREATED] = created or utc_now_iso()
+            f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(interruptions or [])
+            f.swmr_mode = True  # flushes everything above first
         except BaseException:
             f.close()
             path.unlink(missing_ok=True)
@@ -79,26 +93,30 @@ class RunWriter:
     @staticmethod
     def _create_layout(f: h5py.File, config: dict[str, Any], driver_identity: str,
                        cells: npt.NDArray[np.uint32], target: npt.NDArray[np.float32],
-                       layer: npt.NDArray[np.int16]) -> None:
+                       layer: npt.NDArray[np.int16], schedule: npt.NDArray[np.float64],
+                       trace_iterations: int) -> None:
         n = cells.size
         f.attrs[S.ATTR_SCHEMA] = S.SCHEMA
         f.attrs[S.ATTR_VERSION] = __version__
-        f.attrs[S.ATTR_CREATED] = utc_now_iso()
         f.attrs[S.ATTR_CONFIG] = json.dumps(config, sort_keys=True)
         f.attrs[S.ATTR_DRIVER] = driver_identity
-        f.attrs[S.ATTR_INTERRUPTIONS] = "[]"
         t = f.create_group(S.TARGETS)
         t.create_dataset(S.CELL, data=cells)
         t.create_dataset(S.CONDUCTANCE, data=target)
         t.create_dataset(S.LAYER, data=layer)
+        # Storage is written now, before SWMR: a SWMR writer may overwrite data in place,
+        # but allocating a dataset's storage later corrupts the file for readers.
         p = f.create_group(S.PROGRAMMING)
-        p.create_dataset(S.CONDUCTANCE, shape=(n,), dtype="f4", fillvalue=np.nan)
-        p.create_dataset(S.ITERATIONS, shape=(n,), dtype="u2")
-        p.create_dataset(S.CONVERGED, shape=(n,), dtype=bool)
-        p.create_dataset(S.LAST_PULSE, shape=(n,), dtype="f8", fillvalue=np.nan)
-        p.attrs[S.ATTR_COMPLETE] = False
-        p.attrs[S.ATTR_INTERRUPTED] = False
-        p.attrs[S.ATTR_END_CHIP_TIME] = np.nan
+        p.create_dataset(S.CONDUCTANCE, data=np.full(n, np.nan, dtype=np.float32))
+        p.create_dataset(S.ITERATIONS, data=np.zeros(n, dtype=np.uint16))
+        p.create_dataset(S.CONVERGED, data=np.zeros(n, dtype=bool))
+        p.create_dataset(S.LAST_PULSE, data=np.full(n, np.nan))
+        p.create_dataset(S.END_CHIP_TIME, data=np.float64(np.nan))
+        p.create_dataset(S.INTERRUPTED, data=np.False_)
+        if trace_iterations > 0:
+            tg = p.create_group(S.TRACES)
+            for name in (S.CONDUCTANCE, "amplitude_ua"):
+                tg.create_dataset(name, data=np.full((trace_iterations, n), np.nan, "f4"))
         r = f.create_group(S.READOUTS)
         row_chunk = min(n, 1 << 28)  # one row per chunk (HDF5 caps a chunk at 4 GiB)
         time_ds = r.create_dataset(S.TIME, shape=(0,), maxshape=(None,), chunks=(4096,),
@@ -110,8 +128,7 @@ class RunWriter:
         g = r.create_dataset(S.CONDUCTANCE, shape=(0, n), maxshape=(None, n),
                              chunks=(1, row_chunk), dtype="f4", fillvalue=np.nan)
         cell_ds = r.create_dataset(S.CELL, data=cells)
-        r.attrs[S.ATTR_SCHEDULE] = np.zeros(0)
-        r.attrs[S.ATTR_ANCHOR] = np.nan
+        r.create_dataset(S.SCHEDULE, data=schedule)
         # dimension scales: xarray (h5netcdf engine) sees dims time_s x cell
         time_ds.make_scale(S.TIME)
         cell_ds.make_scale(S.CELL)
@@ -123,42 +140,35 @@ class RunWriter:
         time_ds.attrs["units"] = "s"
         time_ds.attrs["long_name"] = "time since the end of programming"
 
-    # -- programming (before SWMR) ---------------------------------------------------------
+    # -- programming -----------------------------------------------------------------------
     def write_programming(
         self, *, conductance_us: npt.ArrayLike, iterations: npt.ArrayLike,
         converged: npt.ArrayLike, last_pulse_s: npt.ArrayLike, end_chip_time_s: float,
         interrupted: bool, traces: dict[str, npt.ArrayLike] | None = None,
     ) -> None:
-        if self._f.swmr_mode:
-            raise ConfigError("programming results must be written before readouts start")
+        """Store the programming results; the end time, written last, marks them complete."""
         p = self._f[S.PROGRAMMING]
-        p[S.CONDUCTANCE][...] = np.asarray(conductance_us, dtype=np.float32)
-        p[S.ITERATIONS][...] = np.asarray(iterations, dtype=np.uint16)
-        p[S.CONVERGED][...] = np.asarray(converged, dtype=bool)
-        p[S.LAST_PULSE][...] = np.asarray(last_pulse_s, dtype=np.float64)
+        for name, value, dtype in ((S.CONDUCTANCE, conductance_us, np.float32),
+                                   (S.ITERATIONS, iterations, np.uint16),
+                                   (S.CONVERGED, converged, np.bool_),
+                                   (S.LAST_PULSE, last_pulse_s, np.float64)):
+            p[name][...] = np.asarray(value, dtype=dtype)
+            p[name].flush()
         if traces:
-            tg = p.create_group(S.TRACES)
+            if S.TRACES not in p:
+                raise ConfigError("traces were not reserved when the file was created "
+                                  "(trace_iterations)")
             for name, arr in traces.items():
-                tg.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
-        p.attrs[S.ATTR_END_CHIP_TIME] = float(end_chip_time_s)
-        p.attrs[S.ATTR_INTERRUPTED] = bool(interrupted)
-        p.attrs[S.ATTR_COMPLETE] = True
-        self._f.flush()
+                arr = np.asarray(arr, dtype=np.float32)
+                ds = p[S.TRACES][name]
+                ds[: arr.shape[0]] = arr
+                ds.flush()
+        p[S.INTERRUPTED][()] = bool(interrupted)
+        p[S.INTERRUPTED].flush()
+        p[S.END_CHIP_TIME][()] = float(end_chip_time_s)
+        p[S.END_CHIP_TIME].flush()
 
-    def record_interruption(self, entry: dict[str, Any]) -> None:
-        """Add an entry to the root ``interruptions`` list (before SWMR is on)."""
-        entries = json.loads(self._f.attrs.get(S.ATTR_INTERRUPTIONS, "[]"))
-        entries.append(entry)
-        self._f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(entries)
-
-    # -- readouts (SWMR) -------------------------------------------------------------------
-    def start_readouts(self, schedule_time_s: npt.ArrayLike, anchor_chip_time_s: float) -> None:
-        """Store the planned schedule, then switch SWMR on: from here readers may follow."""
-        self._readouts.attrs[S.ATTR_SCHEDULE] = np.asarray(schedule_time_s, dtype=np.float64)
-        self._readouts.attrs[S.ATTR_ANCHOR] = float(anchor_chip_time_s)
-        self._f.flush()
-        self._f.swmr_mode = True
-
+    # -- readouts --------------------------------------------------------------------------
     @property
     def n_readouts(self) -> int:
         return self._n_rows
@@ -199,16 +209,14 @@ class RunWriter:
 
     # -- resume ----------------------------------------------------------------------------
     @classmethod
-    def resume(cls, path: str | Path, entry: dict[str, Any], *,
-               schedule_time_s: npt.ArrayLike, anchor_chip_time_s: float,
-               ) -> tuple[RunWriter, int]:
+    def resume(cls, path: str | Path, entry: dict[str, Any]) -> tuple[RunWriter, int]:
         """Reopen an interrupted run for appending.
 
         A file a killed SWMR writer left behind cannot be reopened for writing with HDF5's
         public API, so the completed part is copied into a new file beside it (``entry``
-        recorded in its interruptions), which then atomically replaces the original: the
-        original stays untouched until its copy is whole. Returns the writer, in SWMR mode,
-        and the number of completed readouts kept.
+        added to its interruptions), which then atomically replaces the original: the
+        original stays untouched until its copy is whole. Returns the writer and the
+        number of completed readouts kept.
         """
         from pcmlab.store.reader import RunReader
 
@@ -219,28 +227,30 @@ class RunWriter:
                 raise SchemaError(f"{path}: programming never finished, so there is nothing "
                                   "to resume; start a new run")
             targets = old.targets()
+            readouts = old.readouts()
+            trace_iterations = (next(iter(prog.traces.values())).shape[0] if prog.traces
+                                else 0)
             fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".resume",
                                             dir=path.parent)
             os.close(fd)
             tmp = Path(tmp_name)
-            writer = cls.create(tmp, config=old.config, driver_identity=old.driver_identity,
-                                cells=targets.cell, target_us=targets.conductance_us,
-                                layer=targets.layer, overwrite=True)
             try:
-                f = writer._f
-                f.attrs[S.ATTR_CREATED] = old.created
-                f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(old.interruptions)
-                for name in (S.NETWORK, S.EVALUATION):
-                    if name in old.file:
-                        old.file.copy(old.file[name], f, name=name)
+                writer = cls.create(
+                    tmp, config=old.config, driver_identity=old.driver_identity,
+                    cells=targets.cell, target_us=targets.conductance_us, layer=targets.layer,
+                    schedule_time_s=old.schedule_time_s, trace_iterations=trace_iterations,
+                    overwrite=True, created=old.created,
+                    interruptions=[*old.interruptions,
+                                   {**entry, "completed_readouts": readouts.n}])
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            try:
                 writer.write_programming(
                     conductance_us=prog.conductance_us, iterations=prog.iterations,
                     converged=prog.converged, last_pulse_s=prog.last_pulse_s,
                     end_chip_time_s=prog.end_chip_time_s, interrupted=prog.interrupted,
                     traces=prog.traces)
-                readouts = old.readouts()
-                writer.record_interruption({**entry, "completed_readouts": readouts.n})
-                writer.start_readouts(schedule_time_s, anchor_chip_time_s)
                 for i in range(readouts.n):
                     writer.append_readout(float(readouts.time_s[i]),
                                           float(readouts.chip_time_s[i]),

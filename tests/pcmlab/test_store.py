@@ -1,0 +1,189 @@
+"""The measurement store: layout, reader validation, live SWMR reading, resume by copy."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pcmlab.errors import ConfigError, SchemaError
+from pcmlab.store import SCHEMA, RunReader, RunWriter
+
+
+def make_run(path: Path, n_cells: int = 8, rows: int = 3) -> None:
+    w = RunWriter.create(path, config={"k": 1}, driver_identity="maker,model,1,fw",
+                         cells=np.arange(n_cells), target_us=np.linspace(0, 20, n_cells),
+                         schedule_time_s=np.geomspace(20, 1000, rows + 2))
+    w.write_programming(conductance_us=np.linspace(0, 20, n_cells),
+                        iterations=np.arange(n_cells), converged=np.ones(n_cells, bool),
+                        last_pulse_s=np.zeros(n_cells), end_chip_time_s=5.0, interrupted=False)
+    for i in range(rows):
+        w.append_readout(20.0 * (i + 1), 25.0 + 20 * i, 1.7e9 + i,
+                         np.full(n_cells, i, np.float32))
+    w.close()
+
+
+def test_layout_is_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    make_run(path)
+    with h5py.File(path, "r") as f:  # read without pcmlab, by the schema's names
+        assert f.attrs["schema"] == SCHEMA
+        assert json.loads(f.attrs["config"]) == {"k": 1}
+        assert f.attrs["driver"] == "maker,model,1,fw"
+        assert "T" in f.attrs["created"] and f.attrs["pcmlab_version"]
+        assert f["targets/cell"].dtype == np.uint32
+        assert f["targets/conductance_us"].dtype == np.float32
+        assert f["targets/layer"].dtype == np.int16 and (f["targets/layer"][...] == -1).all()
+        assert f["programming/iterations"].dtype == np.uint16
+        assert f["programming/converged"][...].all()
+        assert f["programming/last_pulse_s"].dtype == np.float64
+        g = f["readouts/conductance_us"]
+        assert g.shape == (3, 8) and g.chunks == (1, 8) and g.maxshape == (None, 8)
+        np.testing.assert_array_equal(f["readouts/time_s"][...], [20, 40, 60])
+        assert f["readouts/chip_time_s"].shape == f["readouts/wall_time"].shape == (3,)
+
+
+def test_reader_typed_access(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    make_run(path)
+    with RunReader(path) as run:
+        assert run.n_readouts == 3
+        ro = run.readouts()
+        assert ro.conductance_us.dtype == np.float32 and ro.conductance_us[2, 0] == 2
+        assert run.readouts(1).n == 2
+        prog = run.programming()
+        assert prog is not None and prog.end_chip_time_s == 5.0 and not prog.interrupted
+        assert run.schedule_time_s.size == 5
+
+
+def test_xarray_view(tmp_path: Path) -> None:
+    pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    path = tmp_path / "run.h5"
+    make_run(path)
+    with RunReader(path) as run:
+        ds = run.to_xarray()
+        assert ds["conductance_us"].dims == ("time_s", "cell")
+        np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
+        assert float(ds["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
+        ds.close()
+
+
+def test_half_written_row_is_not_a_readout(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    make_run(path)
+    with h5py.File(path, "r+") as f:  # as if killed after the conductance row was flushed
+        g = f["readouts/conductance_us"]
+        g.resize(4, axis=0)
+        g[3] = 9.0
+    with RunReader(path) as run:
+        assert run.n_readouts == 3
+
+
+def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    make_run(path)
+    with pytest.raises(ConfigError, match="exists"):
+        RunWriter.create(path, config={}, driver_identity="x", cells=[0], target_us=[1.0],
+                         schedule_time_s=[1.0, 2.0])
+    with RunReader(path) as run:
+        assert run.n_readouts == 3
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "other-schema", "newer", "no-schema",
+                                  "truncated", "incomplete"])
+def test_bad_files_are_refused_clearly(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "x.h5"
+    match = {
+        "missing": "no such file", "text": "not an HDF5 file",
+        "other-schema": "is not a pcmlab schema", "newer": "newer pcmlab",
+        "no-schema": "no 'schema' attribute", "truncated": "corrupt or truncated",
+        "incomplete": "missing /readouts",
+    }[case]
+    if case == "text":
+        path.write_text("time,g\n1,2\n")
+    elif case in ("other-schema", "newer", "no-schema"):
+        with h5py.File(path, "w") as f:
+            if case == "other-schema":
+                f.attrs["schema"] = "nexus/3"
+            elif case == "newer":
+                f.attrs["schema"] = "pcmlab/2"
+    elif case == "truncated":
+        make_run(path, n_cells=20_000, rows=4)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif case == "incomplete":
+        make_run(path)
+        with h5py.File(path, "r+") as f:
+            del f["readouts/time_s"]
+    with pytest.raises(SchemaError, match=match), RunReader(path) as run:
+        run.readouts()
+
+
+def test_resume_copies_completed_rows_and_records_interruption(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    make_run(path, rows=2)
+    writer, done = RunWriter.resume(path, {"reason": "test"})
+    assert done == 2
+    writer.append_readout(100.0, 105.0, 1.7e9, np.full(8, 7, np.float32))
+    writer.close()
+    with RunReader(path) as run:
+        assert run.n_readouts == 3
+        np.testing.assert_array_equal(run.readouts().time_s, [20, 40, 100])
+        assert run.interruptions == [{"reason": "test", "completed_readouts": 2}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from pcmlab.store import RunWriter
+    path, n = sys.argv[1], int(sys.argv[2])
+    w = RunWriter.create(path, config={}, driver_identity="live", cells=np.arange(1000),
+                         target_us=np.ones(1000), schedule_time_s=np.arange(1, n + 1))
+    w.write_programming(conductance_us=np.ones(1000), iterations=np.ones(1000),
+                        converged=np.ones(1000, bool), last_pulse_s=np.zeros(1000),
+                        end_chip_time_s=0.0, interrupted=False)
+    print("swmr", flush=True)
+    for i in range(n):
+        time.sleep(0.25)
+        w.append_readout(float(i + 1), float(i + 1), time.time(), np.full(1000, i, "f4"))
+    w.close()
+""")
+
+
+@pytest.mark.slow
+def test_second_process_sees_readouts_arrive(tmp_path: Path) -> None:
+    path = tmp_path / "live.h5"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT)
+    n = 12
+    proc = subprocess.Popen([sys.executable, str(script), str(path), str(n)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "swmr"
+        seen = []
+        with RunReader(path) as run:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                run.refresh()
+                count = run.n_readouts
+                if not seen or count != seen[-1]:
+                    seen.append(count)
+                    if count:  # rows arrive whole
+                        last = run.readouts(count - 1).conductance_us[0]
+                        assert (last == count - 1).all()
+                if count == n:
+                    break
+                time.sleep(0.05)
+        assert seen[-1] == n
+        # the reader watched the file grow while the writer was still writing
+        assert len([c for c in seen if 0 < c < n]) >= 3
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0

@@ -1,0 +1,217 @@
+"""Whole runs: schedule, file, crash safety under SIGKILL, resume, drift on the mock chip."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers import MockDriver
+from mock_chip import MockChipConfig
+from pcmlab.analysis import fit_drift_exponents
+from pcmlab.config import save_model, validate_model
+from pcmlab.errors import ConfigError
+from pcmlab.pcm_model import PCMModel
+from pcmlab.store import RunReader
+from protocols.experiment import RunConfig, run_experiment
+from protocols.readout import ReadoutSchedule, run_schedule
+
+RUN_TOML = """
+resource = "mock"
+[chip]
+seed = 3
+[chip.geometry]
+rows = 32
+cols = 64
+[targets]
+kind = "levels"
+[schedule]
+t0_s = 20.0
+t_end_s = 1e6
+n_readouts = 12
+"""
+
+# Runs `pcmlab run` and SIGKILLs itself right after the k-th HDF5 flush.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import h5py
+    config, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    count = 0
+    def counting(original):
+        def flush(self):
+            global count
+            original(self)
+            count += 1
+            if count == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return flush
+    h5py.Dataset.flush = counting(h5py.Dataset.flush)
+    h5py.File.flush = counting(h5py.File.flush)
+    from pcmlab.cli import main
+    sys.exit(main(["run", config, "-o", out]))
+""")
+
+
+def pcmlab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pcmlab.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_schedule_validation() -> None:
+    times = ReadoutSchedule(t0_s=20, t_end_s=2e6, n_readouts=6).times_s()
+    np.testing.assert_allclose(times, np.geomspace(20, 2e6, 6))
+    with pytest.raises(ConfigError, match=r"t_end_s=10\.0 must be after t0_s=20\.0"):
+        validate_model(ReadoutSchedule, {"t_end_s": 10.0})
+    with pytest.raises(ConfigError, match="n_readouts = 1"):
+        validate_model(ReadoutSchedule, {"n_readouts": 1})
+
+
+def test_late_readouts_are_taken_at_once_and_none_skipped() -> None:
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 4, "cols": 4}))
+    driver.clock.advance(1000.0)  # the schedule's first three times are already past
+    rows = []
+    taken = run_schedule(driver, [10.0, 100.0, 500.0, 2000.0], 0.0,
+                         lambda i, t, chip, wall, g: rows.append((i, t)))
+    assert taken == 4
+    assert [i for i, _ in rows] == [0, 1, 2, 3]
+    assert [t for _, t in rows] == [1000.0, 1000.0, 1000.0, 2000.0]  # actual times recorded
+
+
+def test_one_year_schedule_on_100k_cells_matches_drift_model(tmp_path: Path) -> None:
+    config = validate_model(RunConfig, {
+        "chip": {"geometry": {"rows": 256, "cols": 512}, "seed": 4},
+        "targets": {"kind": "levels", "cells": 100_000},
+        "schedule": {"t0_s": 20.0, "t_end_s": 3.15e7, "n_readouts": 30},
+    })
+    driver = MockDriver(config=validate_model(MockChipConfig, config.chip))
+    path = tmp_path / "year.h5"
+    result, taken = run_experiment(driver, config, path)
+    assert taken == 30
+    model = PCMModel()
+    with RunReader(path) as run:
+        ro = run.readouts()
+        targets = run.targets().conductance_us
+        assert ro.conductance_us.shape == (30, 100_000)
+        assert ro.time_s[-1] == pytest.approx(3.15e7)
+        nu = fit_drift_exponents(ro.time_s, ro.conductance_us)
+    for level in np.unique(targets[targets > 0]):
+        sel = (targets == level) & result.converged
+        assert np.median(nu[sel]) == pytest.approx(float(model.drift_nu_mean(level)),
+                                                   rel=0.15), level
+
+
+@pytest.mark.slow
+def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    reference = tmp_path / "reference.h5"
+    assert pcmlab("run", str(config), "-o", str(reference)).returncode == 0
+    with RunReader(reference) as run:
+        ref = run.readouts()
+        schedule = run.schedule_time_s
+    n = schedule.size
+    # flushes 1-6 store programming (4 arrays, interrupted flag, end time); then 4 per
+    # readout (row, chip time, wall time, time_s)
+    kill_points = [1, 3, 6, 7, 8, 9, 10, 15, 20, 26, 33, 41, 50]
+    for k in kill_points:
+        out = tmp_path / f"killed-{k}.h5"
+        proc = subprocess.run([sys.executable, str(killer), str(config), str(out), str(k)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, (k, proc.stderr)
+        with RunReader(out) as run:
+            kept = run.n_readouts
+            assert kept == max(k - 6, 0) // 4  # only rows whose time_s was flushed count
+            got = run.readouts()
+            # every readout written before the kill is intact, bit for bit
+            np.testing.assert_array_equal(got.conductance_us, ref.conductance_us[:kept])
+            np.testing.assert_array_equal(got.time_s, ref.time_s[:kept])
+        proc = pcmlab("resume", str(out))
+        if k < 6:  # killed before programming was complete: nothing to resume
+            assert proc.returncode == 2 and "programming never finished" in proc.stderr
+            assert "Traceback" not in proc.stderr
+            continue
+        assert proc.returncode == 0, (k, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        with RunReader(out) as run:
+            ro = run.readouts()
+            assert ro.n == n  # the schedule completed: no gap
+            assert (np.diff(ro.time_s) > 0).all()  # no duplicate, in order
+            assert (ro.time_s >= schedule - 1e-9).all()
+            np.testing.assert_array_equal(ro.conductance_us[:kept], ref.conductance_us[:kept])
+            assert [e["completed_readouts"] for e in run.interruptions] == [kept]
+        assert not [p for p in tmp_path.iterdir() if p.suffix == ".resume"]
+
+
+def test_resume_of_a_complete_run_changes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    out = tmp_path / "run.h5"
+    assert pcmlab("run", str(config), "-o", str(out)).returncode == 0
+    before = out.stat().st_mtime_ns
+    proc = pcmlab("resume", str(out))
+    assert proc.returncode == 0 and "12 readouts were there, 12 of 12 now" in proc.stdout
+    assert out.stat().st_mtime_ns == before
+
+
+def test_cli_inspect_and_plot(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    out = tmp_path / "run.h5"
+    assert pcmlab("run", str(config), "-o", str(out)).returncode == 0
+    proc = pcmlab("inspect", str(out))
+    assert proc.returncode == 0
+    assert "12 of 12" in proc.stdout and "drift per level" in proc.stdout
+    proc = pcmlab("plot", str(out), "-o", str(tmp_path / "fig.png"))
+    assert proc.returncode == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [("text", ["inspect", "{f}"], "not an HDF5 file"),
+     ("other", ["inspect", "{f}"], "no 'schema' attribute"),
+     ("text", ["resume", "{f}"], "not an HDF5 file"),
+     ("text", ["plot", "{f}"], "not an HDF5 file"),
+     ("bad-times", ["run", "{c}", "-o", "{f}"], "t_end_s=10.0 must be after t0_s=20.0"),
+     ("one-readout", ["run", "{c}", "-o", "{f}"], "n_readouts = 1"),
+     ("exists", ["run", "{c}", "-o", "{f}"], "exists")],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path: Path, setup: str, args: list[str],
+                                         message: str) -> None:
+    import h5py
+
+    f = tmp_path / "x.h5"
+    c = tmp_path / "run.toml"
+    c.write_text(RUN_TOML)
+    if setup == "text":
+        f.write_text("hello")
+    elif setup == "other":
+        with h5py.File(f, "w") as h:
+            h["data"] = [1, 2, 3]
+    elif setup == "bad-times":
+        c.write_text(RUN_TOML.replace("t_end_s = 1e6", "t_end_s = 10.0"))
+    elif setup == "one-readout":
+        c.write_text(RUN_TOML.replace("n_readouts = 12", "n_readouts = 1"))
+    elif setup == "exists":
+        f.write_text("precious")
+    proc = pcmlab(*[a.format(f=f, c=c) for a in args])
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    if setup == "exists":
+        assert f.read_text() == "precious"
+
+
+def test_example_configuration_is_valid(tmp_path: Path) -> None:
+    from pcmlab.config import load_model
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_model(RunConfig, root / "examples" / "run.toml")
+    assert cfg.schedule.n_readouts == 30
+    save_model(cfg, tmp_path / "copy.json")
+    assert os.path.getsize(tmp_path / "copy.json") > 0
