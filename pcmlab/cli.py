@@ -299,46 +299,156 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Program levels on the mock chip, then watch them drift for a year (virtual clock)."""
-    from protocols.program_verify import ProgramVerifyConfig
+def _accuracy_table(time_s, measured, simulated, ideal: float, title: str) -> Table:
+    table = Table(title=title, caption=f"float model (ideal): {100 * ideal:.2f} %")
+    for col in ("time", "measured %", "simulated %", "± std"):
+        table.add_column(col, justify="right")
+    for i, t in enumerate(time_s):
+        row = [_fmt_s(float(t)), f"{100 * measured[i]:.2f}"]
+        if simulated is not None:
+            j = int(np.argmin(np.abs(np.log(simulated.time_s) - np.log(t))))
+            row += [f"{100 * simulated.mean[j]:.2f}", f"{100 * simulated.std[j]:.2f}"]
+        else:
+            row += ["-", "-"]
+        table.add_row(*row)
+    return table
 
+
+def _train_reference(args: argparse.Namespace):
+    from pcmlab.tasks import load_digits, reference_cnn, train_classifier
+
+    data = load_digits(seed=args.seed)
+    with Progress(TextColumn("[bold]training"), BarColumn(),
+                  TextColumn("epoch {task.completed}/{task.total}"),
+                  TextColumn("{task.fields[log]}"), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("train", total=args.epochs, log="")
+
+        def on_epoch(epoch: int, loss: float, acc: float) -> None:
+            bar.update(task, completed=epoch, log=f"loss {loss:.3f}, train acc {acc:.3f}")
+            log.info("epoch %d: loss %.4f, train accuracy %.4f", epoch, loss, acc)
+
+        model = train_classifier(reference_cnn(seed=args.seed), data.x_train, data.y_train,
+                                 epochs=args.epochs, weight_noise=args.weight_noise,
+                                 seed=args.seed, on_epoch=on_epoch)
+    return model, data
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the reference CNN, deploy it on the mock chip, read it for a year (virtual
+    clock) and report accuracy over time, measured beside simulated."""
+    from pcmlab.evaluator import AnalogEvaluator, Periphery
+    from pcmlab.nn_model import save_model_file
+    from pcmlab.plots import plot_accuracy
+    from pcmlab.tasks import DIGITS_INPUT_SHAPE
+    from protocols.deploy import DeployConfig, deploy_network
+
+    out_dir = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model, data = _train_reference(args)
+    model_path = save_model_file(model, out_dir / "demo-model.pt",
+                                 input_shape=DIGITS_INPUT_SHAPE)
+    periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
+                               "--bits")
+    evaluator = AnalogEvaluator(model, data.x_train, periphery)
+    cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
+                                        "periphery": periphery}, "demo options")
     driver = _make_mock_driver(args)
-    levels = np.array([0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5], np.float32)
-    model = PCMModel()
-    with driver:
-        info = driver.info
-        n = info.n_cells
-        cells = np.arange(n, dtype=np.uint32)
-        targets = levels[np.arange(n) % levels.size]
-        console.print(f"[bold]pcmlab {__version__} demo[/] on {info.identity}: "
-                      f"{levels.size} levels x {n // levels.size} cells")
-        result = _run_program(driver, cells, targets, ProgramVerifyConfig())
-        times_s = {"25 s": 25.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 30 * 86400.0,
-                   "1 year": 365 * 86400.0}
-        reads = {}
-        for label, t in times_s.items():
-            driver.clock.sleep_until(result.end_s + t)
-            reads[label] = driver.read(cells)
-    g25 = reads["25 s"]
-    rows = convergence_by_level(targets, result.g_us, result.converged, result.iterations,
-                                g_t0_us=g25, t0_s=25.0)
-    console.print(_convergence_table(rows, "program-and-verify on the mock chip"))
-    table = Table(title="mean conductance (µS) after programming: measured / model")
-    table.add_column("target µS", justify="right")
-    for label in times_s:
-        table.add_column(label, justify="right")
-    for level in levels[1:]:
-        sel = (targets == level) & result.converged
-        cells_row = [f"{level:.1f}"]
-        for label, t in times_s.items():
-            nu = model.drift_nu_mean(level)
-            predicted = float(model.drift(level, nu, t))
-            cells_row.append(f"{reads[label][sel].mean():.2f} / {predicted:.2f}")
-        table.add_row(*cells_row)
-    console.print(table)
-    console.print(f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero cells "
-                  "converged; drift over a year ran in the virtual clock.")
+    run_path = out_dir / "demo-run.h5"
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
+        result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
+                                overwrite=True, on_wait=on_wait)
+    console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
+    util = Table(title="mapping", show_header=True)
+    for col in ("layer", "devices", "array %"):
+        util.add_column(col, justify="right")
+    for name, n, share in result.mapping.utilization():
+        util.add_row(name, str(n), f"{100 * share:.2f}")
+    console.print(util)
+    console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
+                  f"of non-zero devices converged ({result.programming.cells.size} devices)")
+    console.print(_accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
+                                  result.ideal_accuracy,
+                                  f"test accuracy, {args.bits}-bit DAC/ADC, "
+                                  f"{args.runs} simulated runs per point"))
+    png = plot_accuracy(out_dir / "demo-accuracy.png", result.time_s,
+                        result.measured_accuracy,
+                        None if result.simulated is None else result.simulated.time_s,
+                        None if result.simulated is None else result.simulated.mean,
+                        None if result.simulated is None else result.simulated.std,
+                        result.ideal_accuracy,
+                        title=f"digits CNN on the mock PCM chip ({args.bits}-bit periphery)")
+    console.print(f"wrote {model_path}, {run_path}, {png} in "
+                  f"{time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+def _model_and_data(model_path: Path, data_path: Path | None):
+    from pcmlab.nn_model import load_model_file
+    from pcmlab.tasks import DIGITS_INPUT_SHAPE, load_digits, load_npz_dataset
+
+    loaded = load_model_file(model_path)
+    if data_path is not None:
+        data = load_npz_dataset(data_path, loaded.input_shape)
+    elif tuple(loaded.input_shape) == DIGITS_INPUT_SHAPE:
+        data = load_digits(seed=int(loaded.extra.get("data_seed", 0)))
+    else:
+        raise ConfigError(f"{model_path} takes inputs {loaded.input_shape}; give its test "
+                          "data with --data FILE.npz (x_test, y_test)")
+    return loaded, data
+
+
+def _periphery_for(loaded, bits: int | None):
+    from pcmlab.evaluator import Periphery
+
+    stored = loaded.extra.get("periphery") or {}
+    data = dict(stored)
+    if bits is not None:
+        data.update({"dac_bits": bits, "adc_bits": bits})
+    return validate_model(Periphery, data, "periphery")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from pcmlab.evaluator import AnalogEvaluator
+    from protocols.deploy import DeployConfig, deploy_network
+
+    loaded, data = _model_and_data(args.model, args.data)
+    periphery = _periphery_for(loaded, args.bits)
+    evaluator = AnalogEvaluator(loaded.model, data.x_train, periphery)
+    cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
+                                        "periphery": periphery, "tiling": not args.no_tiling},
+                         "deploy options")
+    driver = _make_mock_driver(args)
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
+        result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
+                                on_wait=on_wait)
+    console.print(_accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
+                                  result.ideal_accuracy, f"{args.model.name} on "
+                                  f"{driver.info.identity}"))
+    console.print(f"wrote [bold]{args.output}[/]")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pcmlab.evaluator import AnalogEvaluator
+    from protocols.deploy import evaluate_file
+
+    loaded, data = _model_and_data(args.model, args.data)
+    evaluator = AnalogEvaluator(loaded.model, data.x_train,
+                                _periphery_for(loaded, args.bits))
+    time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
+    console.print(_accuracy_table(time_s, accuracy, None,
+                                  evaluator.ideal_accuracy(data.x_test, data.y_test),
+                                  f"measured accuracy of {args.run.name}"))
     return 0
 
 
@@ -349,9 +459,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="program levels on the mock chip and watch them drift")
-    _add_chip_options(p, rows=128, cols=256)
+    p = sub.add_parser("demo", help="train a digits CNN, deploy it on the mock chip, report "
+                       "accuracy over a year")
+    _add_chip_options(p, rows=256, cols=512)
+    p.add_argument("--output-dir", type=Path, default=Path("pcmlab-demo"),
+                   help="where the model, run file and plot go (default ./pcmlab-demo)")
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs")
+    p.add_argument("--weight-noise", type=float, default=0.05,
+                   help="training weight noise, relative to W_max")
+    p.add_argument("--bits", type=int, default=8, help="DAC and ADC bits")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("deploy", help="map a model file onto the mock chip, program it, "
+                       "read it for a year, evaluate")
+    p.add_argument("model", type=Path, help="model file (pcmlab-model/1, see 'pcmlab train')")
+    p.add_argument("--data", type=Path, help=".npz with x_test, y_test (optional x_train, "
+                   "y_train to calibrate ranges); default: digits for a digits model")
+    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("--bits", type=int, help="DAC and ADC bits (default: the model's, or 8)")
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
+                   "the array instead of splitting them into tiles")
+    _add_chip_options(p, rows=256, cols=512)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("evaluate", help="measured accuracy per readout of a deployment file")
+    p.add_argument("run", type=Path)
+    p.add_argument("--model", type=Path, required=True, help="the model that was deployed")
+    p.add_argument("--data", type=Path, help=".npz with x_test, y_test")
+    p.add_argument("--bits", type=int, help="DAC and ADC bits")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("program", help="program targets on the mock chip with program-and-verify")
     _add_chip_options(p, rows=256, cols=512)

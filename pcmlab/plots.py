@@ -60,3 +60,48 @@ def plot_run(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_accuracy(
+    path: str | Path,
+    measured_time_s: npt.NDArray[np.float64],
+    measured_accuracy: npt.NDArray[np.float64],
+    simulated_time_s: npt.NDArray[np.float64] | None = None,
+    simulated_mean: npt.NDArray[np.float64] | None = None,
+    simulated_std: npt.NDArray[np.float64] | None = None,
+    ideal_accuracy: float | None = None,
+    title: str = "",
+) -> Path:
+    """Accuracy vs time since programming: simulated mean +- std band, measured points on
+    top (as Figure 7 of the AnalogNets paper)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    if simulated_time_s is not None and simulated_mean is not None:
+        std = np.zeros_like(simulated_mean) if simulated_std is None else simulated_std
+        ax.fill_between(simulated_time_s, 100 * (simulated_mean - std),
+                        100 * (simulated_mean + std), color="tab:blue", alpha=0.25,
+                        label="simulated (PCM model), mean ± std")
+        ax.plot(simulated_time_s, 100 * simulated_mean, color="tab:blue")
+    ax.plot(measured_time_s, 100 * np.asarray(measured_accuracy), "o", color="tab:red",
+            label="measured (chip)")
+    if ideal_accuracy is not None:
+        ax.axhline(100 * ideal_accuracy, color="gray", ls="--", label="float model")
+    ax.set_xscale("log")
+    ticks = [(25, "25 s"), (3600, "1 h"), (86400, "1 day"), (30 * 86400, "1 month"),
+             (365 * 86400, "1 year")]
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+    ax.set_xlabel("time since programming")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -23,6 +23,7 @@ from protocols.program_verify import (
     ProgramVerifyConfig,
     ProgressCallback,
     program_and_verify,
+    program_pairs,
 )
 from protocols.readout import ReadoutSchedule, WaitCallback, run_schedule
 
@@ -117,6 +118,57 @@ def _read_cells(info: ChipInfo, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np
     return cells
 
 
+def measure_run(
+    driver: CrossbarDriver,
+    path: str | Path,
+    *,
+    cells: npt.NDArray[np.uint32],
+    target_us: npt.NDArray[np.float32],
+    program: ProgramVerifyConfig,
+    times_s: npt.NDArray[np.float64],
+    config: dict[str, Any],
+    layer: npt.NDArray[np.int16] | None = None,
+    network_mapping: str | None = None,
+    pairs: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None = None,
+    overwrite: bool = False,
+    program_progress: ProgressCallback | None = None,
+    on_wait: WaitCallback | None = None,
+    stop: StopToken | None = None,
+) -> tuple[ProgramResult, int]:
+    """Program ``cells`` to ``target_us``, then read them at ``times_s`` after programming,
+    everything into a new measurement file. With ``pairs`` (positions of G+ and G- in
+    ``cells``), pairs with a stuck device are compensated (``program_pairs``) and the file's
+    targets are the ones finally programmed. Returns the programming result and the number
+    of readouts taken (fewer than planned if stopped)."""
+    info = driver.info
+    program.check_against(info)
+    stop = stop or StopToken()
+    writer = RunWriter.create(
+        path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,
+        layer=layer, schedule_time_s=times_s, network_mapping=network_mapping,
+        overwrite=overwrite,
+        trace_iterations=program.max_iterations if program.record_traces else 0)
+    with writer:
+        if pairs is None:
+            result = program_and_verify(driver, cells, target_us, program,
+                                        progress=program_progress, stop=stop)
+        else:
+            result = program_pairs(driver, cells, target_us, pairs[0], pairs[1], program,
+                                   progress=program_progress, stop=stop)
+            writer.update_targets(result.target_us)
+        writer.write_programming(
+            conductance_us=result.g_us, iterations=result.iterations,
+            converged=result.converged, last_pulse_s=result.last_pulse_s,
+            end_chip_time_s=result.end_s, interrupted=result.interrupted,
+            traces=result.traces or None)
+        if result.interrupted:
+            log.warning("programming interrupted: no readouts taken")
+            return result, 0
+        taken = run_schedule(driver, times_s, result.end_s, _sink(writer),
+                             cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
+    return result, taken
+
+
 def run_experiment(
     driver: CrossbarDriver,
     config: RunConfig,
@@ -127,33 +179,14 @@ def run_experiment(
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
 ) -> tuple[ProgramResult, int]:
-    """Program the targets, then take the schedule's readouts into a new file at ``path``.
-
-    Returns the programming result and the number of readouts taken.
-    """
-    info = driver.info
-    config.program.check_against(info)
-    cells, target = config.targets.resolve(info, config_dir)
-    stop = stop or StopToken()
-    times = config.schedule.times_s()
-    writer = RunWriter.create(
-        path, config=config.model_dump(mode="json"), driver_identity=info.identity,
-        cells=cells, target_us=target, schedule_time_s=times,
-        trace_iterations=config.program.max_iterations if config.program.record_traces else 0)
-    with writer:
-        result = program_and_verify(driver, cells, target, config.program,
-                                    progress=program_progress, stop=stop)
-        writer.write_programming(
-            conductance_us=result.g_us, iterations=result.iterations,
-            converged=result.converged, last_pulse_s=result.last_pulse_s,
-            end_chip_time_s=result.end_s, interrupted=result.interrupted,
-            traces=result.traces or None)
-        if result.interrupted:
-            log.warning("programming interrupted: no readouts taken")
-            return result, 0
-        taken = run_schedule(driver, times, result.end_s, _sink(writer),
-                             cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
-    return result, taken
+    """Program the configured targets, then take the schedule's readouts into a new file
+    at ``path``. Returns the programming result and the number of readouts taken."""
+    config.program.check_against(driver.info)
+    cells, target = config.targets.resolve(driver.info, config_dir)
+    return measure_run(driver, path, cells=cells, target_us=target, program=config.program,
+                       times_s=config.schedule.times_s(),
+                       config=config.model_dump(mode="json"),
+                       program_progress=program_progress, on_wait=on_wait, stop=stop)
 
 
 def _sink(writer: RunWriter):

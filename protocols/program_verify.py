@@ -294,3 +294,69 @@ def program_and_verify(
              n, 100 * result.converged_fraction_nonzero, calls,
              " (interrupted)" if interrupted else "")
     return result
+
+
+def program_pairs(
+    driver: CrossbarDriver,
+    cells: npt.ArrayLike,
+    target_us: npt.ArrayLike,
+    plus: npt.ArrayLike,
+    minus: npt.ArrayLike,
+    config: ProgramVerifyConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    stop: StopToken | None = None,
+) -> ProgramResult:
+    """Program differential pairs, then compensate pairs with a stuck device.
+
+    ``plus`` and ``minus`` are positions into ``cells`` of each pair's G+ and G-. After
+    program-and-verify, a device that did not converge is taken as stuck at its last verify
+    reading G_s, and its partner is programmed again so that the pair's difference is the
+    intended one: partner target G_s - (G+ - G-) target for a stuck G+, G_s + (...) for a
+    stuck G-. A partner target above G_max is lowered to G_max (the best the pair can do;
+    logged), one below 0 is left alone. A stuck-SET device on the zero side of a weight is
+    otherwise an error of a full W_max. The result's ``target_us`` holds the targets
+    actually programmed.
+    """
+    cfg = config or ProgramVerifyConfig()
+    p = np.asarray(plus, dtype=np.intp)
+    m = np.asarray(minus, dtype=np.intp)
+    result = program_and_verify(driver, cells, target_us, cfg, progress=progress, stop=stop)
+    if result.interrupted:
+        return result
+    tgt = result.target_us.copy()
+    diff = tgt[p] - tgt[m]
+    g = result.g_us
+    g_max = driver.info.g_max_us
+    stuck_p = ~result.converged[p] & result.converged[m]
+    stuck_m = ~result.converged[m] & result.converged[p]
+    new_m = g[p] - diff  # partner of a stuck G+
+    new_p = g[m] + diff  # partner of a stuck G-
+    fix_m = stuck_p & (new_m > 0)
+    fix_p = stuck_m & (new_p > 0)
+    capped = int((fix_m & (new_m > g_max)).sum() + (fix_p & (new_p > g_max)).sum())
+    new_m, new_p = np.minimum(new_m, g_max), np.minimum(new_p, g_max)
+    redo = np.concatenate([m[fix_m], p[fix_p]])
+    if redo.size == 0:
+        return result
+    if capped:
+        log.info("%d compensating targets were above G_max = %g µS and were set to G_max",
+                 capped, g_max)
+    tgt[m[fix_m]] = new_m[fix_m]
+    tgt[p[fix_p]] = new_p[fix_p]
+    log.info("compensating %d pairs with a stuck device by re-programming the partner",
+             redo.size)
+    again = program_and_verify(driver, result.cells[redo], tgt[redo], cfg, stop=stop)
+    g_us = result.g_us.copy()
+    g_us[redo] = again.g_us
+    iterations = result.iterations.copy()
+    iterations[redo] += again.iterations
+    converged = result.converged.copy()
+    converged[redo] = again.converged
+    last = result.last_pulse_s.copy()
+    last[redo] = again.last_pulse_s
+    return ProgramResult(
+        cells=result.cells, target_us=tgt, g_us=g_us, iterations=iterations,
+        converged=converged, last_pulse_s=last, end_s=again.end_s,
+        interrupted=again.interrupted, n_driver_calls=result.n_driver_calls +
+        again.n_driver_calls, traces=result.traces)

@@ -30,15 +30,25 @@ class ReadoutSchedule(StrictModel):
     t0_s: float = Field(20.0, gt=0, description="first readout after programming")
     t_end_s: float = Field(72_000.0, gt=0, description="last readout after programming")
     n_readouts: int = Field(20, ge=2, le=1_000_000)
+    include_s: tuple[float, ...] = Field(
+        (), description="extra read times (s) between t0 and t_end, e.g. 3600 for 1 h")
 
     @model_validator(mode="after")
     def _ordered(self) -> ReadoutSchedule:
         if self.t_end_s <= self.t0_s:
             raise ValueError(f"t_end_s={self.t_end_s} must be after t0_s={self.t0_s}")
+        for t in self.include_s:
+            if not self.t0_s <= t <= self.t_end_s:
+                raise ValueError(f"include_s has {t}, outside t0_s..t_end_s = "
+                                 f"{self.t0_s}..{self.t_end_s}")
         return self
 
     def times_s(self) -> npt.NDArray[np.float64]:
-        return np.geomspace(self.t0_s, self.t_end_s, self.n_readouts)
+        """The log-spaced times with ``include_s`` merged in, sorted, no repeats."""
+        times = np.geomspace(self.t0_s, self.t_end_s, self.n_readouts)
+        if self.include_s:
+            times = np.unique(np.concatenate([times, np.asarray(self.include_s, float)]))
+        return times
 
 
 def run_schedule(

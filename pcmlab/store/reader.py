@@ -157,6 +157,23 @@ class RunReader:
         """Planned readout times, s after the end of programming."""
         return self._read(f"{S.READOUTS}/{S.SCHEDULE}")
 
+    @property
+    def network_mapping_json(self) -> str | None:
+        """The network mapping (JSON) if the run deployed a network."""
+        if S.NETWORK not in self.file:
+            return None
+        value = self.file[S.NETWORK].attrs.get(S.ATTR_MAPPING)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """Accuracy vs time stored after the run, or None."""
+        if S.EVALUATION not in self.file:
+            return None
+        g = self.file[S.EVALUATION]
+        out: dict[str, Any] = {k: g[k][...] for k in g}
+        out.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()})
+        return out
+
     # -- data ------------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
         try:

@@ -37,3 +37,15 @@ END_CHIP_TIME = "end_chip_time_s"
 INTERRUPTED = "interrupted"
 # /readouts: the planned times (s after the end of programming), fixed at creation
 SCHEDULE = "schedule_time_s"
+
+# /network attributes (written at creation): the mapping as JSON
+ATTR_MAPPING = "mapping"
+# /evaluation (written after the run's writer closed)
+MEASURED_TIME = "measured_time_s"
+MEASURED_ACCURACY = "measured_accuracy"
+SIMULATED_TIME = "simulated_time_s"
+SIMULATED_MEAN = "simulated_accuracy_mean"
+SIMULATED_STD = "simulated_accuracy_std"
+SIMULATED_RUNS = "simulated_accuracy_runs"
+ATTR_IDEAL = "ideal_accuracy"
+ATTR_PERIPHERY = "periphery"

@@ -60,6 +60,7 @@ class RunWriter:
         overwrite: bool = False,
         created: str | None = None,
         interruptions: list[dict[str, Any]] | None = None,
+        network_mapping: str | None = None,
     ) -> RunWriter:
         """A new file with every dataset of the schema, in SWMR mode: readouts empty,
         programming unset (NaN end time). ``trace_iterations`` > 0 reserves per-iteration
@@ -83,6 +84,8 @@ class RunWriter:
                                np.asarray(schedule_time_s, dtype=np.float64), trace_iterations)
             f.attrs[S.ATTR_CREATED] = created or utc_now_iso()
             f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(interruptions or [])
+            if network_mapping is not None:
+                f.create_group(S.NETWORK).attrs[S.ATTR_MAPPING] = network_mapping
             f.swmr_mode = True  # flushes everything above first
         except BaseException:
             f.close()
@@ -141,6 +144,13 @@ class RunWriter:
         time_ds.attrs["long_name"] = "time since the end of programming"
 
     # -- programming -----------------------------------------------------------------------
+    def update_targets(self, target_us: npt.ArrayLike) -> None:
+        """Replace the targets by the ones finally programmed (same cells, e.g. after pair
+        compensation); before the programming results are written."""
+        ds = self._f[S.TARGETS][S.CONDUCTANCE]
+        ds[...] = np.asarray(target_us, dtype=np.float32)
+        ds.flush()
+
     def write_programming(
         self, *, conductance_us: npt.ArrayLike, iterations: npt.ArrayLike,
         converged: npt.ArrayLike, last_pulse_s: npt.ArrayLike, end_chip_time_s: float,
@@ -241,7 +251,8 @@ class RunWriter:
                     schedule_time_s=old.schedule_time_s, trace_iterations=trace_iterations,
                     overwrite=True, created=old.created,
                     interruptions=[*old.interruptions,
-                                   {**entry, "completed_readouts": readouts.n}])
+                                   {**entry, "completed_readouts": readouts.n}],
+                    network_mapping=old.network_mapping_json)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise

@@ -1,0 +1,156 @@
+"""The reference task: scikit-learn's bundled digits (8 x 8 images, no download) and a
+small CNN that trains on the CPU in seconds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pcmlab.errors import ConfigError
+from pcmlab.nn_model import ANALOG
+
+log = logging.getLogger(__name__)
+
+DIGITS_INPUT_SHAPE = (1, 8, 8)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.4) -> Dataset:
+    """Digits scaled to [0, 1], shape (N, 1, 8, 8); a fixed, stratified-by-shuffle split."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError:
+        raise ConfigError("the reference task needs scikit-learn (pip install scikit-learn)"
+                          ) from None
+    data = sk_load_digits()
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = round(test_fraction * len(y))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(x[train], y[train], x[test], y[test])
+
+
+def reference_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 32), nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+EpochCallback = Callable[[int, float, float], None]  # epoch, loss, train accuracy
+
+
+def train_classifier(
+    model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 40,
+    lr: float = 3e-3, batch: int = 64, weight_noise: float = 0.0, seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> nn.Sequential:
+    """Adam with cross entropy. ``weight_noise`` > 0 adds Gaussian noise of that std,
+    relative to each layer's max |W|, to the crossbar weights on every forward pass
+    (gradient straight through to the clean weights) so the model tolerates PCM noise."""
+    if epochs < 1:
+        raise ConfigError(f"epochs = {epochs}: need at least one")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    analog = [m for m in model if isinstance(m, ANALOG)]
+    n = x.shape[0]
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total, correct = 0.0, 0
+        for i in range(0, n, batch):
+            idx = perm[i:i + batch]
+            noises = []
+            if weight_noise > 0:
+                with torch.no_grad():
+                    for m in analog:
+                        e = torch.randn(m.weight.shape, generator=gen)
+                        e *= weight_noise * m.weight.abs().max()
+                        m.weight.add_(e)
+                        noises.append(e)
+            out = model(x[idx])
+            loss = loss_fn(out, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            if noises:
+                with torch.no_grad():
+                    for m, e in zip(analog, noises, strict=True):
+                        m.weight.sub_(e)
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+            correct += int((out.argmax(1) == y[idx]).sum())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, total / n, correct / n)
+    return model.eval()
+
+
+def tensors_from_loader(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (inputs, labels) batches of a torch DataLoader as two tensors."""
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(torch.as_tensor(x, dtype=torch.float32))
+        ys.append(torch.as_tensor(y, dtype=torch.long))
+    if not xs:
+        raise ConfigError("the data loader yielded no batches")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...]) -> Dataset:
+    """A dataset from an .npz with ``x_test`` and ``y_test`` (and optionally ``x_train``,
+    ``y_train``: the calibration data; else the test inputs calibrate). No pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such data file (expected .npz with x_test, y_test)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError):
+        raise ConfigError(f"{path}: not a numpy .npz archive of plain arrays") from None
+    missing = [k for k in ("x_test", "y_test") if k not in arrays]
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)} (has "
+                          f"{', '.join(arrays) or 'nothing'})")
+
+    def inputs(name: str) -> torch.Tensor:
+        a = arrays[name]
+        if a.ndim < 1 or tuple(a.shape[1:]) != tuple(input_shape):
+            raise ConfigError(f"{path}: {name} has shape {a.shape}; the model takes "
+                              f"(N, {', '.join(map(str, input_shape))})")
+        return torch.tensor(a, dtype=torch.float32)
+
+    def labels(name: str, n: int) -> torch.Tensor:
+        a = arrays[name]
+        if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+            raise ConfigError(f"{path}: {name} must be {n} integer class labels, got "
+                              f"shape {a.shape}, dtype {a.dtype}")
+        return torch.tensor(a, dtype=torch.long)
+
+    x_test = inputs("x_test")
+    y_test = labels("y_test", x_test.shape[0])
+    if "x_train" in arrays and "y_train" in arrays:
+        x_train = inputs("x_train")
+        y_train = labels("y_train", x_train.shape[0])
+    else:
+        x_train, y_train = x_test, y_test
+    return Dataset(x_train, y_train, x_test, y_test)

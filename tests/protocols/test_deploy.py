@@ -1,0 +1,149 @@
+"""Deploying the reference network on the mock chip: measured beside simulated."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from drivers import MockDriver
+from mock_chip import FaultRates, MockChipConfig
+from pcmlab.errors import ConfigError
+from pcmlab.evaluator import AnalogEvaluator, Periphery
+from pcmlab.nn_model import save_model_file
+from pcmlab.store import RunReader
+from protocols.deploy import DeployConfig, deploy_network, evaluate_file
+from protocols.program_verify import program_and_verify, program_pairs
+
+
+def chip(faults: FaultRates, seed: int = 0, rows: int = 256, cols: int = 512) -> MockDriver:
+    return MockDriver(config=MockChipConfig(geometry={"rows": rows, "cols": cols},
+                                            faults=faults, seed=seed))
+
+
+@pytest.fixture(scope="module")
+def deployed(digits_model, tmp_path_factory):
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery(dac_bits=8, adc_bits=8))
+    path = tmp_path_factory.mktemp("deploy") / "run.h5"
+    result = deploy_network(chip(FaultRates.none(), seed=5), ev, d.x_test, d.y_test, path,
+                            DeployConfig(simulated_runs=25, seed=1))
+    return ev, result
+
+
+def test_measured_accuracy_within_two_points_of_simulated(deployed) -> None:
+    _, r = deployed
+    assert r.readouts_taken == r.time_s.size == 12
+    assert r.time_s[-1] == pytest.approx(365 * 86400.0)
+    for t in (25.0, 3600.0, 86400.0, 30 * 86400.0):  # the paper's points are all read
+        assert np.isclose(r.time_s, t).any()
+    diff = np.abs(r.measured_accuracy - r.simulated.mean)
+    assert diff.max() <= 0.02, (r.measured_accuracy, r.simulated.mean)
+    assert r.measured_accuracy.min() > 0.9
+
+
+def test_file_holds_network_and_evaluation(deployed) -> None:
+    _, r = deployed
+    with RunReader(r.path) as run:
+        assert run.network_mapping_json is not None
+        ev = run.evaluation()
+        np.testing.assert_allclose(ev["measured_accuracy"], r.measured_accuracy)
+        np.testing.assert_allclose(ev["simulated_accuracy_mean"], r.simulated.mean)
+        assert ev["simulated_accuracy_runs"].shape == (25, 12)
+        assert ev["ideal_accuracy"] == pytest.approx(r.ideal_accuracy)
+        layers = run.targets().layer
+        assert set(np.unique(layers)) == {lm.index for lm in r.mapping.layers}
+
+
+def test_drift_compensation_helps_on_the_chip(deployed, digits_model) -> None:
+    ev, r = deployed
+    d = digits_model.data
+    with RunReader(r.path) as run:
+        rows = run.readouts().conductance_us
+    with_gdc = ev.measured(d.x_test, d.y_test, r.mapping, rows[[0, -1]])
+    without = ev.measured(d.x_test, d.y_test, r.mapping, rows[[0, -1]],
+                          drift_compensation=False)
+    assert with_gdc[1] > without[1] + 0.05
+
+
+def test_evaluate_file_refuses_foreign_files_and_models(deployed, digits_model,
+                                                        tmp_path: Path) -> None:
+    ev, r = deployed
+    d = digits_model.data
+    _, acc = evaluate_file(r.path, ev, d.x_test, d.y_test)
+    np.testing.assert_allclose(acc, r.measured_accuracy)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    ev_other = AnalogEvaluator(other, d.x_train)
+    with pytest.raises(ConfigError, match="does not match the measurement file"):
+        evaluate_file(r.path, ev_other, d.x_test, d.y_test)
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[chip.geometry]\nrows = 16\ncols = 16\n[schedule]\nn_readouts = 2\n')
+    out = tmp_path / "plain.h5"
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "run", str(plain), "-o",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ConfigError, match="no /network"):
+        evaluate_file(out, ev, d.x_test, d.y_test)
+
+
+def test_model_larger_than_the_array_without_tiling(digits_model, tmp_path: Path) -> None:
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train)
+    with pytest.raises(ConfigError, match="allow tiling"):
+        deploy_network(chip(FaultRates.none(), rows=128, cols=1024), ev, d.x_test, d.y_test,
+                       tmp_path / "x.h5", DeployConfig(tiling=False, simulated_runs=0))
+    assert not (tmp_path / "x.h5").exists()
+    # with tiling the same chip takes it, the 256-input layer split in two row tiles
+    r = deploy_network(chip(FaultRates.none(), rows=128, cols=1024), ev, d.x_test, d.y_test,
+                       tmp_path / "y.h5", DeployConfig(simulated_runs=0))
+    assert max(len(lm.tiles) for lm in r.mapping.layers) == 2
+    assert r.measured_accuracy[0] > 0.9
+
+
+def test_pair_compensation_cancels_stuck_set_devices() -> None:
+    faults = FaultRates(stuck_reset=0.0, stuck_set=0.05, weak=0.0)
+    n = 4000
+    rng = np.random.default_rng(2)
+    signed = rng.uniform(-15, 15, n).astype(np.float32)
+    cells = np.arange(2 * n, dtype=np.uint32)
+    target = np.concatenate([np.maximum(signed, 0), np.maximum(-signed, 0)])
+    plus, minus = np.arange(n), np.arange(n, 2 * n)
+    errors = {}
+    for compensate in (False, True):
+        driver = chip(faults, seed=3, rows=64, cols=128)
+        if compensate:
+            program_pairs(driver, cells, target, plus, minus)
+        else:
+            program_and_verify(driver, cells, target)
+        g = driver.chip.true_conductance_us(cells)
+        errors[compensate] = np.abs((g[plus] - g[minus]) - signed)
+    # without compensation a stuck-SET partner is an error of its whole conductance
+    assert (errors[False] > 10).sum() > 50
+    assert (errors[True] > 10).sum() < (errors[False] > 10).sum() / 3
+
+
+def test_cli_deploy_and_evaluate(digits_model, tmp_path: Path) -> None:
+    model = save_model_file(digits_model.model, tmp_path / "m.pt", input_shape=(1, 8, 8))
+    d = digits_model.data
+    data = tmp_path / "d.npz"
+    np.savez(data, x_test=d.x_test.numpy()[:200], y_test=d.y_test.numpy()[:200],
+             x_train=d.x_train.numpy(), y_train=d.y_train.numpy())
+    out = tmp_path / "dep.h5"
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "deploy", str(model),
+                           "--data", str(data), "-o", str(out), "--runs", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 y" in proc.stdout and "measured %" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(out),
+                           "--model", str(model), "--data", str(data)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_test=np.zeros((3, 5)), y_test=np.zeros(3, dtype=int))
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(out),
+                           "--model", str(model), "--data", str(bad)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "x_test has shape (3, 5)" in proc.stderr
+    assert "Traceback" not in proc.stderr
