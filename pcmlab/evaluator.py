@@ -80,7 +80,8 @@ def quantize(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
         qmin = -qmax
         m = max(-lo, hi)
         step = m / qmax if m > 0 else 1.0
-    return torch.clamp(torch.round(x / step), qmin, qmax) * step
+    q = x / step  # one new tensor; the rest in place
+    return q.round_().clamp_(qmin, qmax).mul_(step)
 
 
 class AnalogEvaluator:
