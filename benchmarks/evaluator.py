@@ -66,7 +66,8 @@ def main() -> None:
     print(f"simulated mode : {te:.3f} s  ({te / n * 1e3:.2f} ms per pass; accuracy at 1 year "
           f"{100 * sim.mean[-1]:.2f} ± {100 * sim.std[-1]:.2f} %)")
     print(f"plain torch    : {tp:.3f} s  ({tp / n * 1e3:.2f} ms per pass)")
-    print(f"ratio          : {te / tp:.2f}  (target <= 1.5: {'met' if te / tp <= 1.5 else 'MISSED'})")
+    verdict = "met" if te / tp <= 1.5 else "MISSED"
+    print(f"ratio          : {te / tp:.2f}  (target <= 1.5: {verdict})")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,27 @@ from pcmlab.errors import (
 )
 from pcmlab.pulses import PulseKind
 
+
+def open_driver(resource: str, **options: object) -> CrossbarDriver:
+    """A driver for a resource string: a VISA resource (``TCPIP0::host::5025::SOCKET``,
+    ``GPIB0::…``, ``USB0::…``) or a serial port path or pyserial URL (``/dev/ttyUSB0``,
+    ``serial:/dev/pts/3``, ``socket://host:port``)."""
+    head = resource.split("::", 1)[0].upper()
+    if head.startswith(("TCPIP", "GPIB", "USB", "VXI")):
+        from drivers.visa import VisaDriver
+
+        return VisaDriver(resource, **options)  # type: ignore[arg-type]
+    if resource.startswith("serial:"):
+        resource = resource[len("serial:"):]
+    if resource.startswith("/dev/") or "://" in resource or resource.upper().startswith("COM"):
+        from drivers.serial import SerialDriver
+
+        return SerialDriver(resource, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"resource '{resource}' is neither a VISA resource (TCPIP0::host::port::"
+                      "SOCKET, GPIB0::..., USB0::...) nor a serial port (/dev/..., serial:PATH,"
+                      " socket://host:port)")
+
+
 __all__ = [
     "ChipInfo",
     "Clock",
@@ -26,4 +47,5 @@ __all__ = [
     "SchemaError",
     "TransportError",
     "WallClock",
+    "open_driver",
 ]

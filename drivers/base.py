@@ -7,6 +7,7 @@ Conductances in µS (float32), times in s (float64), amplitudes in µA, widths i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -120,3 +121,28 @@ class DriverBase:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RemoteClock:
+    """The chip's own clock, asked over the wire. A virtual clock is jumped forward; a
+    real one is waited for (locally, then confirmed with the chip)."""
+
+    def __init__(self, now: Callable[[], float], advance: Callable[[float], None] | None
+                 ) -> None:
+        self._now = now
+        self._advance = advance
+
+    def now(self) -> float:
+        return self._now()
+
+    def sleep_until(self, t_s: float) -> float:
+        now = self._now()
+        if t_s <= now:
+            return now
+        if self._advance is not None:
+            self._advance(t_s - now)
+            return self._now()
+        while (remaining := t_s - now) > 0:
+            time.sleep(min(remaining, 1.0))
+            now = self._now()
+        return now

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from mock_chip.clock import VirtualClock
+from mock_chip.clock import RealtimeClock, VirtualClock
 from mock_chip.physics import OK, DeviceArray, DevicePhysics, FaultRates
 from mock_chip.read_noise import FlickerNoise
 from pcmlab import __version__
@@ -42,9 +42,15 @@ class MockChipConfig(StrictModel):
 
 
 class MockChip:
-    """A pulse-level PCM crossbar in memory."""
+    """A pulse-level PCM crossbar in memory.
 
-    def __init__(self, config: MockChipConfig | None = None, **overrides: object) -> None:
+    Its clock is virtual (moves only when told) unless a ``RealtimeClock`` is given, as the
+    wire servers do.
+    """
+
+    def __init__(self, config: MockChipConfig | None = None, *,
+                 clock: VirtualClock | RealtimeClock | None = None,
+                 **overrides: object) -> None:
         if config is None:
             config = MockChipConfig.model_validate(overrides)
         elif overrides:
@@ -61,7 +67,7 @@ class MockChip:
                                   t_read_s=config.calibration.t_read_s,
                                   tau_min_s=config.physics.min_read_delay_s)
         self.rng = np.random.default_rng(seeds[2])
-        self.clock = VirtualClock()
+        self.clock = clock if clock is not None else VirtualClock()
         self.pulse_count = np.zeros(n, dtype=np.uint32)
         self._all = np.arange(n, dtype=np.uint32)
         self._seen = np.zeros(n, dtype=np.bool_)

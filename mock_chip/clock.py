@@ -32,3 +32,34 @@ class VirtualClock:
         if t > self._t_s:
             self._t_s = t
         return self._t_s
+
+
+class RealtimeClock:
+    """A chip clock that runs with real time and can also jump forward (the mock servers'
+    clock: seconds since the chip started, plus every advance)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._monotonic = time.monotonic
+        self._start = time.monotonic()
+        self._offset_s = 0.0
+
+    def now(self) -> float:
+        return self._monotonic() - self._start + self._offset_s
+
+    def advance(self, dt_s: float) -> float:
+        dt = float(dt_s)
+        if math.isnan(dt) or dt < 0:
+            raise ConfigError(f"clock advance {dt_s!r} s must be a non-negative number")
+        self._offset_s += dt
+        return self.now()
+
+    def sleep_until(self, t_s: float) -> float:
+        t = float(t_s)
+        if math.isnan(t):
+            raise ConfigError("sleep_until: time is NaN")
+        now = self.now()
+        if t > now:
+            self._offset_s += t - now
+        return self.now()

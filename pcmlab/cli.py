@@ -44,14 +44,67 @@ def _add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
 
 
 def _driver_for_run(config, source: str):  # (RunConfig) -> CrossbarDriver
-    """The driver a run's configuration names."""
+    """The driver a run's configuration names: the in-process mock chip, or a resource."""
+    from drivers import open_driver
     from drivers.mock import MockDriver
     from mock_chip import MockChipConfig
 
-    if config.resource != "mock":
-        raise ConfigError(f"{source}: resource '{config.resource}' is not supported yet; "
-                          "use resource = 'mock'")
-    return MockDriver(config=validate_model(MockChipConfig, config.chip, f"{source} [chip]"))
+    if config.resource == "mock":
+        return MockDriver(config=validate_model(MockChipConfig, config.chip,
+                                                f"{source} [chip]"))
+    return open_driver(config.resource)
+
+
+def cmd_mock_server(args: argparse.Namespace) -> int:
+    """Serve a mock chip over TCP (SCPI) or a pseudo-terminal (framed binary)."""
+    import signal
+    import threading
+
+    from mock_chip import MockChip, MockChipConfig
+    from mock_chip.clock import RealtimeClock
+    from mock_chip.controller import Controller
+    from mock_chip.faults import TransportFaults
+    from mock_chip.scpi_server import ScpiServer
+    from mock_chip.serial_server import SerialServer
+
+    if (args.tcp is None) == (not args.pty):
+        raise ConfigError("give exactly one of --tcp HOST:PORT or --pty")
+    faults = validate_model(TransportFaults, {
+        "drop_request": args.drop_request, "drop_reply": args.drop_reply,
+        "corrupt_reply": args.corrupt_reply, "delay_reply": args.delay_reply,
+        "disconnect": args.disconnect, "seed": args.seed}, "fault options")
+    cfg = (load_model(MockChipConfig, args.chip) if args.chip is not None else
+           validate_model(MockChipConfig, {"geometry": {"rows": args.rows, "cols": args.cols},
+                                           "seed": args.seed}, "mock chip options"))
+    controller = Controller(MockChip(cfg, clock=RealtimeClock()),
+                            virtual_clock=not args.no_virtual_clock)
+    if args.tcp is not None:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"--tcp {args.tcp!r}: expected HOST:PORT, e.g. 127.0.0.1:5025")
+        try:
+            server = ScpiServer(controller, host, int(port), faults=faults)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.tcp}: {exc.strerror}") from None
+        where = f"{server.resource}"
+    else:
+        server = SerialServer(controller, faults=faults)
+        where = server.path
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.start()
+    console.print(f"mock chip {controller.identity()} serving on {where}", highlight=False)
+    sys.stdout.flush()
+    while not stop.wait(0.2):
+        pass
+    server.stop()
+    console.print("mock chip server stopped")
+    return 0
 
 
 def _make_mock_driver(args: argparse.Namespace):  # -> MockDriver
@@ -490,6 +543,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help=".npz with x_test, y_test")
     p.add_argument("--bits", type=int, help="DAC and ADC bits")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mock-server", help="serve a mock chip over TCP (SCPI) or a "
+                       "pseudo-terminal (framed binary)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="SCPI over TCP, e.g. 127.0.0.1:5025 "
+                   "(port 0: any free port)")
+    p.add_argument("--pty", action="store_true", help="framed binary on a pseudo-terminal "
+                   "(prints its path)")
+    p.add_argument("--no-virtual-clock", action="store_true",
+                   help="refuse clock advances, like a real chip")
+    g = p.add_argument_group("fault injection (rates per request, seeded by --seed)")
+    for name in ("drop-request", "drop-reply", "corrupt-reply", "delay-reply", "disconnect"):
+        g.add_argument(f"--{name}", type=float, default=0.0, metavar="RATE")
+    _add_chip_options(p, rows=512, cols=2048)
+    p.set_defaults(func=cmd_mock_server)
 
     p = sub.add_parser("program", help="program targets on the mock chip with program-and-verify")
     _add_chip_options(p, rows=256, cols=512)

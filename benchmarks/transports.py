@@ -1,0 +1,100 @@
+"""Transport speed, all against one mock chip (512 x 2048) served in this process:
+
+- full-array read through VisaDriver vs bare pyvisa ``query_binary_values`` (target <= 1.3)
+- median round trip of a small command (the chip clock) vs bare pyvisa (target <= 1.5)
+- full-array read throughput of SerialDriver over the pseudo-terminal
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyvisa
+
+# benchmarks/mock_chip.py shadows the mock_chip package: keep this folder off the path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+from drivers.serial import SerialDriver  # noqa: E402
+from drivers.visa import VisaDriver  # noqa: E402
+from mock_chip import MockChip  # noqa: E402
+from mock_chip.clock import RealtimeClock  # noqa: E402
+from mock_chip.controller import Controller  # noqa: E402
+from mock_chip.scpi_server import ScpiServer  # noqa: E402
+from mock_chip.serial_server import SerialServer  # noqa: E402
+
+
+def times_of(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--cols", type=int, default=2048)
+    parser.add_argument("--reads", type=int, default=5, help="reads per block (3 blocks)")
+    parser.add_argument("--pings", type=int, default=100, help="pings per block")
+    args = parser.parse_args()
+    chip = MockChip(geometry={"rows": args.rows, "cols": args.cols}, seed=0,
+                    clock=RealtimeClock())
+    controller = Controller(chip)
+    n = chip.n_cells
+    mb = 4 * n / 1e6
+    t_bare: list[float] = []
+    t_drv: list[float] = []
+    p_bare: list[float] = []
+    p_drv: list[float] = []
+    with ScpiServer(controller, "127.0.0.1", 0) as server:
+        rm = pyvisa.ResourceManager("@py")
+        # The mock serves one connection at a time: alternate blocks of bare pyvisa and
+        # VisaDriver, each on its own connection (connecting is not timed).
+        for _ in range(3):
+            bare = rm.open_resource(server.resource, read_termination="\n",
+                                    write_termination="\n", timeout=30_000)
+            bare.chunk_size = 1 << 20
+
+            def bare_read(bare=bare) -> None:
+                v = bare.query_binary_values("READ:ARR?", datatype="f",
+                                             container=np.ndarray)
+                assert v.size == n
+
+            t_bare += times_of(bare_read, args.reads)
+            p_bare += times_of(lambda bare=bare: bare.query("SYST:TIME?"), args.pings)
+            bare.close()
+            driver = VisaDriver(server.resource, timeout_s=30, resource_manager=rm)
+            t_drv += times_of(lambda driver=driver: driver.read(), args.reads)
+            p_drv += times_of(driver.clock.now, args.pings)
+            driver.close()
+        rm.close()
+    tb, td = statistics.median(t_bare), statistics.median(t_drv)
+    pb, pd = statistics.median(p_bare), statistics.median(p_drv)
+    with SerialServer(controller) as sserver:
+        sdrv = SerialDriver(sserver.path, timeout_s=5, bytes_per_s=1e6)
+        t_ser = statistics.median(times_of(lambda: sdrv.read(), 5))
+        sdrv.close()
+    print(f"full-array read, {args.rows} x {args.cols} float32 = {mb:.1f} MB "
+          f"(median of {len(t_bare)})")
+    print(f"  bare pyvisa query_binary_values : {tb * 1e3:7.1f} ms  {mb / tb:6.0f} MB/s")
+    print(f"  VisaDriver.read()               : {td * 1e3:7.1f} ms  {mb / td:6.0f} MB/s")
+    print(f"  ratio                           : {td / tb:.2f}  (target <= 1.3: "
+          f"{'met' if td / tb <= 1.3 else 'MISSED'})")
+    print(f"small command round trip, SYST:TIME? (median of {len(p_bare)})")
+    print(f"  bare pyvisa query               : {pb * 1e6:7.0f} µs")
+    print(f"  VisaDriver.clock.now()          : {pd * 1e6:7.0f} µs")
+    print(f"  ratio                           : {pd / pb:.2f}  (target <= 1.5: "
+          f"{'met' if pd / pb <= 1.5 else 'MISSED'})")
+    print("full-array read through SerialDriver over the pseudo-terminal (median of 5)")
+    print(f"  SerialDriver.read()             : {t_ser * 1e3:7.1f} ms  {mb / t_ser:6.0f} MB/s")
+
+
+if __name__ == "__main__":
+    main()

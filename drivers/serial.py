@@ -1,0 +1,182 @@
+"""The framed binary protocol over a serial port (any pyserial port path or URL).
+
+Framing and opcodes live in ``pcmlab.framing``; this module only moves frames. A frame
+that gets no valid reply in time (lost, corrupted: CRC) is sent again with the same
+sequence number, a bounded number of times; the device answers a repeated sequence
+number from its memory without running the command again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import threading
+import time
+
+import numpy as np
+import numpy.typing as npt
+import serial
+
+from drivers.base import F32, ChipInfo, DriverBase, RemoteClock
+from pcmlab import framing
+from pcmlab.config import ArrayGeometry, ChipLimits
+from pcmlab.errors import DeviceError, TransportError
+from pcmlab.framing import Opcode
+from pcmlab.pulses import PulseKind
+
+log = logging.getLogger(__name__)
+
+RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
+
+
+class SerialDriver(DriverBase):
+    """A chip controller board on a serial line."""
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        baudrate: int = 115_200,
+        timeout_s: float = 1.0,
+        retries: int = 5,
+        max_records: int = 1 << 16,
+        bytes_per_s: float | None = None,
+        g_max_us: float = 25.0,
+    ) -> None:
+        self.port = port
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_records = max_records
+        # how long a long reply may take to arrive: the line rate (10 bits per byte)
+        self.bytes_per_s = bytes_per_s or baudrate / 10
+        self._lock = threading.RLock()
+        self._decoder = framing.Decoder()
+        self._seq = random.SystemRandom().randrange(0, 1 << 16)
+        self.retransmissions = 0
+        try:
+            self._ser = serial.serial_for_url(port, baudrate=baudrate, timeout=0.05,
+                                              write_timeout=max(timeout_s, 1.0))
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(f"{port}: cannot open serial port ({exc})") from None
+        try:
+            identity = self._transact(Opcode.IDENTIFY).decode("utf-8", "replace")
+            rows, cols = struct.unpack("<II", self._transact(Opcode.SIZE))
+            lim = struct.unpack("<4f", self._transact(Opcode.LIMITS))
+            try:
+                self._transact(Opcode.ADVANCE, struct.pack("<d", 0.0))
+                virtual = True
+            except DeviceError as exc:
+                if exc.code != -113:
+                    raise
+                virtual = False
+        except BaseException:
+            self._ser.close()
+            raise
+        self._info = ChipInfo(
+            identity=identity, geometry=ArrayGeometry(rows=rows, cols=cols),
+            g_max_us=g_max_us,
+            limits=ChipLimits(max_set_ua=lim[0], max_reset_ua=lim[1], min_width_ns=lim[2],
+                              max_width_ns=lim[3]),
+            virtual_clock=virtual)
+        self.pulses_acknowledged = np.zeros(rows * cols, dtype=np.uint32)
+        self._clock = RemoteClock(self._now, self._advance if virtual else None)
+        log.info("connected to %s: %s (%d x %d)", port, identity, rows, cols)
+
+    # -- frames ----------------------------------------------------------------------------
+    def _transact(self, opcode: Opcode, payload: bytes = b"", reply_bytes: int = 0) -> bytes:
+        """Send a frame and return its ACK payload; retries with the same seq."""
+        with self._lock:
+            if self._closed:
+                raise TransportError(f"driver for {self.port} is closed")
+            self._seq = (self._seq + 1) & 0xFFFF
+            seq = self._seq
+            frame = framing.encode(seq, opcode, payload)
+            wait_s = self.timeout_s + (len(frame) + reply_bytes) / self.bytes_per_s
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.retransmissions += 1
+                    log.warning("%s: no valid reply to %s (seq %d), resending (%d of %d)",
+                                self.port, opcode.name, seq, attempt, self.retries)
+                    self._decoder.clear()  # whatever half frame is there is garbage
+                try:
+                    self._ser.write(frame)
+                    self._ser.flush()
+                    reply = self._await(seq, time.monotonic() + wait_s)
+                except (serial.SerialException, OSError) as exc:
+                    raise TransportError(f"{self.port}: serial link failed during "
+                                         f"{opcode.name} ({exc})") from None
+                if reply is None:
+                    continue
+                if reply.is_nak:
+                    code, message = reply.nak()
+                    raise DeviceError(f"{self.port}: {opcode.name} failed: {code},"
+                                      f"\"{message}\"", command=opcode.name, code=code)
+                if reply.opcode != opcode | framing.ACK_BIT:
+                    continue
+                return reply.payload
+        raise TransportError(f"{self.port}: no valid reply to {opcode.name} (seq {seq}) "
+                             f"after {self.retries + 1} attempts of {wait_s:.2f} s")
+
+    def _await(self, seq: int, deadline: float) -> framing.Frame | None:
+        while time.monotonic() < deadline:
+            data = self._ser.read(max(1, self._ser.in_waiting))
+            if data:
+                self._decoder.feed(data)
+                for frame in self._decoder.frames():
+                    if frame.seq == seq:
+                        return frame
+                    log.debug("%s: stale frame seq %d ignored", self.port, frame.seq)
+        return None
+
+    # -- the CrossbarDriver interface ------------------------------------------------------
+    @property
+    def info(self) -> ChipInfo:
+        return self._info
+
+    @property
+    def clock(self) -> RemoteClock:
+        return self._clock
+
+    def _now(self) -> float:
+        return struct.unpack("<d", self._transact(Opcode.TIME))[0]
+
+    def _advance(self, dt_s: float) -> None:
+        self._transact(Opcode.ADVANCE, struct.pack("<d", dt_s))
+
+    def apply_pulses(self, cells: npt.ArrayLike, kind: PulseKind | str,
+                     amplitude_ua: npt.ArrayLike, width_ns: float) -> int:
+        kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
+        records = np.empty(cell_arr.size, dtype=RECORD)
+        records["cell"] = cell_arr
+        records["amp"] = amp
+        head = framing.PULSE_HEAD.pack(framing.KIND_CODES[kind.value], width)
+        applied = 0
+        with self._lock:
+            for start in range(0, records.size, self.max_records):
+                chunk = records[start:start + self.max_records]
+                reply = self._transact(Opcode.PULSE, head + chunk.tobytes(), 4)
+                n = struct.unpack("<I", reply)[0]
+                np.add.at(self.pulses_acknowledged, chunk["cell"], 1)
+                applied += n
+        return applied
+
+    def read(self, cells: npt.ArrayLike | None = None) -> F32:
+        with self._lock:
+            if cells is None:
+                raw = self._transact(Opcode.READ_ARRAY, b"", 4 * self._info.n_cells)
+                return np.frombuffer(raw, "<f4").astype(np.float32)
+            cell_arr = self.check_cells(cells)
+            parts = []
+            for i in range(0, cell_arr.size, self.max_records):
+                chunk = cell_arr[i:i + self.max_records].astype("<u4")
+                raw = self._transact(Opcode.READ, chunk.tobytes(), 4 * chunk.size)
+                parts.append(np.frombuffer(raw, "<f4"))
+            return (np.concatenate(parts).astype(np.float32) if parts
+                    else np.zeros(0, np.float32))
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                super().close()
+                self._ser.close()

@@ -1,0 +1,147 @@
+"""The mock chip's controller firmware: what a command does, whatever the wire.
+
+Both servers (SCPI over TCP, framed binary over a pseudo-terminal) call it. It holds the
+SCPI error queue and the replay memories that make pulses exactly-once, shared by every
+connection (DESIGN.md, "Wire protocols").
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+from mock_chip.chip import MockChip
+from pcmlab.errors import ConfigError
+from pcmlab.pulses import PulseKind, check_cells
+
+# SCPI error codes (IEEE 488.2 / SCPI-99)
+NO_ERROR = 0
+DATA_TYPE_ERROR = -104
+MISSING_PARAMETER = -109
+UNDEFINED_HEADER = -113
+BLOCK_DATA_ERROR = -161
+DATA_OUT_OF_RANGE = -222
+TOO_MUCH_DATA = -223
+QUEUE_OVERFLOW = -350
+
+QUEUE_DEPTH = 32
+REPLAY_DEPTH = 1024
+
+
+class CommandError(Exception):
+    """A command failed with an SCPI error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ErrorQueue:
+    """SCPI error queue: oldest first, 32 deep, the newest entry becomes -350 on overflow."""
+
+    def __init__(self, depth: int = QUEUE_DEPTH) -> None:
+        self._q: collections.deque[tuple[int, str]] = collections.deque()
+        self.depth = depth
+
+    def push(self, code: int, message: str) -> None:
+        if len(self._q) >= self.depth:
+            self._q[-1] = (QUEUE_OVERFLOW, "Queue overflow")
+            return
+        self._q.append((code, message))
+
+    def pop(self) -> tuple[int, str]:
+        return self._q.popleft() if self._q else (NO_ERROR, "No error")
+
+    def clear(self) -> None:
+        self._q.clear()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+class ReplayMemory:
+    """The last ``depth`` replies by sequence number, oldest evicted first."""
+
+    def __init__(self, depth: int = REPLAY_DEPTH) -> None:
+        self._d: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self.depth = depth
+
+    def get(self, seq: int) -> bytes | None:
+        return self._d.get(seq)
+
+    def put(self, seq: int, reply: bytes) -> None:
+        self._d[seq] = reply
+        self._d.move_to_end(seq)
+        while len(self._d) > self.depth:
+            self._d.popitem(last=False)
+
+
+class Controller:
+    """Commands on one mock chip, safe to call from several threads."""
+
+    def __init__(self, chip: MockChip, *, virtual_clock: bool = True) -> None:
+        self.chip = chip
+        self.virtual_clock = virtual_clock
+        self.lock = threading.RLock()
+        self.errors = ErrorQueue()
+        self.scpi_replies = ReplayMemory()
+        self.frame_replies = ReplayMemory()
+
+    # -- identity and limits ---------------------------------------------------------------
+    def identity(self) -> str:
+        return self.chip.identity
+
+    def size(self) -> tuple[int, int]:
+        g = self.chip.geometry
+        return g.rows, g.cols
+
+    def limits(self) -> tuple[float, float, float, float]:
+        lim = self.chip.limits
+        return lim.max_set_ua, lim.max_reset_ua, lim.min_width_ns, lim.max_width_ns
+
+    # -- controller state ------------------------------------------------------------------
+    def reset(self) -> None:
+        """*RST: controller state only; cells, clock and replay memory stay."""
+        with self.lock:
+            self.errors.clear()
+
+    # -- time ------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.chip.clock.now()
+
+    def advance(self, dt_s: float) -> None:
+        if not self.virtual_clock:
+            raise CommandError(UNDEFINED_HEADER, "Undefined header; this chip has no "
+                               "virtual clock")
+        if not np.isfinite(dt_s) or dt_s < 0:
+            raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; advance {dt_s} s")
+        with self.lock:
+            self.chip.clock.advance(dt_s)
+
+    # -- cells -----------------------------------------------------------------------------
+    def pulse(self, kind: str, width_ns: float, cells: npt.NDArray[np.uint32],
+              amplitude_ua: npt.NDArray[np.float32]) -> int:
+        """All or nothing: any record out of range refuses the whole batch (-222)."""
+        try:
+            kind_ = PulseKind.parse(kind)
+        except ConfigError:
+            raise CommandError(DATA_TYPE_ERROR, f"Data type error; kind '{kind}'") from None
+        with self.lock:
+            try:
+                return self.chip.apply_pulses(cells, kind_, amplitude_ua, width_ns)
+            except ConfigError as exc:
+                raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None
+
+    def read(self, cells: npt.NDArray[np.uint32] | None) -> npt.NDArray[np.float32]:
+        with self.lock:
+            if cells is None:
+                return self.chip.read()
+            try:
+                check_cells(cells, self.chip.n_cells)
+            except ConfigError as exc:
+                raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None
+            return self.chip.read(cells)

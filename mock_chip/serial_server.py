@@ -1,0 +1,161 @@
+"""The mock chip behind the framed binary protocol, on a pseudo-terminal.
+
+Clients open the printed device path with pyserial as they would a USB-serial board.
+A repeated sequence number gets the stored reply without running again; a partial frame
+whose bytes stop coming is given up after ``inter_byte_timeout_s`` and the stream searched
+for the next frame start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import threading
+import time
+import tty
+
+import numpy as np
+
+from mock_chip.controller import DATA_OUT_OF_RANGE, UNDEFINED_HEADER, CommandError, Controller
+from mock_chip.faults import FaultInjector, TransportFaults
+from pcmlab import framing
+from pcmlab.framing import Frame, Opcode
+
+log = logging.getLogger(__name__)
+
+RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
+_KINDS = {v: k for k, v in framing.KIND_CODES.items()}
+
+
+class SerialServer:
+    """Serve one controller on a pseudo-terminal."""
+
+    def __init__(self, controller: Controller, *, faults: TransportFaults | None = None,
+                 inter_byte_timeout_s: float = 0.2) -> None:
+        self.controller = controller
+        self.faults = FaultInjector(faults)
+        self.inter_byte_timeout_s = inter_byte_timeout_s
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no line discipline: bytes pass as they are
+        self.path = os.ttyname(self._slave)
+        self._decoder = framing.Decoder()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames_handled = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        log.info("framed serial server on %s", self.path)
+        last_byte = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self._master], [], [], 0.05)
+                if ready:
+                    try:
+                        data = os.read(self._master, 1 << 20)
+                    except OSError:  # no client has the slave open right now
+                        time.sleep(0.05)
+                        continue
+                    self._decoder.feed(data)
+                    last_byte = time.monotonic()
+                elif (self._decoder.pending
+                      and time.monotonic() - last_byte > self.inter_byte_timeout_s):
+                    self._decoder.skip_start()  # that frame will never complete
+                    last_byte = time.monotonic()
+                for frame in self._decoder.frames():
+                    self._handle(frame)
+        finally:
+            os.close(self._master)
+            os.close(self._slave)
+
+    def start(self) -> SerialServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="serial-server",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SerialServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- frames ----------------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._master, view)
+            except BlockingIOError:
+                select.select([], [self._master], [], 0.05)
+                continue
+            view = view[n:]
+
+    def _handle(self, frame: Frame) -> None:
+        self.frames_handled += 1
+        c = self.controller
+        f = self.faults
+        with c.lock:
+            reply = c.frame_replies.get(frame.seq)
+            if reply is None:
+                if f.draw("drop_request"):
+                    return
+                reply = self._execute(frame)
+                c.frame_replies.put(frame.seq, reply)
+            else:
+                log.info("frame seq %d repeated: stored reply sent", frame.seq)
+        if f.draw("drop_reply"):
+            return
+        if f.draw("delay_reply"):
+            self._stop.wait(f.faults.delay_s)
+        if f.draw("corrupt_reply"):
+            reply = f.corrupt(reply)
+        self._send(reply)
+
+    def _execute(self, frame: Frame) -> bytes:
+        c = self.controller
+        seq, op, p = frame.seq, frame.opcode, frame.payload
+        ack = op | framing.ACK_BIT
+        try:
+            if op == Opcode.IDENTIFY:
+                return framing.encode(seq, ack, c.identity().encode())
+            if op == Opcode.SIZE:
+                return framing.encode(seq, ack, struct.pack("<II", *c.size()))
+            if op == Opcode.LIMITS:
+                return framing.encode(seq, ack, struct.pack("<4f", *c.limits()))
+            if op == Opcode.PULSE:
+                head = framing.PULSE_HEAD
+                if len(p) < head.size or (len(p) - head.size) % RECORD.itemsize:
+                    raise CommandError(-161, "Block data error; PULSE payload length")
+                kind_code, width = head.unpack_from(p)
+                if kind_code not in _KINDS:
+                    raise CommandError(-104, f"Data type error; kind code {kind_code}")
+                rec = np.frombuffer(p, RECORD, offset=head.size)
+                n = c.pulse(_KINDS[kind_code], width, rec["cell"], rec["amp"])
+                return framing.encode(seq, ack, struct.pack("<I", n))
+            if op == Opcode.READ:
+                if len(p) % 4:
+                    raise CommandError(-161, "Block data error; cells are uint32")
+                g = c.read(np.frombuffer(p, "<u4"))
+                return framing.encode(seq, ack, g.astype("<f4").tobytes())
+            if op == Opcode.READ_ARRAY:
+                return framing.encode(seq, ack, c.read(None).astype("<f4").tobytes())
+            if op == Opcode.TIME:
+                return framing.encode(seq, ack, struct.pack("<d", c.now()))
+            if op == Opcode.ADVANCE:
+                if len(p) != 8:
+                    raise CommandError(-109, "Missing parameter; ADVANCE takes f64 seconds")
+                c.advance(struct.unpack("<d", p)[0])
+                return framing.encode(seq, ack)
+            raise CommandError(UNDEFINED_HEADER, f"Undefined header; opcode 0x{op:02X}")
+        except CommandError as exc:
+            return framing.encode_nak(seq, exc.code, exc.message)
+        except ValueError as exc:
+            return framing.encode_nak(seq, DATA_OUT_OF_RANGE, str(exc))

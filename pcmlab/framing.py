@@ -1,0 +1,135 @@
+"""Framed binary protocol of serial chip controllers (MCU / FPGA boards): one codec and
+one opcode table for the device (mock chip server) and the host (``SerialDriver``).
+
+Frame, all integers little-endian::
+
+    0xA5 | length u32 (payload bytes) | seq u16 | opcode u8 | payload | CRC-32 u32
+
+The CRC (zlib.crc32) covers length, seq, opcode and payload. The device answers every
+frame with the same seq: an ACK (the request's opcode | 0x80) with the result, or a NAK
+(0xFF) with an error code (int16) and a UTF-8 message. A receiver that loses sync discards
+bytes up to the next 0xA5 whose frame checks out. Payloads are those of the SCPI blocks.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+START = 0xA5
+HEADER = struct.Struct("<IHB")  # length, seq, opcode
+CRC = struct.Struct("<I")
+MAX_PAYLOAD = 1 << 26  # 64 MiB, the SCPI block limit
+OVERHEAD = 1 + HEADER.size + CRC.size
+ACK_BIT = 0x80
+
+
+class Opcode(enum.IntEnum):
+    """Requests; the request payload -> the ACK payload."""
+
+    IDENTIFY = 0x01  # -> UTF-8 "maker,model,serial,firmware"
+    SIZE = 0x02  # -> rows u32, cols u32
+    LIMITS = 0x03  # -> max_set_ua, max_reset_ua, min_width_ns, max_width_ns (4 x f32)
+    PULSE = 0x04  # kind u8 (0 SET, 1 RESET), width_ns f32, n x (cell u32, amp f32) -> n u32
+    READ = 0x05  # n x cell u32 -> n x f32 µS
+    READ_ARRAY = 0x06  # -> rows*cols x f32 µS, row-major
+    TIME = 0x07  # -> seconds since the chip started, f64
+    ADVANCE = 0x08  # dt_s f64 -> (empty); NAK -113 on chips without a virtual clock
+    NAK = 0xFF  # <- error code i16, UTF-8 message
+
+
+PULSE_HEAD = struct.Struct("<Bf")
+NAK_HEAD = struct.Struct("<h")
+KIND_CODES = {"SET": 0, "RESET": 1}
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int
+    opcode: int
+    payload: bytes
+
+    @property
+    def is_nak(self) -> bool:
+        return self.opcode == Opcode.NAK
+
+    def nak(self) -> tuple[int, str]:
+        code = NAK_HEAD.unpack_from(self.payload)[0]
+        return code, self.payload[NAK_HEAD.size:].decode("utf-8", "replace")
+
+
+def encode(seq: int, opcode: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    body = HEADER.pack(len(payload), seq & 0xFFFF, opcode) + payload
+    return bytes([START]) + body + CRC.pack(zlib.crc32(body))
+
+
+def encode_nak(seq: int, code: int, message: str) -> bytes:
+    return encode(seq, Opcode.NAK, NAK_HEAD.pack(code) + message.encode("utf-8"))
+
+
+class Decoder:
+    """Incremental decoder: feed bytes, take whole frames; resynchronizes on bad CRC."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self.max_payload = max_payload
+        self.discarded = 0  # bytes thrown away while hunting for a frame
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def clear(self) -> None:
+        self.discarded += len(self._buf)
+        self._buf.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def skip_start(self) -> None:
+        """Give up on the frame at the front (e.g. its claimed length never arrives)."""
+        if self._buf:
+            del self._buf[:1]
+            self.discarded += 1
+
+    def frames(self) -> list[Frame]:
+        out = []
+        while True:
+            frame = self._next()
+            if frame is None:
+                return out
+            out.append(frame)
+
+    def _next(self) -> Frame | None:
+        buf = self._buf
+        while True:
+            start = buf.find(START)
+            if start < 0:
+                self.discarded += len(buf)
+                buf.clear()
+                return None
+            if start:
+                self.discarded += start
+                del buf[:start]
+            if len(buf) < 1 + HEADER.size:
+                return None
+            length, seq, opcode = HEADER.unpack_from(buf, 1)
+            if length > self.max_payload:
+                del buf[:1]  # cannot be a frame of ours: hunt on
+                self.discarded += 1
+                continue
+            total = OVERHEAD + length
+            if len(buf) < total:
+                return None
+            body = bytes(buf[1:total - CRC.size])
+            (crc,) = CRC.unpack_from(buf, total - CRC.size)
+            if zlib.crc32(body) != crc:
+                del buf[:1]
+                self.discarded += 1
+                continue
+            del buf[:total]
+            return Frame(seq, opcode, body[HEADER.size:])
