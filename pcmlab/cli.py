@@ -466,13 +466,23 @@ def _periphery_for(loaded, bits: int | None):
     return validate_model(Periphery, data, "periphery")
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
+def _evaluator_for(loaded, data, bits: int | None):
+    """The evaluator of a model file: its trained ranges and periphery when it has them
+    (and the bits are not overridden), else ranges calibrated on the data."""
     from pcmlab.evaluator import AnalogEvaluator
+    from pcmlab.training import ranges_from_extra
+
+    ranges = ranges_from_extra(loaded.extra) if bits is None else None
+    return AnalogEvaluator(loaded.model, data.x_train, _periphery_for(loaded, bits),
+                           ranges=ranges)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
     from protocols.deploy import DeployConfig, deploy_network
 
     loaded, data = _model_and_data(args.model, args.data)
-    periphery = _periphery_for(loaded, args.bits)
-    evaluator = AnalogEvaluator(loaded.model, data.x_train, periphery)
+    evaluator = _evaluator_for(loaded, data, args.bits)
+    periphery = evaluator.periphery
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery, "tiling": not args.no_tiling},
                          "deploy options")
@@ -492,16 +502,118 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pcmlab.evaluator import AnalogEvaluator
     from protocols.deploy import evaluate_file
 
     loaded, data = _model_and_data(args.model, args.data)
-    evaluator = AnalogEvaluator(loaded.model, data.x_train,
-                                _periphery_for(loaded, args.bits))
+    evaluator = _evaluator_for(loaded, data, args.bits)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
     console.print(_accuracy_table(time_s, accuracy, None,
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
+    return 0
+
+
+def _epoch_log(bar: Progress, task):
+    def on_epoch(stage: str, epoch: int, loss: float, acc: float) -> None:
+        bar.update(task, advance=1, log=f"{stage} epoch {epoch}")
+        bar.console.print(f"{stage:>8} epoch {epoch:3d}  loss {loss:.4f}  "
+                          f"train accuracy {100 * acc:.2f} %", highlight=False)
+    return on_epoch
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model for the chip: float, noise injection, or the full AnalogNets method."""
+    from pcmlab.nn_model import load_model_file, save_model_file
+    from pcmlab.tasks import (
+        DIGITS_INPUT_SHAPE,
+        load_digits,
+        load_npz_dataset,
+        reference_cnn,
+        train_classifier,
+    )
+    from pcmlab.training import TrainingConfig, train_analognets
+
+    cfg = validate_model(TrainingConfig, {
+        "stage1_epochs": args.epochs1, "stage2_epochs": args.epochs2, "eta": args.eta,
+        "alpha": args.alpha, "adc_bits": args.bits, "quant_noise": args.quant_noise,
+        "seed": args.seed}, "training options")
+    if args.model is not None:
+        loaded = load_model_file(args.model)
+        model, input_shape = loaded.model, loaded.input_shape
+        if args.data is None:
+            raise ConfigError("--model needs --data FILE.npz with x_train, y_train, x_test, "
+                              "y_test")
+        data = load_npz_dataset(args.data, input_shape)
+    else:
+        model, input_shape = reference_cnn(args.seed), DIGITS_INPUT_SHAPE
+        data = load_digits(seed=args.seed)
+    total = cfg.stage1_epochs + (cfg.stage2_epochs if args.method == "full" else 0)
+    with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.fields[log]}"),
+                  console=err_console, transient=True) as bar:
+        on_epoch = _epoch_log(bar, bar.add_task("train", total=total, log=""))
+        if args.method == "full":
+            result = train_analognets(model, data.x_train, data.y_train, cfg,
+                                      on_epoch=on_epoch)
+            model, extra = result.model, result.extra()
+        else:
+            eta = cfg.eta if args.method == "noise" else 0.0
+            model = train_classifier(
+                model, data.x_train, data.y_train, epochs=total, weight_noise=eta,
+                seed=args.seed,
+                on_epoch=lambda e, loss, acc: on_epoch(args.method, e, loss, acc))
+            extra = {}
+    extra["method"] = args.method
+    extra["data_seed"] = args.seed
+    path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
+    with torch_no_grad():
+        acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
+    console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "
+                  f"{100 * acc:.2f} %")
+    return 0
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """The AnalogNets ablation on the reference task, in simulated mode."""
+    from pcmlab.ablation import PAPER_TIME_LABELS, run_ablation
+    from pcmlab.plots import plot_ablation
+    from pcmlab.tasks import load_digits
+    from pcmlab.training import TrainingConfig
+
+    cfg = validate_model(TrainingConfig, {"stage1_epochs": args.epochs1,
+                                          "stage2_epochs": args.epochs2, "seed": args.seed},
+                         "training options")
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: need at least one simulated run")
+    out_dir = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    with Progress(TextColumn("[bold]ablation"), TextColumn("{task.fields[step]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("ablation", step="")
+        rows = run_ablation(load_digits(seed=args.seed), bits=tuple(args.bits),
+                            runs=args.runs, config=cfg, seed=args.seed,
+                            progress=lambda text: bar.update(task, step=text))
+    table = Table(title=f"AnalogNets ablation, digits CNN, simulated ({args.runs} runs), "
+                  "test accuracy %")
+    for col in ("method", "ADC/DAC bits", *PAPER_TIME_LABELS):
+        table.add_column(col, justify="right")
+    lines = ["| method | ADC/DAC bits | " + " | ".join(PAPER_TIME_LABELS) + " |",
+             "|---|---|" + "---|" * len(PAPER_TIME_LABELS)]
+    for r in rows:
+        cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(r.mean, r.std, strict=True)]
+        table.add_row(r.method, f"{r.adc_bits}/{r.dac_bits}", *cells)
+        lines.append(f"| {r.method} | {r.adc_bits}/{r.dac_bits} | " + " | ".join(cells) + " |")
+    console.print(table)
+    (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    png = plot_ablation(out_dir / "ablation.png", rows, PAPER_TIME_LABELS)
+    console.print(f"wrote {out_dir / 'ablation.md'} and {png} in "
+                  f"{time.perf_counter() - t_start:.0f} s")
     return 0
 
 
@@ -543,6 +655,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help=".npz with x_test, y_test")
     p.add_argument("--bits", type=int, help="DAC and ADC bits")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model for the chip (AnalogNets method)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("--method", choices=("full", "noise", "float"), default="full",
+                   help="full AnalogNets method (default), noise injection only, or float")
+    p.add_argument("--model", type=Path, help="your model file to start from (else the "
+                   "digits reference CNN)")
+    p.add_argument("--data", type=Path, help=".npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--bits", type=int, default=8, help="ADC bits (the DAC gets one more)")
+    p.add_argument("--epochs1", type=int, default=30, help="stage 1 epochs")
+    p.add_argument("--epochs2", type=int, default=20, help="stage 2 epochs")
+    p.add_argument("--eta", type=float, default=0.05, help="weight noise / W_max")
+    p.add_argument("--alpha", type=float, default=2.5, help="clip at alpha * sigma_W")
+    p.add_argument("--quant-noise", type=float, default=0.0,
+                   help="share of values left unquantized in stage 2")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ablation", help="off-the-shelf vs noise injection vs full method "
+                       "at 8/6/4 bits, simulated over a year")
+    p.add_argument("--output-dir", type=Path, default=Path("pcmlab-ablation"))
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    p.add_argument("--epochs1", type=int, default=30)
+    p.add_argument("--epochs2", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("mock-server", help="serve a mock chip over TCP (SCPI) or a "
                        "pseudo-terminal (framed binary)")

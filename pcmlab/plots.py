@@ -105,3 +105,30 @@ def plot_accuracy(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_ablation(path: str | Path, rows, time_labels: tuple[str, ...]) -> Path:
+    """One panel per converter width: accuracy vs time per method, mean ± std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    bits = sorted({r.adc_bits for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(bits), figsize=(4.5 * len(bits), 4), sharey=True,
+                             squeeze=False)
+    x = np.arange(len(time_labels))
+    for ax, b in zip(axes[0], bits, strict=True):
+        for r in (r for r in rows if r.adc_bits == b):
+            mean, std = 100 * np.asarray(r.mean), 100 * np.asarray(r.std)
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=r.method)
+        ax.set_xticks(x, time_labels)
+        ax.set_title(f"ADC {b} bits, DAC {b + 1} bits")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

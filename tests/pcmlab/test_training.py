@@ -1,0 +1,114 @@
+"""Hardware-aware training: quantizers, noise injection, the 4-bit benefit, deployment."""
+
+import numpy as np
+import pytest
+import torch
+
+from drivers import MockDriver
+from mock_chip import FaultRates, MockChipConfig
+from pcmlab.evaluator import AnalogEvaluator, LayerRanges, Periphery
+from pcmlab.nn_model import load_model_file, save_model_file
+from pcmlab.tasks import load_digits, reference_cnn, train_classifier
+from pcmlab.training import (
+    HardwareAwareNet,
+    TrainingConfig,
+    quantize_ste,
+    ranges_from_extra,
+    train_analognets,
+    train_clipped,
+)
+from protocols.deploy import DeployConfig, deploy_network
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_quantizer_gradients_levels_and_range(signed: bool) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(5000) * 2).requires_grad_()
+    log_hi = torch.tensor(0.0, requires_grad=True)  # hi = 1: many values saturate
+    bits = 4
+    q = quantize_ste(x, torch.exp(log_hi), bits, signed=signed)
+    assert torch.unique(q.detach()).numel() <= 2**bits
+    (q * torch.linspace(-1, 1, 5000)).sum().backward()
+    inside = (x.detach().abs() < 0.9) if signed else (x.detach() > 0.1) & (x.detach() < 0.9)
+    assert x.grad is not None and (x.grad[inside] != 0).all()  # straight through inside
+    assert (x.grad[x.detach().abs() > 1.1] == 0).all()  # saturated: no gradient to x
+    assert log_hi.grad is not None and log_hi.grad != 0  # the range learns
+
+
+def test_ranges_stay_positive_and_noise_has_the_configured_std() -> None:
+    torch.manual_seed(0)
+    model = reference_cnn().eval()
+    x = torch.rand(64, 1, 8, 8)
+    ev = AnalogEvaluator(model, x, Periphery(dac_bits=None, adc_bits=None))
+    net = HardwareAwareNet(ev.model, [0.5, 0.4, 0.3, 0.2], ev.ranges,
+                           TrainingConfig(eta=0.1, adc_bits=4))
+    opt = torch.optim.SGD([net.log_in, net.log_out, net.log_gain], lr=50.0)
+    for _ in range(5):  # a loss that pushes every range toward zero, hard
+        net.train()
+        loss = sum(net.input_range(k) + net.output_range(k) for k in range(4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(float(net.input_range(k)) > 0 and float(net.output_range(k)) > 0
+               for k in range(4))
+    net.train()
+    net(x)
+    # the injected std is eta * W_max; the 256x32 layer has enough samples to tell
+    assert net.noise_std[2] == pytest.approx(0.1 * 0.3, rel=0.05)
+    assert len(net.noise_std) == 4
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    assert net.noise_std == [] and torch.equal(a, b)  # no noise at evaluation
+
+
+def test_stage1_clips_at_alpha_sigma() -> None:
+    data = load_digits()
+    cfg = TrainingConfig(stage1_epochs=2, alpha=1.5)
+    result = train_clipped(reference_cnn(), data.x_train[:300], data.y_train[:300], cfg)
+    for m in (m for m in result.model if isinstance(m, torch.nn.Linear)):
+        w = m.weight.detach()
+        assert float(w.abs().max()) <= 1.5 * float(w.std()) * 1.2
+
+
+@pytest.fixture(scope="module")
+def four_bit_models():
+    data = load_digits(seed=0)
+    cfg = TrainingConfig(adc_bits=4, seed=0)
+    full = train_analognets(reference_cnn(0), data.x_train, data.y_train, cfg)
+    plain = train_classifier(reference_cnn(0), data.x_train, data.y_train,
+                             epochs=cfg.stage1_epochs + cfg.stage2_epochs, seed=0)
+    return data, full, plain
+
+
+@pytest.mark.slow
+def test_full_method_beats_off_the_shelf_at_4_bits_after_a_day(four_bit_models) -> None:
+    data, full, plain = four_bit_models
+    day = [25.0, 86400.0]
+    ev_full = AnalogEvaluator(full.model, data.x_train, full.periphery, ranges=full.ranges)
+    ev_plain = AnalogEvaluator(plain, data.x_train, Periphery(dac_bits=5, adc_bits=4))
+    acc_full = ev_full.simulate(data.x_test, data.y_test, ev_full.mapping(256, 512), day, 10,
+                                np.random.default_rng(0)).mean[1]
+    acc_plain = ev_plain.simulate(data.x_test, data.y_test, ev_plain.mapping(256, 512), day,
+                                  10, np.random.default_rng(0)).mean[1]
+    assert full.periphery.dac_bits == 5 and full.periphery.adc_bits == 4
+    assert acc_full > acc_plain + 0.03, (acc_full, acc_plain)
+
+
+@pytest.mark.slow
+def test_trained_model_deploys_through_the_measured_path(four_bit_models, tmp_path) -> None:
+    data, full, _ = four_bit_models
+    path = save_model_file(full.model, tmp_path / "full.pt", input_shape=(1, 8, 8),
+                           extra=full.extra())
+    loaded = load_model_file(path)
+    ranges = ranges_from_extra(loaded.extra)
+    assert isinstance(ranges, LayerRanges) and ranges == full.ranges
+    periphery = Periphery.model_validate(loaded.extra["periphery"])
+    ev = AnalogEvaluator(loaded.model, data.x_train, periphery, ranges=ranges)
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512}, seed=2,
+                                              faults=FaultRates.none()))
+    r = deploy_network(driver, ev, data.x_test, data.y_test, tmp_path / "dep.h5",
+                       DeployConfig(simulated_runs=5, periphery=periphery))
+    assert r.measured_accuracy.size == r.time_s.size > 5
+    assert r.measured_accuracy[0] > 0.9
+    assert abs(r.measured_accuracy[0] - r.simulated.mean[0]) < 0.03
