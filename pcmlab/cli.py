@@ -34,13 +34,19 @@ EXIT_USAGE = 2
 
 # -- shared pieces -------------------------------------------------------------------------
 def _add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
-    g = p.add_argument_group("mock chip")
+    g = p.add_argument_group("chip")
+    g.add_argument("--resource", metavar="RESOURCE",
+                   help="a chip (or mock server) to use instead of the in-process mock: "
+                   "TCPIP0::host::5025::SOCKET, /dev/ttyUSB0, ...")
     g.add_argument("--chip", type=Path, metavar="FILE",
                    help="mock chip configuration (.toml or .json, MockChipConfig)")
     g.add_argument("--rows", type=int, default=rows, help=f"array rows (default {rows})")
     g.add_argument("--cols", type=int, default=cols, help=f"array columns (default {cols})")
     g.add_argument("--seed", type=int, default=0, help="seed of the mock chip (default 0)")
     g.add_argument("--no-faults", action="store_true", help="a chip without faulty devices")
+    g.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="PCM model constants (from 'pcmlab fit') for the mock chip and the "
+                   "simulated mode")
 
 
 def _driver_for_run(config, source: str):  # (RunConfig) -> CrossbarDriver
@@ -107,10 +113,14 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_mock_driver(args: argparse.Namespace):  # -> MockDriver
+def _make_mock_driver(args: argparse.Namespace):  # -> CrossbarDriver
+    """The in-process mock chip of the options, or the chip at --resource."""
+    from drivers import open_driver
     from drivers.mock import MockDriver
     from mock_chip import FaultRates, MockChipConfig
 
+    if getattr(args, "resource", None):
+        return open_driver(args.resource)
     if args.chip is not None:
         cfg = load_model(MockChipConfig, args.chip)
     else:
@@ -121,8 +131,18 @@ def _make_mock_driver(args: argparse.Namespace):  # -> MockDriver
         }
         if args.no_faults:
             data["faults"] = FaultRates.none()
+        if getattr(args, "calibration", None) is not None:
+            data["calibration"] = _calibration(args)
         cfg = validate_model(MockChipConfig, data, "mock chip options")
     return MockDriver(config=cfg)
+
+
+def _calibration(args: argparse.Namespace):  # -> PCMCalibration
+    from pcmlab.pcm_model import PCMCalibration
+
+    if getattr(args, "calibration", None) is None:
+        return PCMCalibration()
+    return load_model(PCMCalibration, args.calibration)
 
 
 def _program_config(args: argparse.Namespace):  # -> ProgramVerifyConfig
@@ -415,7 +435,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           transient=True) as bar:
         _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
-                                overwrite=True, on_wait=on_wait)
+                                pcm=PCMModel(_calibration(args)), overwrite=True,
+                                on_wait=on_wait)
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
     util = Table(title="mapping", show_header=True)
     for col in ("layer", "devices", "array %"):
@@ -493,7 +514,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                           transient=True) as bar:
         _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
-                                on_wait=on_wait)
+                                pcm=PCMModel(_calibration(args)), on_wait=on_wait)
     console.print(_accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{args.model.name} on "
                                   f"{driver.info.identity}"))
@@ -617,6 +638,66 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_characterize(args: argparse.Namespace) -> int:
+    """Program level sets, read them for read noise and drift, into a file for 'fit'."""
+    from protocols.characterize import CharacterizeConfig, characterize
+
+    data: dict[str, object] = {"cells_per_level": args.cells_per_level,
+                               "burst_reads": args.burst_reads, "t_end_s": args.t_end,
+                               "drift_reads": args.drift_reads}
+    if args.levels_us is not None:
+        data["levels_us"] = args.levels_us
+    cfg = validate_model(CharacterizeConfig, data, "characterize options")
+    driver = _make_mock_driver(args)
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = _readout_progress(bar, cfg.times_s().size)
+        result, taken = characterize(driver, args.output, cfg, on_wait=on_wait)
+    console.print(f"{len(cfg.levels_us)} levels x {cfg.cells_per_level} cells on "
+                  f"{driver.info.identity}: {100 * result.converged_fraction_nonzero:.2f} % of "
+                  f"non-zero converged; {taken} readouts")
+    console.print(f"wrote [bold]{args.output}[/]; next: pcmlab fit {args.output} -o "
+                  "calibration.toml")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit the statistical PCM model to a characterization file."""
+    from pcmlab.config import save_model
+    from pcmlab.fitting import fit_file
+    from pcmlab.plots import plot_fit
+
+    prior_cal = _calibration(args)
+    result = fit_file(args.run, prior_cal)
+    fitted, prior = PCMModel(result.calibration), PCMModel(prior_cal)
+    table = Table(title=f"fit of {args.run.name}: measured / fitted model (prior)",
+                  caption="prior: the constants the fit started from")
+    for col in ("G_T µS", "cells", "σ_prog µS", "ν mean", "ν std", "Q_s"):
+        table.add_column(col, justify="right")
+    for lv in result.levels:
+        g = lv.target_us
+        table.add_row(
+            f"{g:.1f}", str(lv.cells),
+            f"{lv.sigma_prog_us:.3f} / {float(fitted.prog_noise_sigma_us(g)):.3f} "
+            f"({float(prior.prog_noise_sigma_us(g)):.3f})",
+            f"{lv.nu_mean:.4f} / {float(fitted.drift_nu_mean(g)):.4f}",
+            f"{lv.nu_std:.4f} / {float(fitted.drift_nu_std(g)):.4f}",
+            f"{lv.q_s:.4f} / {float(fitted.read_noise_q(g)):.4f}")
+    console.print(table)
+    c = result.calibration
+    console.print(f"σ_prog = {c.prog_noise_coeffs_us[0]:.4f} + {c.prog_noise_coeffs_us[1]:.4f} g"
+                  f" + {c.prog_noise_coeffs_us[2]:.4f} g²;  μ_ν = clip({c.drift_mu_coeffs[0]:.4f}"
+                  f" ln g + {c.drift_mu_coeffs[1]:.4f}, {c.drift_mu_range[0]:.4f}, "
+                  f"{c.drift_mu_range[1]:.4f});  Q_s = min({c.read_noise_q:.5f} / g^"
+                  f"{c.read_noise_exponent}, {c.read_noise_q_max})", highlight=False)
+    path = save_model(c, args.output)
+    png = plot_fit(args.plot or args.output.with_suffix(".png"), result.levels, fitted, prior)
+    console.print(f"wrote [bold]{path}[/] and {png}")
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmlab", description=__doc__.splitlines()[0])
@@ -682,6 +763,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs2", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
+                       "drift) into a file for 'pcmlab fit'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("--cells-per-level", type=int, default=1000)
+    p.add_argument("--levels-us", type=float, nargs="+", help="levels (default 11 from 0 "
+                   "to 25 µS)")
+    p.add_argument("--burst-reads", type=int, default=10, help="repeated reads after t0")
+    p.add_argument("--drift-reads", type=int, default=12)
+    p.add_argument("--t-end", type=float, default=1e6, help="last drift read, s")
+    _add_chip_options(p, rows=128, cols=128)
+    p.set_defaults(func=cmd_characterize)
+
+    p = sub.add_parser("fit", help="fit the PCM model to a characterization file")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="calibration file to write (.toml or .json)")
+    p.add_argument("--plot", type=Path, help="PNG of data against fit (default: beside -o)")
+    p.add_argument("--calibration", type=Path, help="prior constants (default: published)")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("mock-server", help="serve a mock chip over TCP (SCPI) or a "
                        "pseudo-terminal (framed binary)")

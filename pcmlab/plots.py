@@ -132,3 +132,44 @@ def plot_ablation(path: str | Path, rows, time_labels: tuple[str, ...]) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_fit(path: str | Path, levels, fitted, prior) -> Path:
+    """Measured per-level statistics against the fitted and the prior model curves.
+    ``levels``: LevelFit rows; ``fitted``/``prior``: PCMModel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    g = np.array([lv.target_us for lv in levels])
+    grid = np.linspace(max(g.min(), 0.0), g.max(), 200)
+    gn = grid[grid > 0]
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
+    a1.plot(g, [lv.sigma_prog_us for lv in levels], "o", label="measured")
+    a1.plot(grid, fitted.prog_noise_sigma_us(grid), "-", label="fit")
+    a1.plot(grid, prior.prog_noise_sigma_us(grid), ":", color="gray", label="prior")
+    a1.set_title("programming noise σ_prog (µS)")
+    nz = g > 0
+    a2.errorbar(g[nz], [lv.nu_mean for lv in levels if lv.target_us > 0],
+                yerr=[lv.nu_std for lv in levels if lv.target_us > 0], fmt="o",
+                capsize=3, label="measured mean ± std")
+    a2.plot(gn, fitted.drift_nu_mean(gn), "-", label="fit μ_ν")
+    a2.fill_between(gn, fitted.drift_nu_mean(gn) - fitted.drift_nu_std(gn),
+                    fitted.drift_nu_mean(gn) + fitted.drift_nu_std(gn), alpha=0.2)
+    a2.plot(gn, prior.drift_nu_mean(gn), ":", color="gray", label="prior μ_ν")
+    a2.set_title("drift exponent ν")
+    a3.plot(g[nz], [lv.q_s for lv in levels if lv.target_us > 0], "o", label="measured")
+    a3.plot(gn, fitted.read_noise_q(gn), "-", label="fit")
+    a3.plot(gn, prior.read_noise_q(gn), ":", color="gray", label="prior")
+    a3.set_yscale("log")
+    a3.set_title("read noise Q_s")
+    for ax in (a1, a2, a3):
+        ax.set_xlabel("target conductance (µS)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,180 @@
+"""Fit the statistical PCM model to a characterization file (``pcmlab characterize``).
+
+Per level: the spread of the burst mean around the target minus the share of read noise
+left in it gives sigma_prog; the spread within the burst gives the read noise, hence
+Q_s; per-device drift exponents from a log-log fit of the drift reads give mu_nu and
+sigma_nu (the fit's own noise, from its residuals, taken out). The model's functional
+forms are then fitted to the levels: a quadratic for sigma_prog, clipped lines in ln g_T
+for mu_nu and sigma_nu, q / g^e for Q_s (exponent kept from the prior calibration).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pcmlab.errors import SchemaError
+from pcmlab.pcm_model import PCMCalibration, PCMModel
+from pcmlab.store import RunReader
+
+MIN_CELLS_PER_LEVEL = 50
+
+
+@dataclass(frozen=True)
+class LevelFit:
+    """What was measured at one level (µS, seconds)."""
+
+    target_us: float
+    cells: int
+    sigma_prog_us: float
+    read_sigma_us: float  # within-burst spread at the burst's mean time
+    q_s: float
+    nu_mean: float
+    nu_std: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    calibration: PCMCalibration
+    levels: list[LevelFit]
+    burst_time_s: float
+
+
+def _wls(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64],
+         w: npt.NDArray[np.float64], degree: int) -> npt.NDArray[np.float64]:
+    """Weighted polynomial least squares; coefficients lowest power first."""
+    a = np.vander(x, degree + 1, increasing=True) * np.sqrt(w)[:, None]
+    coef, *_ = np.linalg.lstsq(a, y * np.sqrt(w), rcond=None)
+    return coef
+
+
+def fit_clipped_line(x: npt.ArrayLike, y: npt.ArrayLike, w: npt.ArrayLike,
+                     prior: tuple[float, float, float, float]
+                     ) -> tuple[float, float, float, float]:
+    """(a, b, lo, hi) of y = clip(a x + b, lo, hi) for points sorted or not.
+
+    Every split of the points (ordered by the line's direction) into a plateau, a linear
+    part and a second plateau is tried; the least weighted squared error wins. Where the
+    data do not pin a value (a plateau with no point, a line through fewer than two), the
+    prior's is kept."""
+    x, y, w = (np.asarray(v, dtype=np.float64) for v in (x, y, w))
+    a0, b0, lo0, hi0 = prior
+    order = np.argsort(x)
+    x, y, w = x[order], y[order], w[order]
+    n = x.size
+    best, best_err = prior, math.inf
+    for i, j in itertools.combinations(range(n + 1), 2):
+        # points [0, i) on the left plateau, [i, j) on the line, [j, n) on the right
+        mid = slice(i, j)
+        if j - i >= 2:
+            b, a = _wls(x[mid], y[mid], w[mid], 1)
+        elif j - i == 1:
+            a = a0
+            b = y[i] - a * x[i]
+        else:
+            a, b = a0, b0
+        left = float(np.average(y[:i], weights=w[:i])) if i else None
+        right = float(np.average(y[j:], weights=w[j:])) if j < n else None
+        if a < 0:  # falling line: high plateau on the left
+            hi, lo = (left if left is not None else hi0), (right if right is not None else lo0)
+        else:
+            lo, hi = (left if left is not None else lo0), (right if right is not None else hi0)
+        if lo > hi:
+            continue
+        pred = np.clip(a * x + b, lo, hi)
+        err = float(np.sum(w * (pred - y) ** 2))
+        if err < best_err - 1e-15:
+            best, best_err = (float(a), float(b), float(lo), float(hi)), err
+    return best
+
+
+def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult:
+    """Fit the model to a characterization file; SchemaError names what is missing."""
+    prior = prior or PCMCalibration()
+    model = PCMModel(prior)
+    with RunReader(path) as run:
+        spec = run.config.get("characterize")
+        if spec is None:
+            raise SchemaError(f"{path}: not a characterization file (no 'characterize' "
+                              "settings in its configuration); make one with "
+                              "'pcmlab characterize'")
+        n_burst = int(spec["burst_reads"])
+        prog = run.programming()
+        if prog is None:
+            raise SchemaError(f"{path}: programming never finished; nothing to fit")
+        ro = run.readouts()
+        target = run.targets().conductance_us
+    if ro.n < n_burst + 2:
+        raise SchemaError(f"{path}: the fit needs the {n_burst} read-noise reads and at "
+                          f"least 2 drift reads; the file has {ro.n} readouts (resume the "
+                          "run to complete it)")
+    burst = ro.conductance_us[:n_burst].astype(np.float64)
+    burst_t = float(ro.time_s[:n_burst].mean())
+    t = ro.time_s
+    g_all = ro.conductance_us.astype(np.float64)
+    levels = []
+    for level in np.unique(target):
+        sel = (target == level) & prog.converged
+        count = int(sel.sum())
+        if count < MIN_CELLS_PER_LEVEL:
+            raise SchemaError(f"{path}: level {level:g} µS has {count} converged cells; the "
+                              f"fit needs at least {MIN_CELLS_PER_LEVEL} per level "
+                              "(characterize with more --cells-per-level)")
+        b = burst[:, sel]
+        within = b.var(axis=0, ddof=1).mean()  # read noise variance at the burst time
+        spread = np.mean((b.mean(axis=0) - level) ** 2)  # programming + burst-averaged read
+        sigma_prog = math.sqrt(max(spread - within / n_burst, 0.0))
+        read_sigma = math.sqrt(within)
+        g_mean = float(b.mean())
+        log_factor = float(model.read_noise_log_factor(burst_t))
+        q_s = read_sigma / (g_mean * math.sqrt(log_factor)) if g_mean > 0 else math.nan
+        # drift exponents per device, the fit noise taken out of their spread
+        x = np.log(t)
+        xc = x - x.mean()
+        y = np.log(np.maximum(g_all[:, sel], 1e-3))
+        slope = (xc[:, None] * (y - y.mean(axis=0))).sum(axis=0) / (xc * xc).sum()
+        resid = y - y.mean(axis=0) - slope * xc[:, None]
+        fit_var = (resid**2).sum(axis=0) / (t.size - 2) / (xc * xc).sum()
+        nu = -slope
+        nu_std = math.sqrt(max(float(nu.var()) - float(fit_var.mean()), 0.0))
+        levels.append(LevelFit(float(level), count, sigma_prog, read_sigma, q_s,
+                               float(nu.mean()), nu_std))
+    return FitResult(_calibration(levels, prior), levels, burst_t)
+
+
+def _calibration(levels: list[LevelFit], prior: PCMCalibration) -> PCMCalibration:
+    g_max = prior.g_max_us
+    lv = [lv for lv in levels if lv.target_us > 0]
+    if len(lv) < 3:
+        raise SchemaError(f"the fit needs at least 3 non-zero levels, got {len(lv)}")
+    g = np.array([lv.target_us for lv in levels]) / g_max
+    sig = np.array([lv.sigma_prog_us for lv in levels])
+    counts = np.array([lv.cells for lv in levels], dtype=np.float64)
+    # relative errors count alike at every level: the spread at 2.5 µS matters as much,
+    # relatively, as at 22.5 µS
+    c = _wls(g, sig, counts / np.maximum(sig, 1e-3) ** 2, 2)
+    gn = np.array([lv.target_us for lv in lv]) / g_max
+    cn = np.array([lv.cells for lv in lv], dtype=np.float64)
+    log_g = np.log(gn)
+    mu = fit_clipped_line(log_g, [lv.nu_mean for lv in lv], cn,
+                          (*prior.drift_mu_coeffs, *prior.drift_mu_range))
+    sd = fit_clipped_line(log_g, [lv.nu_std for lv in lv], cn,
+                          (*prior.drift_sigma_coeffs, *prior.drift_sigma_range))
+    q = np.array([lv.q_s for lv in lv])
+    e = prior.read_noise_exponent
+    usable = np.isfinite(q) & (q < 0.9 * prior.read_noise_q_max)
+    q_coef = (float(np.exp(np.average(np.log(q[usable]) + e * log_g[usable],
+                                      weights=cn[usable])))
+              if usable.any() else prior.read_noise_q)
+    return prior.model_copy(update={
+        "prog_noise_coeffs_us": (float(c[0]), float(c[1]), float(c[2])),
+        "drift_mu_coeffs": (mu[0], mu[1]), "drift_mu_range": (max(mu[2], 0.0), mu[3]),
+        "drift_sigma_coeffs": (sd[0], sd[1]),
+        "drift_sigma_range": (max(sd[2], 0.0), max(sd[3], max(sd[2], 0.0))),
+        "read_noise_q": q_coef,
+    })
