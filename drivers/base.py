@@ -92,13 +92,21 @@ class CrossbarDriver(Protocol):
 
 
 class DriverBase:
-    """Shared behaviour: limit checks against ``info``, context manager, closed state."""
+    """Shared behaviour: ``info`` and ``clock`` (set by the driver as ``_info`` and
+    ``_clock`` when it connects), limit checks against ``info``, context manager, closed
+    state."""
 
     _closed: bool = False
+    _info: ChipInfo
+    _clock: Clock
 
     @property
-    def info(self) -> ChipInfo:  # pragma: no cover - every driver overrides
-        raise NotImplementedError
+    def info(self) -> ChipInfo:
+        return self._info
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     def check_pulses(
         self, cells: npt.ArrayLike, kind: PulseKind | str, amplitude_ua: npt.ArrayLike,
@@ -146,3 +154,29 @@ class RemoteClock:
             time.sleep(min(remaining, 1.0))
             now = self._now()
         return now
+
+
+class RemoteDriverBase(DriverBase):
+    """A driver that talks to a chip over a wire: ``_now`` and ``_advance`` ask the chip,
+    and ``pulses_acknowledged`` counts, per cell, the pulses the chip confirmed."""
+
+    pulses_acknowledged: npt.NDArray[np.uint32]
+
+    def _now(self) -> float:  # pragma: no cover - every remote driver overrides
+        raise NotImplementedError
+
+    def _advance(self, dt_s: float) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _connected(self, identity: str, rows: int, cols: int,
+                   limits: tuple[float, float, float, float], g_max_us: float,
+                   virtual_clock: bool) -> None:
+        """Record what the chip told us when we connected."""
+        self._info = ChipInfo(
+            identity=identity, geometry=ArrayGeometry(rows=rows, cols=cols),
+            g_max_us=g_max_us,
+            limits=ChipLimits(max_set_ua=limits[0], max_reset_ua=limits[1],
+                              min_width_ns=limits[2], max_width_ns=limits[3]),
+            virtual_clock=virtual_clock)
+        self.pulses_acknowledged = np.zeros(rows * cols, dtype=np.uint32)
+        self._clock = RemoteClock(self._now, self._advance if virtual_clock else None)

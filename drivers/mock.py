@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy.typing as npt
 
 from drivers.base import F32, ChipInfo, DriverBase
-from mock_chip import MockChip, MockChipConfig, VirtualClock
+from mock_chip import MockChip, MockChipConfig
 from pcmlab.errors import TransportError
 from pcmlab.pulses import PulseKind
 
@@ -24,14 +24,8 @@ class MockDriver(DriverBase):
             limits=cfg.limits,
             virtual_clock=True,
         )
+        self._clock = self.chip.clock
 
-    @property
-    def info(self) -> ChipInfo:
-        return self._info
-
-    @property
-    def clock(self) -> VirtualClock:
-        return self.chip.clock
 
     def _ensure_open(self) -> None:
         if self._closed:

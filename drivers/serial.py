@@ -18,19 +18,15 @@ import numpy as np
 import numpy.typing as npt
 import serial
 
-from drivers.base import F32, ChipInfo, DriverBase, RemoteClock
+from drivers.base import F32, RemoteDriverBase
 from pcmlab import framing
-from pcmlab.config import ArrayGeometry, ChipLimits
 from pcmlab.errors import DeviceError, TransportError
 from pcmlab.framing import Opcode
-from pcmlab.pulses import PulseKind
+from pcmlab.pulses import PulseKind, pulse_records
 
 log = logging.getLogger(__name__)
 
-RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
-
-
-class SerialDriver(DriverBase):
+class SerialDriver(RemoteDriverBase):
     """A chip controller board on a serial line."""
 
     def __init__(
@@ -73,14 +69,7 @@ class SerialDriver(DriverBase):
         except BaseException:
             self._ser.close()
             raise
-        self._info = ChipInfo(
-            identity=identity, geometry=ArrayGeometry(rows=rows, cols=cols),
-            g_max_us=g_max_us,
-            limits=ChipLimits(max_set_ua=lim[0], max_reset_ua=lim[1], min_width_ns=lim[2],
-                              max_width_ns=lim[3]),
-            virtual_clock=virtual)
-        self.pulses_acknowledged = np.zeros(rows * cols, dtype=np.uint32)
-        self._clock = RemoteClock(self._now, self._advance if virtual else None)
+        self._connected(identity, rows, cols, lim, g_max_us, virtual)
         log.info("connected to %s: %s (%d x %d)", port, identity, rows, cols)
 
     # -- frames ----------------------------------------------------------------------------
@@ -130,14 +119,6 @@ class SerialDriver(DriverBase):
         return None
 
     # -- the CrossbarDriver interface ------------------------------------------------------
-    @property
-    def info(self) -> ChipInfo:
-        return self._info
-
-    @property
-    def clock(self) -> RemoteClock:
-        return self._clock
-
     def _now(self) -> float:
         return struct.unpack("<d", self._transact(Opcode.TIME))[0]
 
@@ -147,9 +128,7 @@ class SerialDriver(DriverBase):
     def apply_pulses(self, cells: npt.ArrayLike, kind: PulseKind | str,
                      amplitude_ua: npt.ArrayLike, width_ns: float) -> int:
         kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
-        records = np.empty(cell_arr.size, dtype=RECORD)
-        records["cell"] = cell_arr
-        records["amp"] = amp
+        records = pulse_records(cell_arr, amp)
         head = framing.PULSE_HEAD.pack(framing.KIND_CODES[kind.value], width)
         applied = 0
         with self._lock:

@@ -21,10 +21,9 @@ import pyvisa
 import pyvisa.constants
 import pyvisa.errors
 
-from drivers.base import F32, ChipInfo, DriverBase, RemoteClock
-from pcmlab.config import ArrayGeometry, ChipLimits
+from drivers.base import F32, RemoteDriverBase
 from pcmlab.errors import DeviceError, TransportError
-from pcmlab.pulses import PulseKind
+from pcmlab.pulses import PulseKind, pulse_records
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +41,6 @@ TIME = "SYST:TIME?"
 ADVANCE = "SYST:TIME:ADV {dt:.9g}"
 NO_VIRTUAL_CLOCK = -113
 
-RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
 _PULSE_REPLY = re.compile(r"^(\d+),(\d+)$")
 _ERROR_REPLY = re.compile(r'^([+-]?\d+),"(.*)"$')
 
@@ -51,7 +49,7 @@ class _GarbledReplyError(Exception):
     """A reply that does not parse: treated like a lost one."""
 
 
-class VisaDriver(DriverBase):
+class VisaDriver(RemoteDriverBase):
     """A chip controller that speaks the SCPI command set over any VISA resource."""
 
     def __init__(
@@ -79,7 +77,6 @@ class VisaDriver(DriverBase):
             raise TransportError(f"VISA backend '{backend}' is not available: {exc}") from None
         self._inst: Any = None
         self._seq = random.SystemRandom().randrange(1, 2**31)  # fresh per session
-        self.pulses_acknowledged = None  # per-cell count of pulses the chip confirmed
         with self._lock:
             self._connect()
             identity = self._exchange(IDN, lambda: self._inst.query(IDN).strip())
@@ -91,14 +88,8 @@ class VisaDriver(DriverBase):
             virtual = code != NO_VIRTUAL_CLOCK
             if code not in (0, NO_VIRTUAL_CLOCK):
                 log.warning("%s: unexpected error %d after probing the clock", resource, code)
-        self._info = ChipInfo(
-            identity=identity, geometry=ArrayGeometry(rows=rows, cols=cols),
-            g_max_us=g_max_us,
-            limits=ChipLimits(max_set_ua=lim[0], max_reset_ua=lim[1], min_width_ns=lim[2],
-                              max_width_ns=lim[3]),
-            virtual_clock=virtual)
-        self.pulses_acknowledged = np.zeros(rows * cols, dtype=np.uint32)
-        self._clock = RemoteClock(self._now, self._advance if virtual else None)
+        self._connected(identity, rows, cols, (lim[0], lim[1], lim[2], lim[3]), g_max_us,
+                        virtual)
         log.info("connected to %s: %s (%d x %d, %s clock)", resource, identity, rows, cols,
                  "virtual" if virtual else "wall")
 
@@ -174,14 +165,6 @@ class VisaDriver(DriverBase):
                           f"{code},\"{message}\"", command=command, code=code)
 
     # -- the CrossbarDriver interface ------------------------------------------------------
-    @property
-    def info(self) -> ChipInfo:
-        return self._info
-
-    @property
-    def clock(self) -> RemoteClock:
-        return self._clock
-
     def _now(self) -> float:
         with self._lock:
             return float(self._query_text(TIME))
@@ -197,9 +180,7 @@ class VisaDriver(DriverBase):
     def apply_pulses(self, cells: npt.ArrayLike, kind: PulseKind | str,
                      amplitude_ua: npt.ArrayLike, width_ns: float) -> int:
         kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
-        records = np.empty(cell_arr.size, dtype=RECORD)
-        records["cell"] = cell_arr
-        records["amp"] = amp
+        records = pulse_records(cell_arr, amp)
         applied = 0
         with self._lock:
             for start in range(0, records.size, self.max_records):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import threading
 
 import numpy as np
 
@@ -25,13 +24,14 @@ from mock_chip.controller import (
     Controller,
 )
 from mock_chip.faults import FaultInjector, TransportFaults
+from mock_chip.serving import BackgroundServer
+from pcmlab.pulses import RECORD
 
 log = logging.getLogger(__name__)
 
 MAX_BLOCK = 1 << 26  # bytes
 MAX_HEADER = 64
 MAX_LINE = 4096
-RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
 _SEQ = re.compile(r"^\d{1,10}$")
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
@@ -81,18 +81,19 @@ class _Reader:
         return out
 
 
-class ScpiServer:
+class ScpiServer(BackgroundServer):
     """Serve one controller over TCP, one client at a time."""
+
+    _thread_name = "scpi-server"
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 5025, *,
                  faults: TransportFaults | None = None) -> None:
+        super().__init__()
         self.controller = controller
         self.faults = FaultInjector(faults)
         self._sock = socket.create_server((host, port), backlog=8)
         self._sock.settimeout(0.2)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.connections = 0
 
     @property
@@ -118,23 +119,6 @@ class ScpiServer:
                 log.info("client %s gone", peer)
         finally:
             self._sock.close()
-
-    def start(self) -> ScpiServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="scpi-server",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ScpiServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- one connection --------------------------------------------------------------------
     def _serve(self, conn: socket.socket) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import select
 import struct
-import threading
 import time
 import tty
 
@@ -20,20 +19,24 @@ import numpy as np
 
 from mock_chip.controller import DATA_OUT_OF_RANGE, UNDEFINED_HEADER, CommandError, Controller
 from mock_chip.faults import FaultInjector, TransportFaults
+from mock_chip.serving import BackgroundServer
 from pcmlab import framing
 from pcmlab.framing import Frame, Opcode
+from pcmlab.pulses import RECORD
 
 log = logging.getLogger(__name__)
 
-RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
 _KINDS = {v: k for k, v in framing.KIND_CODES.items()}
 
 
-class SerialServer:
+class SerialServer(BackgroundServer):
     """Serve one controller on a pseudo-terminal."""
+
+    _thread_name = "serial-server"
 
     def __init__(self, controller: Controller, *, faults: TransportFaults | None = None,
                  inter_byte_timeout_s: float = 0.2) -> None:
+        super().__init__()
         self.controller = controller
         self.faults = FaultInjector(faults)
         self.inter_byte_timeout_s = inter_byte_timeout_s
@@ -41,8 +44,6 @@ class SerialServer:
         tty.setraw(self._slave)  # no line discipline: bytes pass as they are
         self.path = os.ttyname(self._slave)
         self._decoder = framing.Decoder()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.frames_handled = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -69,23 +70,6 @@ class SerialServer:
         finally:
             os.close(self._master)
             os.close(self._slave)
-
-    def start(self) -> SerialServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="serial-server",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> SerialServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- frames ----------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:

@@ -113,7 +113,7 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_mock_driver(args: argparse.Namespace):  # -> CrossbarDriver
+def _make_driver(args: argparse.Namespace):  # -> CrossbarDriver
     """The in-process mock chip of the options, or the chip at --resource."""
     from drivers import open_driver
     from drivers.mock import MockDriver
@@ -208,7 +208,7 @@ def _convergence_table(rows: list[LevelStats], title: str) -> Table:
 # -- commands ------------------------------------------------------------------------------
 def cmd_program(args: argparse.Namespace) -> int:
     cfg = _program_config(args)
-    driver = _make_mock_driver(args)
+    driver = _make_driver(args)
     with driver:
         info = driver.info
         if args.targets is not None:
@@ -427,7 +427,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     evaluator = AnalogEvaluator(model, data.x_train, periphery)
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery}, "demo options")
-    driver = _make_mock_driver(args)
+    driver = _make_driver(args)
     run_path = out_dir / "demo-run.h5"
     with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                           TextColumn("{task.completed}/{task.total}"),
@@ -507,7 +507,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery, "tiling": not args.no_tiling},
                          "deploy options")
-    driver = _make_mock_driver(args)
+    driver = _make_driver(args)
     with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                           TextColumn("{task.completed}/{task.total}"),
                           TextColumn("{task.fields[next]}"), console=err_console,
@@ -544,6 +544,8 @@ def _epoch_log(bar: Progress, task):
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model for the chip: float, noise injection, or the full AnalogNets method."""
+    import torch
+
     from pcmlab.nn_model import load_model_file, save_model_file
     from pcmlab.tasks import (
         DIGITS_INPUT_SHAPE,
@@ -586,17 +588,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra["method"] = args.method
     extra["data_seed"] = args.seed
     path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
-    with torch_no_grad():
+    with torch.no_grad():
         acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
     console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "
                   f"{100 * acc:.2f} %")
     return 0
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
@@ -648,7 +644,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
     if args.levels_us is not None:
         data["levels_us"] = args.levels_us
     cfg = validate_model(CharacterizeConfig, data, "characterize options")
-    driver = _make_mock_driver(args)
+    driver = _make_driver(args)
     with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                           TextColumn("{task.completed}/{task.total}"),
                           TextColumn("{task.fields[next]}"), console=err_console,

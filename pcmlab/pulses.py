@@ -17,6 +17,17 @@ from pcmlab.errors import ConfigError, LimitError
 
 CellArray = npt.NDArray[np.uint32]
 
+# One pulse on the wire, in both protocols' blocks: (uint32 cell, float32 amplitude µA), LE.
+RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
+
+
+def pulse_records(cells: CellArray, amplitude_ua: npt.NDArray[np.float32]) -> np.ndarray:
+    """Cells and amplitudes packed as wire records."""
+    records = np.empty(cells.size, dtype=RECORD)
+    records["cell"] = cells
+    records["amp"] = amplitude_ua
+    return records
+
 
 class PulseKind(str, enum.Enum):
     """SET: long pulse, slow fall, partial crystallization. RESET: short, abrupt, melt-quench."""
