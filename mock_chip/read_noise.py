@@ -38,32 +38,31 @@ class FlickerNoise:
         self.band = math.log(10.0) / terms_per_decade
         self.white_var = math.log((tau_min_s + t_read_s) / (2 * t_read_s))
         self.tau_min_s = tau_min_s
-        # Stationary OU states, advanced lazily: only when a read happens later than the last.
+        # Stationary OU states, each advanced lazily and exactly (an OU step over dt composes)
+        # only when a read uses it: a term whose decade no device has aged into waits.
         self.z = rng.standard_normal((n_terms, n_cells), dtype=np.float32)
-        self.t_last_s = np.zeros(n_cells, dtype=np.float64)
+        self.t_last_s = np.zeros((n_terms, n_cells), dtype=np.float64)
 
-    def _advance(self, idx: Index, t_now_s: float, rng: np.random.Generator) -> None:
-        dt = t_now_s - self.t_last_s[idx]
+    def _advance(self, k: int, idx: Index, t_now_s: float, rng: np.random.Generator) -> None:
+        dt = t_now_s - self.t_last_s[k, idx]
         moved = dt > 0
         if not moved.any():
             return
         if not moved.all():
             idx = select(idx, moved)
             dt = dt[moved]
-        for k, tau in enumerate(self.tau_s):
-            rho = np.exp(-dt / tau).astype(np.float32)
-            kick = np.sqrt(1.0 - rho * rho) * rng.standard_normal(rho.shape, dtype=np.float32)
-            self.z[k, idx] = rho * self.z[k, idx] + kick
-        self.t_last_s[idx] = t_now_s
+        rho = np.exp(-dt / self.tau_s[k]).astype(np.float32)
+        kick = np.sqrt(1.0 - rho * rho) * rng.standard_normal(rho.shape, dtype=np.float32)
+        self.z[k, idx] = rho * self.z[k, idx] + kick
+        self.t_last_s[k, idx] = t_now_s
 
     def sample(self, idx: Index, t_now_s: float, age_s: npt.NDArray[np.float64],
                rng: np.random.Generator) -> F32:
         """Noise with unit variance at each device; ``age_s`` is the time since programming
         (already at least tau_min)."""
-        self._advance(idx, t_now_s, rng)
         n = age_s.shape[0]
         if n == 0 or float(age_s.max()) <= self.tau_s[0]:
-            # every device is younger than the slowest white time scale: white noise only
+            # no device has aged past the shortest correlation time: white noise only
             return rng.standard_normal(n, dtype=np.float32)
         out = np.sqrt(np.float32(self.white_var)) * rng.standard_normal(n, dtype=np.float32)
         total = np.full(n, self.white_var, dtype=np.float64)
@@ -73,6 +72,7 @@ class FlickerNoise:
         for k in range(len(self.tau_s)):
             if self.log_tau[k] >= oldest:
                 break
+            self._advance(k, idx, t_now_s, rng)
             w = np.maximum(log_age - self.log_tau[k], 0.0)
             if k < last:
                 w = np.minimum(w, self.band)
