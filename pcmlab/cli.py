@@ -287,19 +287,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace, driver) -> dict[str, object]:
+    """What a file keeps about its chip so that 'pcmlab resume' can reach it again."""
+    from drivers.mock import MockDriver
+
+    if isinstance(driver, MockDriver):
+        return {"resource": "mock", "chip": driver.chip.config.model_dump(mode="json")}
+    return {"resource": args.resource}
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
+    from drivers import open_driver
+    from drivers.mock import MockDriver
+    from mock_chip import MockChipConfig
     from pcmlab.store import RunReader
     from protocols.experiment import RunConfig, replay_programming, resume_experiment
+    from protocols.program_verify import ProgramVerifyConfig
 
+    source = f"{args.run} (stored configuration)"
     with RunReader(args.run) as run:
-        config = validate_model(RunConfig, run.config, f"{args.run} (stored configuration)")
-        n = config.schedule.n_readouts
-    driver = _driver_for_run(config, str(args.run))
+        stored = run.config
+        n = run.schedule_time_s.size
+        done = run.n_readouts
+    if done >= n:
+        console.print(f"{args.run}: {done} readouts were there, {done} of {n} now "
+                      "(complete: nothing to resume)")
+        return 0
+    resource = args.resource or stored.get("resource", "mock")
+    if "characterize" in stored:
+        program = validate_model(ProgramVerifyConfig, stored["characterize"].get("program", {}),
+                                 source)
+    elif "deploy" in stored:
+        program = None  # pair compensation cannot be replayed
+    else:
+        program = validate_model(RunConfig, stored, source).program
+    if resource != "mock":
+        driver = open_driver(resource)
+    elif "chip" not in stored or program is None:
+        raise ConfigError(f"{args.run} was measured on the in-process mock chip, which ended "
+                          "with the run, and this kind of run cannot be rebuilt; measure it "
+                          "again (runs on a chip or a mock server resume with --resource)")
+    else:
+        driver = MockDriver(config=validate_model(MockChipConfig, stored["chip"], source))
     with driver:
-        if config.resource == "mock":
+        if resource == "mock" and program is not None:
             # the in-process mock chip died with the run: rebuild it from its seed and
             # replay programming, checked bit for bit against the file
-            replay_programming(driver, args.run)
+            replay_programming(driver, args.run, program)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.fields[next]}"), console=err_console,
@@ -436,7 +470,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
                                 pcm=PCMModel(_calibration(args)), overwrite=True,
-                                on_wait=on_wait)
+                                on_wait=on_wait, record=_record(args, driver))
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
     util = Table(title="mapping", show_header=True)
     for col in ("layer", "devices", "array %"):
@@ -514,7 +548,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                           transient=True) as bar:
         _, on_wait = _readout_progress(bar, cfg.schedule.times_s().size)
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
-                                pcm=PCMModel(_calibration(args)), on_wait=on_wait)
+                                pcm=PCMModel(_calibration(args)), on_wait=on_wait,
+                                record=_record(args, driver))
     console.print(_accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{args.model.name} on "
                                   f"{driver.info.identity}"))
@@ -650,7 +685,8 @@ def cmd_characterize(args: argparse.Namespace) -> int:
                           TextColumn("{task.fields[next]}"), console=err_console,
                           transient=True) as bar:
         _, on_wait = _readout_progress(bar, cfg.times_s().size)
-        result, taken = characterize(driver, args.output, cfg, on_wait=on_wait)
+        result, taken = characterize(driver, args.output, cfg, on_wait=on_wait,
+                                     record=_record(args, driver))
     console.print(f"{len(cfg.levels_us)} levels x {cfg.cells_per_level} cells on "
                   f"{driver.info.identity}: {100 * result.converged_fraction_nonzero:.2f} % of "
                   f"non-zero converged; {taken} readouts")
@@ -812,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue an interrupted run's readouts")
     p.add_argument("run", type=Path, help="measurement file of the run")
+    p.add_argument("--resource", help="reach the chip here (default: as the file says)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("inspect", help="summary tables of a measurement file")

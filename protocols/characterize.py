@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,9 +56,11 @@ def characterize(
     driver: CrossbarDriver, path: str | Path, config: CharacterizeConfig | None = None, *,
     overwrite: bool = False, program_progress: ProgressCallback | None = None,
     on_wait: WaitCallback | None = None, stop: StopToken | None = None,
+    record: dict[str, Any] | None = None,
 ) -> tuple[ProgramResult, int]:
     """Program every level on ``cells_per_level`` cells (level after level, from cell 0),
-    then read: the burst, then the drift schedule."""
+    then read: the burst, then the drift schedule. ``record``: more settings to keep in
+    the file's configuration (e.g. the resource and the mock chip's settings)."""
     cfg = config or CharacterizeConfig()
     n = len(cfg.levels_us) * cfg.cells_per_level
     if n > driver.info.n_cells:
@@ -70,6 +73,6 @@ def characterize(
     target = np.repeat(np.asarray(cfg.levels_us, dtype=np.float32), cfg.cells_per_level)
     return measure_run(driver, path, cells=cells, target_us=target, program=cfg.program,
                        times_s=cfg.times_s(),
-                       config={"characterize": cfg.model_dump(mode="json")},
+                       config={**(record or {}), "characterize": cfg.model_dump(mode="json")},
                        overwrite=overwrite, program_progress=program_progress,
                        on_wait=on_wait, stop=stop)

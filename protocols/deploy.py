@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +69,7 @@ def deploy_network(
     program_progress: ProgressCallback | None = None,
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
+    record: dict[str, Any] | None = None,
 ) -> DeployResult:
     """Map the evaluator's network onto the chip, program it, read it on the schedule into
     ``path``, then store measured (one per readout) and simulated accuracy in
@@ -82,7 +84,7 @@ def deploy_network(
     times = cfg.schedule.times_s()
     result, taken = measure_run(
         driver, path, cells=cells, target_us=target, layer=layer, program=cfg.program,
-        times_s=times, config={"deploy": cfg.model_dump(mode="json")},
+        times_s=times, config={**(record or {}), "deploy": cfg.model_dump(mode="json")},
         network_mapping=mapping.to_json(), pairs=mapping.pair_positions(),
         overwrite=overwrite,
         program_progress=program_progress, on_wait=on_wait, stop=stop)

@@ -198,16 +198,16 @@ def _sink(writer: RunWriter):
     return sink
 
 
-def replay_programming(driver: CrossbarDriver, path: str | Path) -> ProgramResult:
+def replay_programming(driver: CrossbarDriver, path: str | Path,
+                       program: ProgramVerifyConfig) -> ProgramResult:
     """Program a rebuilt (deterministic) mock chip again exactly as the file's run did, and
     check the verify readings match the file bit for bit."""
     with RunReader(path) as run:
-        config = RunConfig.model_validate(run.config)
         targets = run.targets()
         stored = run.programming()
     if stored is None:
         raise SchemaError(f"{path}: programming never finished; start a new run")
-    result = program_and_verify(driver, targets.cell, targets.conductance_us, config.program)
+    result = program_and_verify(driver, targets.cell, targets.conductance_us, program)
     same = np.array_equal(result.g_us, stored.conductance_us, equal_nan=True)
     if not same or result.end_s != stored.end_chip_time_s:
         raise SchemaError(f"{path}: the mock chip rebuilt from the file's seed did not "

@@ -120,3 +120,22 @@ def test_command_line_round_trip_into_the_demo(tmp_path: Path) -> None:
     assert "measured %" in proc.stdout
     proc = cli("fit", str(tmp_path / "nope.h5"), "-o", str(cal))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_interrupted_characterization_resumes_on_a_rebuilt_mock(tmp_path: Path) -> None:
+    config = MockChipConfig(geometry={"rows": 64, "cols": 64}, seed=9)
+    stop = StopToken()
+
+    def on_wait(i: int, t: float, now: float) -> None:
+        if i == 6:
+            stop.request()
+
+    path = tmp_path / "char.h5"
+    characterize(MockDriver(config=config), path, CharacterizeConfig(cells_per_level=100),
+                 on_wait=on_wait, stop=stop,
+                 record={"resource": "mock", "chip": config.model_dump(mode="json")})
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "resume", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 readouts were there, 22 of 22 now" in proc.stdout
+    assert fit_file(path).levels  # and the fit takes it
