@@ -49,7 +49,7 @@ def test_ranges_stay_positive_and_noise_has_the_configured_std() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert all(float(net.input_range(k)) > 0 and float(net.output_range(k)) > 0
+    assert all(float(net.input_range(k).detach()) > 0 and float(net.output_range(k).detach()) > 0
                for k in range(4))
     net.train()
     net(x)

@@ -1,0 +1,185 @@
+"""The ``pcmlab`` command line: the composition root wiring driver, protocol and store.
+
+Only this package prints (through rich); user mistakes end in a one-line error and exit
+status 2, never a traceback. ``common`` holds what the commands share, ``runs`` the
+commands about chips and measurement files, ``network`` those about networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+from pcmlab import __version__
+from pcmlab.cli.common import add_chip_options, add_program_options, err_console
+from pcmlab.cli.network import cmd_ablation, cmd_demo, cmd_deploy, cmd_evaluate, cmd_train
+from pcmlab.cli.runs import (
+    cmd_characterize,
+    cmd_fit,
+    cmd_inspect,
+    cmd_mock_server,
+    cmd_plot,
+    cmd_program,
+    cmd_resume,
+    cmd_run,
+)
+from pcmlab.errors import PcmlabError
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcmlab", description="Program, read and evaluate phase-change-memory crossbar "
+        "chips; the in-process mock chip unless --resource names a chip.")
+    parser.add_argument("--version", action="version", version=f"pcmlab {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a digits CNN, deploy it on the mock chip, report "
+                       "accuracy over a year")
+    add_chip_options(p, rows=256, cols=512)
+    p.add_argument("--output-dir", type=Path, default=Path("pcmlab-demo"),
+                   help="where the model, run file and plot go (default ./pcmlab-demo)")
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs")
+    p.add_argument("--weight-noise", type=float, default=0.05,
+                   help="training weight noise, relative to W_max")
+    p.add_argument("--bits", type=int, default=8, help="DAC and ADC bits")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("deploy", help="map a model file onto the mock chip, program it, "
+                       "read it for a year, evaluate")
+    p.add_argument("model", type=Path, help="model file (pcmlab-model/1, see 'pcmlab train')")
+    p.add_argument("--data", type=Path, help=".npz with x_test, y_test (optional x_train, "
+                   "y_train to calibrate ranges); default: digits for a digits model")
+    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("--bits", type=int, help="DAC and ADC bits (default: the model's, or 8)")
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
+                   "the array instead of splitting them into tiles")
+    add_chip_options(p, rows=256, cols=512)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("evaluate", help="measured accuracy per readout of a deployment file")
+    p.add_argument("run", type=Path)
+    p.add_argument("--model", type=Path, required=True, help="the model that was deployed")
+    p.add_argument("--data", type=Path, help=".npz with x_test, y_test")
+    p.add_argument("--bits", type=int, help="DAC and ADC bits")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model for the chip (AnalogNets method)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("--method", choices=("full", "noise", "float"), default="full",
+                   help="full AnalogNets method (default), noise injection only, or float")
+    p.add_argument("--model", type=Path, help="your model file to start from (else the "
+                   "digits reference CNN)")
+    p.add_argument("--data", type=Path, help=".npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--bits", type=int, default=8, help="ADC bits (the DAC gets one more)")
+    p.add_argument("--epochs1", type=int, default=30, help="stage 1 epochs")
+    p.add_argument("--epochs2", type=int, default=20, help="stage 2 epochs")
+    p.add_argument("--eta", type=float, default=0.05, help="weight noise / W_max")
+    p.add_argument("--alpha", type=float, default=2.5, help="clip at alpha * sigma_W")
+    p.add_argument("--quant-noise", type=float, default=0.0,
+                   help="share of values left unquantized in stage 2")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ablation", help="off-the-shelf vs noise injection vs full method "
+                       "at 8/6/4 bits, simulated over a year")
+    p.add_argument("--output-dir", type=Path, default=Path("pcmlab-ablation"))
+    p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    p.add_argument("--epochs1", type=int, default=30)
+    p.add_argument("--epochs2", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
+                       "drift) into a file for 'pcmlab fit'")
+    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("--cells-per-level", type=int, default=1000)
+    p.add_argument("--levels-us", type=float, nargs="+", help="levels (default 11 from 0 "
+                   "to 25 µS)")
+    p.add_argument("--burst-reads", type=int, default=10, help="repeated reads after t0")
+    p.add_argument("--drift-reads", type=int, default=12)
+    p.add_argument("--t-end", type=float, default=1e6, help="last drift read, s")
+    add_chip_options(p, rows=128, cols=128)
+    p.set_defaults(func=cmd_characterize)
+
+    p = sub.add_parser("fit", help="fit the PCM model to a characterization file")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="calibration file to write (.toml or .json)")
+    p.add_argument("--plot", type=Path, help="PNG of data against fit (default: beside -o)")
+    p.add_argument("--calibration", type=Path, help="prior constants (default: published)")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("mock-server", help="serve a mock chip over TCP (SCPI) or a "
+                       "pseudo-terminal (framed binary)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="SCPI over TCP, e.g. 127.0.0.1:5025 "
+                   "(port 0: any free port)")
+    p.add_argument("--pty", action="store_true", help="framed binary on a pseudo-terminal "
+                   "(prints its path)")
+    p.add_argument("--no-virtual-clock", action="store_true",
+                   help="refuse clock advances, like a real chip")
+    g = p.add_argument_group("fault injection (rates per request, seeded by --seed)")
+    for name in ("drop-request", "drop-reply", "corrupt-reply", "delay-reply", "disconnect"):
+        g.add_argument(f"--{name}", type=float, default=0.0, metavar="RATE")
+    add_chip_options(p, rows=512, cols=2048)
+    p.set_defaults(func=cmd_mock_server)
+
+    p = sub.add_parser("program", help="program targets on the mock chip with program-and-verify")
+    add_chip_options(p, rows=256, cols=512)
+    add_program_options(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--targets", type=Path, metavar="FILE.npy",
+                     help="targets in µS: 1-D (cells 0..N-1) or rows x cols; NaN = skip")
+    src.add_argument("--cells", type=int, metavar="N",
+                     help="program N cells to uniform random targets 0..G_max (default: all)")
+    p.add_argument("--target-seed", type=int, default=1, help="seed of random targets")
+    p.set_defaults(func=cmd_program)
+
+    p = sub.add_parser("run", help="program, then read on a schedule into an HDF5 file")
+    p.add_argument("config", type=Path, help="run configuration (.toml or .json)")
+    p.add_argument("-o", "--output", type=Path, help="measurement file (default run-<time>.h5)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted run's readouts")
+    p.add_argument("run", type=Path, help="measurement file of the run")
+    p.add_argument("--resource", help="reach the chip here (default: as the file says)")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("inspect", help="summary tables of a measurement file")
+    p.add_argument("run", type=Path)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("plot", help="PNG: drift per level and programming-error histogram")
+    p.add_argument("run", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN.png)")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)])
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except PcmlabError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+

@@ -1,0 +1,167 @@
+"""What the commands share: consoles, chip options, progress displays, tables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pcmlab.analysis import LevelStats
+from pcmlab.config import ArrayGeometry, load_model, validate_model
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("pcmlab")
+
+
+def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
+    g = p.add_argument_group("chip")
+    g.add_argument("--resource", metavar="RESOURCE",
+                   help="a chip (or mock server) to use instead of the in-process mock: "
+                   "TCPIP0::host::5025::SOCKET, /dev/ttyUSB0, ...")
+    g.add_argument("--chip", type=Path, metavar="FILE",
+                   help="mock chip configuration (.toml or .json, MockChipConfig)")
+    g.add_argument("--rows", type=int, default=rows, help=f"array rows (default {rows})")
+    g.add_argument("--cols", type=int, default=cols, help=f"array columns (default {cols})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the mock chip (default 0)")
+    g.add_argument("--no-faults", action="store_true", help="a chip without faulty devices")
+    g.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="PCM model constants (from 'pcmlab fit') for the mock chip and the "
+                   "simulated mode")
+
+
+def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
+    """The in-process mock chip of the options, or the chip at --resource."""
+    from drivers import open_driver
+    from drivers.mock import MockDriver
+    from mock_chip import FaultRates, MockChipConfig
+
+    if getattr(args, "resource", None):
+        return open_driver(args.resource)
+    if args.chip is not None:
+        cfg = load_model(MockChipConfig, args.chip)
+    else:
+        data: dict[str, object] = {
+            "geometry": validate_model(ArrayGeometry, {"rows": args.rows, "cols": args.cols},
+                                       "--rows/--cols"),
+            "seed": args.seed,
+        }
+        if args.no_faults:
+            data["faults"] = FaultRates.none()
+        if getattr(args, "calibration", None) is not None:
+            data["calibration"] = calibration_of(args)
+        cfg = validate_model(MockChipConfig, data, "mock chip options")
+    return MockDriver(config=cfg)
+
+
+def calibration_of(args: argparse.Namespace):  # -> PCMCalibration
+    from pcmlab.pcm_model import PCMCalibration
+
+    if getattr(args, "calibration", None) is None:
+        return PCMCalibration()
+    return load_model(PCMCalibration, args.calibration)
+
+
+def program_config(args: argparse.Namespace):  # -> ProgramVerifyConfig
+    from protocols.program_verify import ProgramVerifyConfig
+
+    data: dict[str, object] = {}
+    if args.pv_config is not None:
+        data = load_model(ProgramVerifyConfig, args.pv_config).model_dump()
+    for opt, name in (("tolerance_abs", "tolerance_abs_us"), ("tolerance_rel", "tolerance_rel"),
+                      ("max_iterations", "max_iterations"), ("gain", "gain_ua_per_us")):
+        value = getattr(args, opt)
+        if value is not None:
+            data[name] = value
+    return validate_model(ProgramVerifyConfig, data, "program-and-verify settings")
+
+
+def add_program_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("program-and-verify")
+    g.add_argument("--pv-config", type=Path, metavar="FILE",
+                   help="program-and-verify settings (.toml or .json)")
+    g.add_argument("--tolerance-abs", type=float, metavar="US", help="window, fixed part (µS)")
+    g.add_argument("--tolerance-rel", type=float, metavar="FRAC", help="window, share of G_T")
+    g.add_argument("--max-iterations", type=int, metavar="N")
+    g.add_argument("--gain", type=float, metavar="UA_PER_US", help="feedback gain (µA/µS)")
+
+
+def run_program(driver, cells, targets, cfg):  # -> ProgramResult
+    from protocols.program_verify import ProgramProgress, program_and_verify
+
+    with Progress(TextColumn("[bold]program-and-verify"), BarColumn(),
+                  TextColumn("{task.fields[conv]}"), TextColumn("iteration {task.completed}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("pv", total=cfg.max_iterations, conv="")
+
+        def on_progress(p: ProgramProgress) -> None:
+            bar.update(task, completed=p.iteration,
+                       conv=f"{100 * p.n_converged / max(p.n_total, 1):.1f} % converged")
+
+        return program_and_verify(driver, cells, targets, cfg, progress=on_progress)
+
+
+def convergence_table(rows: list[LevelStats], title: str) -> Table:
+    table = Table(title=title, caption="err: verify reading - target (µS, converged cells); "
+                  "@t0: RMS spread of a read at t0 around the target, beside the model")
+    for col in ("G_T µS", "cells", "conv %", "it p50", "it p90", "err mean", "err std",
+                "σ_prog"):
+        table.add_column(col, justify="right")
+    with_t0 = any(r.t0_std_us is not None for r in rows)
+    if with_t0:
+        table.add_column("@t0", justify="right")
+        table.add_column("model", justify="right")
+    for r in rows:
+        cells = [f"{r.target_us:.1f}", str(r.cells), f"{100 * r.converged_fraction:.2f}",
+                 f"{r.iterations_p50:.0f}", f"{r.iterations_p90:.0f}",
+                 f"{r.error_mean_us:+.3f}", f"{r.error_std_us:.3f}", f"{r.sigma_prog_us:.3f}"]
+        if with_t0:
+            cells += [f"{r.t0_std_us:.3f}" if r.t0_std_us is not None else "-",
+                      f"{r.t0_model_std_us:.3f}" if r.t0_model_std_us is not None else "-"]
+        table.add_row(*cells)
+    return table
+
+
+def readout_progress(bar: Progress, n: int):
+    task = bar.add_task("readouts", total=n, next="")
+
+    def on_wait(i: int, t_s: float, chip_now: float) -> None:
+        bar.update(task, completed=i, next=f"next: readout {i + 1}/{n} at {fmt_s(t_s)}")
+
+    return task, on_wait
+
+
+def fmt_s(t_s: float) -> str:
+    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t_s >= size:
+            return f"{t_s / size:.3g} {unit}"
+    return f"{t_s:.3g} s"
+
+
+def record_of(args: argparse.Namespace, driver) -> dict[str, object]:
+    """What a file keeps about its chip so that 'pcmlab resume' can reach it again."""
+    from drivers.mock import MockDriver
+
+    if isinstance(driver, MockDriver):
+        return {"resource": "mock", "chip": driver.chip.config.model_dump(mode="json")}
+    return {"resource": args.resource}
+
+
+def accuracy_table(time_s, measured, simulated, ideal: float, title: str) -> Table:
+    table = Table(title=title, caption=f"float model (ideal): {100 * ideal:.2f} %")
+    for col in ("time", "measured %", "simulated %", "± std"):
+        table.add_column(col, justify="right")
+    for i, t in enumerate(time_s):
+        row = [fmt_s(float(t)), f"{100 * measured[i]:.2f}"]
+        if simulated is not None:
+            j = int(np.argmin(np.abs(np.log(simulated.time_s) - np.log(t))))
+            row += [f"{100 * simulated.mean[j]:.2f}", f"{100 * simulated.std[j]:.2f}"]
+        else:
+            row += ["-", "-"]
+        table.add_row(*row)
+    return table

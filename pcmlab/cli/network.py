@@ -1,0 +1,273 @@
+"""Commands about networks: demo, deploy, evaluate, train, ablation."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pcmlab import __version__
+from pcmlab.cli.common import (
+    accuracy_table,
+    calibration_of,
+    console,
+    err_console,
+    log,
+    make_driver,
+    readout_progress,
+    record_of,
+)
+from pcmlab.config import validate_model
+from pcmlab.errors import ConfigError
+from pcmlab.pcm_model import PCMModel
+
+
+def _train_reference(args: argparse.Namespace):
+    from pcmlab.tasks import load_digits, reference_cnn, train_classifier
+
+    data = load_digits(seed=args.seed)
+    with Progress(TextColumn("[bold]training"), BarColumn(),
+                  TextColumn("epoch {task.completed}/{task.total}"),
+                  TextColumn("{task.fields[log]}"), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("train", total=args.epochs, log="")
+
+        def on_epoch(epoch: int, loss: float, acc: float) -> None:
+            bar.update(task, completed=epoch, log=f"loss {loss:.3f}, train acc {acc:.3f}")
+            log.info("epoch %d: loss %.4f, train accuracy %.4f", epoch, loss, acc)
+
+        model = train_classifier(reference_cnn(seed=args.seed), data.x_train, data.y_train,
+                                 epochs=args.epochs, weight_noise=args.weight_noise,
+                                 seed=args.seed, on_epoch=on_epoch)
+    return model, data
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the reference CNN, deploy it on the mock chip, read it for a year (virtual
+    clock) and report accuracy over time, measured beside simulated."""
+    from pcmlab.evaluator import AnalogEvaluator, Periphery
+    from pcmlab.nn_model import save_model_file
+    from pcmlab.plots import plot_accuracy
+    from pcmlab.tasks import DIGITS_INPUT_SHAPE
+    from protocols.deploy import DeployConfig, deploy_network
+
+    out_dir = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    model, data = _train_reference(args)
+    model_path = save_model_file(model, out_dir / "demo-model.pt",
+                                 input_shape=DIGITS_INPUT_SHAPE)
+    periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
+                               "--bits")
+    evaluator = AnalogEvaluator(model, data.x_train, periphery)
+    cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
+                                        "periphery": periphery}, "demo options")
+    driver = make_driver(args)
+    run_path = out_dir / "demo-run.h5"
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = readout_progress(bar, cfg.schedule.times_s().size)
+        result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
+                                pcm=PCMModel(calibration_of(args)), overwrite=True,
+                                on_wait=on_wait, record=record_of(args, driver))
+    console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
+    util = Table(title="mapping", show_header=True)
+    for col in ("layer", "devices", "array %"):
+        util.add_column(col, justify="right")
+    for name, n, share in result.mapping.utilization():
+        util.add_row(name, str(n), f"{100 * share:.2f}")
+    console.print(util)
+    console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
+                  f"of non-zero devices converged ({result.programming.cells.size} devices)")
+    console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
+                                  result.ideal_accuracy,
+                                  f"test accuracy, {args.bits}-bit DAC/ADC, "
+                                  f"{args.runs} simulated runs per point"))
+    png = plot_accuracy(out_dir / "demo-accuracy.png", result.time_s,
+                        result.measured_accuracy,
+                        None if result.simulated is None else result.simulated.time_s,
+                        None if result.simulated is None else result.simulated.mean,
+                        None if result.simulated is None else result.simulated.std,
+                        result.ideal_accuracy,
+                        title=f"digits CNN on the mock PCM chip ({args.bits}-bit periphery)")
+    console.print(f"wrote {model_path}, {run_path}, {png} in "
+                  f"{time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+def _model_and_data(model_path: Path, data_path: Path | None):
+    from pcmlab.nn_model import load_model_file
+    from pcmlab.tasks import DIGITS_INPUT_SHAPE, load_digits, load_npz_dataset
+
+    loaded = load_model_file(model_path)
+    if data_path is not None:
+        data = load_npz_dataset(data_path, loaded.input_shape)
+    elif tuple(loaded.input_shape) == DIGITS_INPUT_SHAPE:
+        data = load_digits(seed=int(loaded.extra.get("data_seed", 0)))
+    else:
+        raise ConfigError(f"{model_path} takes inputs {loaded.input_shape}; give its test "
+                          "data with --data FILE.npz (x_test, y_test)")
+    return loaded, data
+
+
+def _periphery_for(loaded, bits: int | None):
+    from pcmlab.evaluator import Periphery
+
+    stored = loaded.extra.get("periphery") or {}
+    data = dict(stored)
+    if bits is not None:
+        data.update({"dac_bits": bits, "adc_bits": bits})
+    return validate_model(Periphery, data, "periphery")
+
+
+def _evaluator_for(loaded, data, bits: int | None):
+    """The evaluator of a model file: its trained ranges and periphery when it has them
+    (and the bits are not overridden), else ranges calibrated on the data."""
+    from pcmlab.evaluator import AnalogEvaluator
+    from pcmlab.training import ranges_from_extra
+
+    ranges = ranges_from_extra(loaded.extra) if bits is None else None
+    return AnalogEvaluator(loaded.model, data.x_train, _periphery_for(loaded, bits),
+                           ranges=ranges)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from protocols.deploy import DeployConfig, deploy_network
+
+    loaded, data = _model_and_data(args.model, args.data)
+    evaluator = _evaluator_for(loaded, data, args.bits)
+    periphery = evaluator.periphery
+    cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
+                                        "periphery": periphery, "tiling": not args.no_tiling},
+                         "deploy options")
+    driver = make_driver(args)
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = readout_progress(bar, cfg.schedule.times_s().size)
+        result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
+                                pcm=PCMModel(calibration_of(args)), on_wait=on_wait,
+                                record=record_of(args, driver))
+    console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
+                                  result.ideal_accuracy, f"{args.model.name} on "
+                                  f"{driver.info.identity}"))
+    console.print(f"wrote [bold]{args.output}[/]")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from protocols.deploy import evaluate_file
+
+    loaded, data = _model_and_data(args.model, args.data)
+    evaluator = _evaluator_for(loaded, data, args.bits)
+    time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
+    console.print(accuracy_table(time_s, accuracy, None,
+                                  evaluator.ideal_accuracy(data.x_test, data.y_test),
+                                  f"measured accuracy of {args.run.name}"))
+    return 0
+
+
+def _epoch_log(bar: Progress, task):
+    def on_epoch(stage: str, epoch: int, loss: float, acc: float) -> None:
+        bar.update(task, advance=1, log=f"{stage} epoch {epoch}")
+        bar.console.print(f"{stage:>8} epoch {epoch:3d}  loss {loss:.4f}  "
+                          f"train accuracy {100 * acc:.2f} %", highlight=False)
+    return on_epoch
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model for the chip: float, noise injection, or the full AnalogNets method."""
+    import torch
+
+    from pcmlab.nn_model import load_model_file, save_model_file
+    from pcmlab.tasks import (
+        DIGITS_INPUT_SHAPE,
+        load_digits,
+        load_npz_dataset,
+        reference_cnn,
+        train_classifier,
+    )
+    from pcmlab.training import TrainingConfig, train_analognets
+
+    cfg = validate_model(TrainingConfig, {
+        "stage1_epochs": args.epochs1, "stage2_epochs": args.epochs2, "eta": args.eta,
+        "alpha": args.alpha, "adc_bits": args.bits, "quant_noise": args.quant_noise,
+        "seed": args.seed}, "training options")
+    if args.model is not None:
+        loaded = load_model_file(args.model)
+        model, input_shape = loaded.model, loaded.input_shape
+        if args.data is None:
+            raise ConfigError("--model needs --data FILE.npz with x_train, y_train, x_test, "
+                              "y_test")
+        data = load_npz_dataset(args.data, input_shape)
+    else:
+        model, input_shape = reference_cnn(args.seed), DIGITS_INPUT_SHAPE
+        data = load_digits(seed=args.seed)
+    total = cfg.stage1_epochs + (cfg.stage2_epochs if args.method == "full" else 0)
+    with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.fields[log]}"),
+                  console=err_console, transient=True) as bar:
+        on_epoch = _epoch_log(bar, bar.add_task("train", total=total, log=""))
+        if args.method == "full":
+            result = train_analognets(model, data.x_train, data.y_train, cfg,
+                                      on_epoch=on_epoch)
+            model, extra = result.model, result.extra()
+        else:
+            eta = cfg.eta if args.method == "noise" else 0.0
+            model = train_classifier(
+                model, data.x_train, data.y_train, epochs=total, weight_noise=eta,
+                seed=args.seed,
+                on_epoch=lambda e, loss, acc: on_epoch(args.method, e, loss, acc))
+            extra = {}
+    extra["method"] = args.method
+    extra["data_seed"] = args.seed
+    path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
+    with torch.no_grad():
+        acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
+    console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "
+                  f"{100 * acc:.2f} %")
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """The AnalogNets ablation on the reference task, in simulated mode."""
+    from pcmlab.ablation import PAPER_TIME_LABELS, run_ablation
+    from pcmlab.plots import plot_ablation
+    from pcmlab.tasks import load_digits
+    from pcmlab.training import TrainingConfig
+
+    cfg = validate_model(TrainingConfig, {"stage1_epochs": args.epochs1,
+                                          "stage2_epochs": args.epochs2, "seed": args.seed},
+                         "training options")
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: need at least one simulated run")
+    out_dir = args.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    with Progress(TextColumn("[bold]ablation"), TextColumn("{task.fields[step]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("ablation", step="")
+        rows = run_ablation(load_digits(seed=args.seed), bits=tuple(args.bits),
+                            runs=args.runs, config=cfg, seed=args.seed,
+                            progress=lambda text: bar.update(task, step=text))
+    table = Table(title=f"AnalogNets ablation, digits CNN, simulated ({args.runs} runs), "
+                  "test accuracy %")
+    for col in ("method", "ADC/DAC bits", *PAPER_TIME_LABELS):
+        table.add_column(col, justify="right")
+    lines = ["| method | ADC/DAC bits | " + " | ".join(PAPER_TIME_LABELS) + " |",
+             "|---|---|" + "---|" * len(PAPER_TIME_LABELS)]
+    for r in rows:
+        cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(r.mean, r.std, strict=True)]
+        table.add_row(r.method, f"{r.adc_bits}/{r.dac_bits}", *cells)
+        lines.append(f"| {r.method} | {r.adc_bits}/{r.dac_bits} | " + " | ".join(cells) + " |")
+    console.print(table)
+    (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    png = plot_ablation(out_dir / "ablation.png", rows, PAPER_TIME_LABELS)
+    console.print(f"wrote {out_dir / 'ablation.md'} and {png} in "
+                  f"{time.perf_counter() - t_start:.0f} s")
+    return 0

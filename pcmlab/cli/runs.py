@@ -1,0 +1,330 @@
+"""Commands about chips and measurement files: program, run, resume, inspect, plot,
+characterize, fit, mock-server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pcmlab.analysis import convergence_by_level
+from pcmlab.cli.common import (
+    calibration_of,
+    console,
+    convergence_table,
+    err_console,
+    fmt_s,
+    make_driver,
+    program_config,
+    readout_progress,
+    record_of,
+    run_program,
+)
+from pcmlab.config import load_model, validate_model
+from pcmlab.errors import ConfigError
+from pcmlab.pcm_model import PCMModel
+
+
+def _driver_for_run(config, source: str):  # (RunConfig) -> CrossbarDriver
+    """The driver a run's configuration names: the in-process mock chip, or a resource."""
+    from drivers import open_driver
+    from drivers.mock import MockDriver
+    from mock_chip import MockChipConfig
+
+    if config.resource == "mock":
+        return MockDriver(config=validate_model(MockChipConfig, config.chip,
+                                                f"{source} [chip]"))
+    return open_driver(config.resource)
+
+
+def cmd_program(args: argparse.Namespace) -> int:
+    cfg = program_config(args)
+    driver = make_driver(args)
+    with driver:
+        info = driver.info
+        if args.targets is not None:
+            from protocols.experiment import load_targets_file
+
+            cells, targets = load_targets_file(args.targets, info)
+        else:
+            n = info.n_cells if args.cells is None else args.cells
+            if not 1 <= n <= info.n_cells:
+                raise ConfigError(f"--cells {n} must be between 1 and the array's "
+                                  f"{info.n_cells} cells")
+            rng = np.random.default_rng(args.target_seed)
+            cells = np.arange(n, dtype=np.uint32)
+            targets = rng.uniform(0, info.g_max_us, n).astype(np.float32)
+        console.print(f"chip [bold]{info.identity}[/]: {info.geometry.rows} x "
+                      f"{info.geometry.cols}; programming {cells.size} cells")
+        t_start = time.perf_counter()
+        result = run_program(driver, cells, targets, cfg)
+        wall_s = time.perf_counter() - t_start
+        g_t0 = None
+        if info.virtual_clock:
+            driver.clock.sleep_until(result.end_s + PCMModel().calibration.t0_s)
+            g_t0 = driver.read(cells)
+    rows = convergence_by_level(targets, result.g_us, result.converged, result.iterations,
+                                g_t0_us=g_t0)
+    console.print(convergence_table(rows, "convergence per target level"))
+    console.print(f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero cells converged"
+                  f" in {wall_s:.2f} s wall, {result.n_driver_calls} driver calls"
+                  + ("  [yellow](interrupted)[/]" if result.interrupted else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from protocols.experiment import RunConfig, run_experiment
+    from protocols.program_verify import ProgramProgress
+
+    config = load_model(RunConfig, args.config)
+    output = args.output or Path(time.strftime("run-%Y%m%d-%H%M%S.h5"))
+    driver = _driver_for_run(config, str(args.config))
+    n = config.schedule.n_readouts
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), TimeElapsedColumn(),
+                          console=err_console, transient=True) as bar:
+        pv = bar.add_task("program-and-verify", total=config.program.max_iterations, next="")
+
+        def on_program(p: ProgramProgress) -> None:
+            bar.update(pv, completed=p.iteration,
+                       next=f"{100 * p.n_converged / max(p.n_total, 1):.1f} % converged")
+
+        _, on_wait = readout_progress(bar, n)
+        result, taken = run_experiment(driver, config, output, config_dir=args.config.parent,
+                                       program_progress=on_program, on_wait=on_wait)
+    console.print(f"programmed {result.cells.size} cells on {driver.info.identity}: "
+                  f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero converged")
+    state = "complete" if taken == n else f"stopped after {taken}; continue with " \
+        f"'pcmlab resume {output}'"
+    console.print(f"readouts: {taken} of {n} ({state})")
+    console.print(f"wrote [bold]{output}[/]")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from drivers import open_driver
+    from drivers.mock import MockDriver
+    from mock_chip import MockChipConfig
+    from pcmlab.store import RunReader
+    from protocols.experiment import RunConfig, replay_programming, resume_experiment
+    from protocols.program_verify import ProgramVerifyConfig
+
+    source = f"{args.run} (stored configuration)"
+    with RunReader(args.run) as run:
+        stored = run.config
+        n = run.schedule_time_s.size
+        done = run.n_readouts
+    if done >= n:
+        console.print(f"{args.run}: {done} readouts were there, {done} of {n} now "
+                      "(complete: nothing to resume)")
+        return 0
+    resource = args.resource or stored.get("resource", "mock")
+    if "characterize" in stored:
+        program = validate_model(ProgramVerifyConfig, stored["characterize"].get("program", {}),
+                                 source)
+    elif "deploy" in stored:
+        program = None  # pair compensation cannot be replayed
+    else:
+        program = validate_model(RunConfig, stored, source).program
+    if resource != "mock":
+        driver = open_driver(resource)
+    elif "chip" not in stored or program is None:
+        raise ConfigError(f"{args.run} was measured on the in-process mock chip, which ended "
+                          "with the run, and this kind of run cannot be rebuilt; measure it "
+                          "again (runs on a chip or a mock server resume with --resource)")
+    else:
+        driver = MockDriver(config=validate_model(MockChipConfig, stored["chip"], source))
+    with driver:
+        if resource == "mock" and program is not None:
+            # the in-process mock chip died with the run: rebuild it from its seed and
+            # replay programming, checked bit for bit against the file
+            replay_programming(driver, args.run, program)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.fields[next]}"), console=err_console,
+                      transient=True) as bar:
+            _, on_wait = readout_progress(bar, n)
+            before, after = resume_experiment(driver, args.run, on_wait=on_wait)
+    console.print(f"{args.run}: {before} readouts were there, {after} of {n} now")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pcmlab.analysis import drift_by_level
+    from pcmlab.store import RunReader
+
+    with RunReader(args.run) as run:
+        info = Table(title=f"run {args.run}", show_header=False)
+        info.add_row("schema / pcmlab", f"{run.file.attrs['schema']} / {run.pcmlab_version}")
+        info.add_row("created", run.created)
+        info.add_row("chip", run.driver_identity)
+        targets = run.targets()
+        info.add_row("cells", str(targets.cell.size))
+        prog = run.programming()
+        n = run.n_readouts
+        planned = run.schedule_time_s.size or run.config.get("schedule", {}).get("n_readouts", 0)
+        info.add_row("readouts", f"{n} of {planned}")
+        if n:
+            ro = run.readouts()
+            info.add_row("read times", f"{fmt_s(ro.time_s[0])} .. {fmt_s(ro.time_s[-1])} "
+                                       "after programming")
+        for entry in run.interruptions:
+            info.add_row("interruption", ", ".join(f"{k}={v}" for k, v in entry.items()))
+        console.print(info)
+        if prog is None:
+            console.print("[yellow]programming never finished in this file[/]")
+            return 0
+        rows = convergence_by_level(targets.conductance_us, prog.conductance_us,
+                                    prog.converged, prog.iterations)
+        console.print(convergence_table(rows, "programming"))
+        if n >= 2:
+            ro = run.readouts()
+            drift = drift_by_level(targets.conductance_us, ro.time_s, ro.conductance_us,
+                                   mask=prog.converged)
+            table = Table(title="drift per level (fitted per device) beside the model")
+            for col in ("G_T µS", "cells", "G first", "G last", "ν mean", "ν median", "ν std",
+                        "model μ_ν", "model σ_ν"):
+                table.add_column(col, justify="right")
+            for d in drift:
+                table.add_row(f"{d.target_us:.1f}", str(d.cells), f"{d.g_first_mean_us:.2f}",
+                              f"{d.g_last_mean_us:.2f}", f"{d.nu_mean:.4f}",
+                              f"{d.nu_median:.4f}", f"{d.nu_std:.4f}",
+                              f"{d.model_nu_mean:.4f}", f"{d.model_nu_std:.4f}")
+            console.print(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pcmlab.plots import plot_run
+    from pcmlab.store import RunReader
+
+    with RunReader(args.run) as run:
+        targets = run.targets()
+        prog = run.programming()
+        if prog is None:
+            raise ConfigError(f"{args.run}: programming never finished; nothing to plot")
+        ro = run.readouts()
+        out = args.output or args.run.with_suffix(".png")
+        plot_run(out, targets.conductance_us, prog.conductance_us, prog.converged, ro.time_s,
+                 ro.conductance_us, title=f"{args.run.name} — {run.driver_identity}")
+    console.print(f"wrote [bold]{out}[/]")
+    return 0
+
+
+def cmd_mock_server(args: argparse.Namespace) -> int:
+    """Serve a mock chip over TCP (SCPI) or a pseudo-terminal (framed binary)."""
+    import signal
+    import threading
+
+    from mock_chip import MockChip, MockChipConfig
+    from mock_chip.clock import RealtimeClock
+    from mock_chip.controller import Controller
+    from mock_chip.faults import TransportFaults
+    from mock_chip.scpi_server import ScpiServer
+    from mock_chip.serial_server import SerialServer
+
+    if (args.tcp is None) == (not args.pty):
+        raise ConfigError("give exactly one of --tcp HOST:PORT or --pty")
+    faults = validate_model(TransportFaults, {
+        "drop_request": args.drop_request, "drop_reply": args.drop_reply,
+        "corrupt_reply": args.corrupt_reply, "delay_reply": args.delay_reply,
+        "disconnect": args.disconnect, "seed": args.seed}, "fault options")
+    cfg = (load_model(MockChipConfig, args.chip) if args.chip is not None else
+           validate_model(MockChipConfig, {"geometry": {"rows": args.rows, "cols": args.cols},
+                                           "seed": args.seed}, "mock chip options"))
+    controller = Controller(MockChip(cfg, clock=RealtimeClock()),
+                            virtual_clock=not args.no_virtual_clock)
+    if args.tcp is not None:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"--tcp {args.tcp!r}: expected HOST:PORT, e.g. 127.0.0.1:5025")
+        try:
+            server = ScpiServer(controller, host, int(port), faults=faults)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.tcp}: {exc.strerror}") from None
+        where = f"{server.resource}"
+    else:
+        server = SerialServer(controller, faults=faults)
+        where = server.path
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.start()
+    console.print(f"mock chip {controller.identity()} serving on {where}", highlight=False)
+    sys.stdout.flush()
+    while not stop.wait(0.2):
+        pass
+    server.stop()
+    console.print("mock chip server stopped")
+    return 0
+
+
+def cmd_characterize(args: argparse.Namespace) -> int:
+    """Program level sets, read them for read noise and drift, into a file for 'fit'."""
+    from protocols.characterize import CharacterizeConfig, characterize
+
+    data: dict[str, object] = {"cells_per_level": args.cells_per_level,
+                               "burst_reads": args.burst_reads, "t_end_s": args.t_end,
+                               "drift_reads": args.drift_reads}
+    if args.levels_us is not None:
+        data["levels_us"] = args.levels_us
+    cfg = validate_model(CharacterizeConfig, data, "characterize options")
+    driver = make_driver(args)
+    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("{task.fields[next]}"), console=err_console,
+                          transient=True) as bar:
+        _, on_wait = readout_progress(bar, cfg.times_s().size)
+        result, taken = characterize(driver, args.output, cfg, on_wait=on_wait,
+                                     record=record_of(args, driver))
+    console.print(f"{len(cfg.levels_us)} levels x {cfg.cells_per_level} cells on "
+                  f"{driver.info.identity}: {100 * result.converged_fraction_nonzero:.2f} % of "
+                  f"non-zero converged; {taken} readouts")
+    console.print(f"wrote [bold]{args.output}[/]; next: pcmlab fit {args.output} -o "
+                  "calibration.toml")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit the statistical PCM model to a characterization file."""
+    from pcmlab.config import save_model
+    from pcmlab.fitting import fit_file
+    from pcmlab.plots import plot_fit
+
+    prior_cal = calibration_of(args)
+    result = fit_file(args.run, prior_cal)
+    fitted, prior = PCMModel(result.calibration), PCMModel(prior_cal)
+    table = Table(title=f"fit of {args.run.name}: measured / fitted model (prior)",
+                  caption="prior: the constants the fit started from")
+    for col in ("G_T µS", "cells", "σ_prog µS", "ν mean", "ν std", "Q_s"):
+        table.add_column(col, justify="right")
+    for lv in result.levels:
+        g = lv.target_us
+        table.add_row(
+            f"{g:.1f}", str(lv.cells),
+            f"{lv.sigma_prog_us:.3f} / {float(fitted.prog_noise_sigma_us(g)):.3f} "
+            f"({float(prior.prog_noise_sigma_us(g)):.3f})",
+            f"{lv.nu_mean:.4f} / {float(fitted.drift_nu_mean(g)):.4f}",
+            f"{lv.nu_std:.4f} / {float(fitted.drift_nu_std(g)):.4f}",
+            f"{lv.q_s:.4f} / {float(fitted.read_noise_q(g)):.4f}")
+    console.print(table)
+    c = result.calibration
+    console.print(f"σ_prog = {c.prog_noise_coeffs_us[0]:.4f} + {c.prog_noise_coeffs_us[1]:.4f} g"
+                  f" + {c.prog_noise_coeffs_us[2]:.4f} g²;  μ_ν = clip({c.drift_mu_coeffs[0]:.4f}"
+                  f" ln g + {c.drift_mu_coeffs[1]:.4f}, {c.drift_mu_range[0]:.4f}, "
+                  f"{c.drift_mu_range[1]:.4f});  Q_s = min({c.read_noise_q:.5f} / g^"
+                  f"{c.read_noise_exponent}, {c.read_noise_q_max})", highlight=False)
+    path = save_model(c, args.output)
+    png = plot_fit(args.plot or args.output.with_suffix(".png"), result.levels, fitted, prior)
+    console.print(f"wrote [bold]{path}[/] and {png}")
+    return 0
