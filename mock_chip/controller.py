@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Hashable
 
 import numpy as np
 import numpy.typing as npt
@@ -64,18 +65,19 @@ class ErrorQueue:
 
 
 class ReplayMemory:
-    """The last ``depth`` replies by sequence number, oldest evicted first."""
+    """The last ``depth`` replies by key (a sequence number, or one with the request's
+    content), oldest evicted first."""
 
     def __init__(self, depth: int = REPLAY_DEPTH) -> None:
-        self._d: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._d: collections.OrderedDict[Hashable, bytes] = collections.OrderedDict()
         self.depth = depth
 
-    def get(self, seq: int) -> bytes | None:
-        return self._d.get(seq)
+    def get(self, key: Hashable) -> bytes | None:
+        return self._d.get(key)
 
-    def put(self, seq: int, reply: bytes) -> None:
-        self._d[seq] = reply
-        self._d.move_to_end(seq)
+    def put(self, key: Hashable, reply: bytes) -> None:
+        self._d[key] = reply
+        self._d.move_to_end(key)
         while len(self._d) > self.depth:
             self._d.popitem(last=False)
 

@@ -14,6 +14,7 @@ import select
 import struct
 import time
 import tty
+import zlib
 
 import numpy as np
 
@@ -86,13 +87,17 @@ class SerialServer(BackgroundServer):
         self.frames_handled += 1
         c = self.controller
         f = self.faults
+        # A retry is the same frame byte for byte, so the memory is keyed by seq and the
+        # request's content: a new session whose (random) seq meets a remembered one with
+        # another command runs it instead of getting a stale reply.
+        key = (frame.seq, frame.opcode, zlib.crc32(frame.payload))
         with c.lock:
-            reply = c.frame_replies.get(frame.seq)
+            reply = c.frame_replies.get(key)
             if reply is None:
                 if f.draw("drop_request"):
                     return
                 reply = self._execute(frame)
-                c.frame_replies.put(frame.seq, reply)
+                c.frame_replies.put(key, reply)
             else:
                 log.info("frame seq %d repeated: stored reply sent", frame.seq)
         if f.draw("drop_reply"):

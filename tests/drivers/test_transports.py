@@ -173,6 +173,9 @@ def test_frames_survive_garbage_and_resync_after_corruption(frames, noise, corru
     for i in range(0, len(stream), 7):  # arrives in pieces
         decoder.feed(bytes(stream[i:i + 7]))
         got += decoder.frames()
+    while decoder.pending:  # a false start that claims more bytes than ever come: the
+        decoder.skip_start()  # receiver's inter-byte timeout gives up on it, hunts on
+        got += decoder.frames()
     expected = [framing.Frame(s & 0xFFFF, op, p) for k, (s, op, p) in enumerate(frames)
                 if k != corrupt]
     # a valid frame may in principle hide inside noise; everything sent intact is found
@@ -200,3 +203,36 @@ def test_mock_server_command_line_serves_and_stops_on_sigterm(tmp_path: Path) ->
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "stopped" in out
+
+
+def test_serial_replay_memory_is_exactly_once_and_not_fooled_by_a_new_session(
+        serial_server) -> None:
+    import serial as pyserial
+
+    chip = serial_server.controller.chip
+    port = pyserial.Serial(serial_server.path, timeout=1)
+    decoder = framing.Decoder()
+
+    def exchange(frame: bytes) -> framing.Frame:
+        port.write(frame)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            decoder.feed(port.read(max(1, port.in_waiting)))
+            got = decoder.frames()
+            if got:
+                return got[0]
+        raise AssertionError("no reply")
+
+    rec = np.array([(5, 150.0)], dtype=[("cell", "<u4"), ("amp", "<f4")])
+    pulse = framing.encode(77, framing.Opcode.PULSE,
+                           framing.PULSE_HEAD.pack(0, 500.0) + rec.tobytes())
+    assert exchange(pulse).payload == (1).to_bytes(4, "little")
+    assert exchange(pulse).payload == (1).to_bytes(4, "little")  # a retry: not run again
+    assert chip.pulse_count[5] == 1
+    # the same seq with another command (a new session) runs
+    other = framing.encode(77, framing.Opcode.PULSE,
+                           framing.PULSE_HEAD.pack(0, 500.0) + rec.tobytes()[:4]
+                           + np.float32(120.0).tobytes())
+    assert exchange(other).opcode == framing.Opcode.PULSE | framing.ACK_BIT
+    assert chip.pulse_count[5] == 2
+    port.close()
