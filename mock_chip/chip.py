@@ -14,7 +14,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from mock_chip.clock import RealtimeClock, VirtualClock
-from mock_chip.physics import OK, DeviceArray, DevicePhysics, FaultRates
+from mock_chip.physics import DeviceArray, DevicePhysics, FaultRates
 from mock_chip.read_noise import FlickerNoise
 from pcmlab import __version__
 from pcmlab.config import ArrayGeometry, ChipLimits, StrictModel
@@ -181,7 +181,3 @@ class MockChip:
         """Noiseless drifted conductance now."""
         idx = slice(None) if cells is None else check_cells(cells, self.n_cells)
         return self.devices.conductance_us(idx, self.clock.now(), self.rng)
-
-    def healthy(self) -> npt.NDArray[np.bool_]:
-        """Devices with no fault (not stuck, not weak)."""
-        return (self.devices.fault == OK) & ~self.devices.weak

@@ -21,7 +21,7 @@ from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 from pcmlab.mapping import NetworkMapping
 from pcmlab.nn_model import analog_layers, fold_batchnorm
-from pcmlab.pcm_model import PCMModel
+from pcmlab.pcm_model import PCMModel, global_drift_compensation
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,8 @@ class AnalogEvaluator:
                            now: list[npt.NDArray[np.float64]]) -> list[float]:
         """alpha per layer: summed |column response| to an all-ones input at the reference
         time over the same now."""
-        alphas = []
-        for ref, cur in zip(reference, now, strict=True):
-            denom = float(np.abs(cur.sum(axis=0)).sum())
-            alphas.append(float(np.abs(ref.sum(axis=0)).sum()) / denom if denom > 0 else 1.0)
-        return alphas
+        return [global_drift_compensation(ref.sum(axis=0), cur.sum(axis=0))
+                for ref, cur in zip(reference, now, strict=True)]
 
     # -- modes -----------------------------------------------------------------------------
     def simulate(self, x: torch.Tensor, y: torch.Tensor, mapping: NetworkMapping,

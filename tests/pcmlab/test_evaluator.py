@@ -116,3 +116,18 @@ def test_model_file_round_trip_and_safety(tmp_path, digits_model) -> None:
         load_model_file(plain)
     with pytest.raises(ConfigError, match="no such model file"):
         load_model_file(tmp_path / "none.pt")
+
+
+def test_data_loader_feeds_the_evaluator(digits_model) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pcmlab.tasks import tensors_from_loader
+
+    d = digits_model.data
+    loader = DataLoader(TensorDataset(d.x_test, d.y_test), batch_size=100, shuffle=False)
+    x, y = tensors_from_loader(loader)
+    assert torch.equal(x, d.x_test) and torch.equal(y, d.y_test)
+    ev = AnalogEvaluator(digits_model.model, d.x_train)
+    assert ev.ideal_accuracy(x, y) == pytest.approx(ev.ideal_accuracy(d.x_test, d.y_test))
+    with pytest.raises(ConfigError, match="no batches"):
+        tensors_from_loader([])
