@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,9 +105,6 @@ class RunConfig(StrictModel):
     targets: TargetSpec = TargetSpec()
     program: ProgramVerifyConfig = ProgramVerifyConfig()
     schedule: ReadoutSchedule = ReadoutSchedule()
-
-
-RunEvent = Callable[[str, dict[str, Any]], None]
 
 
 def _read_cells(info: ChipInfo, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32] | None:
