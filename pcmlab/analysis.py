@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pcmlab.errors import ConfigError
 from pcmlab.pcm_model import PCMModel
 
 
@@ -103,7 +104,7 @@ def fit_drift_exponents(
     g = np.asarray(g_us, dtype=np.float64)
     use = t >= t_min_s
     if use.sum() < 2:
-        raise ValueError(f"need at least two readouts at or after {t_min_s} s to fit drift, "
+        raise ConfigError(f"need at least two readouts at or after {t_min_s} s to fit drift, "
                          f"have {int(use.sum())}")
     x = np.log(t[use])[:, None]
     y = g[use]

@@ -183,8 +183,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         rows = convergence_by_level(targets.conductance_us, prog.conductance_us,
                                     prog.converged, prog.iterations)
         console.print(convergence_table(rows, "programming"))
-        if n >= 2:
-            ro = run.readouts()
+        ro = run.readouts()
+        drift_reads = int((ro.time_s >= PCMModel().calibration.t0_s).sum())
+        if drift_reads < 2:
+            console.print(f"drift: {drift_reads} readout(s) at or after t0; the fit needs two")
+        else:
             drift = drift_by_level(targets.conductance_us, ro.time_s, ro.conductance_us,
                                    mask=prog.converged)
             table = Table(title="drift per level (fitted per device) beside the model")

@@ -215,3 +215,14 @@ def test_example_configuration_is_valid(tmp_path: Path) -> None:
     assert cfg.schedule.n_readouts == 30
     save_model(cfg, tmp_path / "copy.json")
     assert os.path.getsize(tmp_path / "copy.json") > 0
+
+
+def test_inspect_a_run_too_short_for_a_drift_fit(tmp_path: Path) -> None:
+    config = tmp_path / "short.toml"
+    config.write_text(RUN_TOML.replace("t0_s = 20.0", "t0_s = 1.0").replace(
+        "t_end_s = 1e6", "t_end_s = 10.0"))
+    out = tmp_path / "short.h5"
+    assert pcmlab("run", str(config), "-o", str(out)).returncode == 0
+    proc = pcmlab("inspect", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "the fit needs two" in proc.stdout and "Traceback" not in proc.stderr
