@@ -47,7 +47,10 @@ def test_program_targets_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
      (["program", "--rows", "0"], "rows = 0"),
      (["program", "--targets", "nope.npy"], "no such targets file"),
      (["program", "--rows", "8", "--cols", "8", "--cells", "100"], "--cells 100"),
-     (["program", "--chip", "missing.toml"], "no such configuration file")],
+     (["program", "--chip", "missing.toml"], "no such configuration file"),
+     (["train", "-o", "/nonexistent-dir/m.pt"], "folder '/nonexistent-dir' does not exist"),
+     (["run", "x.toml", "-o", "/nonexistent-dir/r.h5"], "does not exist; create it"),
+     (["demo", "--output-dir", "/proc/pcmlab-demo"], "error:")],
 )
 def test_user_mistakes_exit_2_without_traceback(args: list[str], message: str) -> None:
     proc = run_cli(*args)

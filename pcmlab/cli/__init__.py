@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,20 @@ from pcmlab.cli.runs import (
 from pcmlab.errors import PcmlabError
 
 EXIT_USAGE = 2
+
+
+def output_file(text: str) -> Path:
+    """An output path whose folder exists and is writable: checked before any work."""
+    path = Path(text)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"folder '{folder}' does not exist; create it or "
+                                         "write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"folder '{folder}' is not writable")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a folder; give a file name")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="model file (pcmlab-model/1, see 'pcmlab train')")
     p.add_argument("--data", type=Path, help=".npz with x_test, y_test (optional x_train, "
                    "y_train to calibrate ranges); default: digits for a digits model")
-    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="measurement file")
     p.add_argument("--bits", type=int, help="DAC and ADC bits (default: the model's, or 8)")
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
@@ -73,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model for the chip (AnalogNets method)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("-o", "--output", type=output_file, required=True,
+                   help="model file to write")
     p.add_argument("--method", choices=("full", "noise", "float"), default="full",
                    help="full AnalogNets method (default), noise injection only, or float")
     p.add_argument("--model", type=Path, help="your model file to start from (else the "
@@ -101,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
                        "drift) into a file for 'pcmlab fit'")
-    p.add_argument("-o", "--output", type=Path, required=True, help="measurement file")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="measurement file")
     p.add_argument("--cells-per-level", type=int, default=1000)
     p.add_argument("--levels-us", type=float, nargs="+", help="levels (default 11 from 0 "
                    "to 25 µS)")
@@ -113,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit the PCM model to a characterization file")
     p.add_argument("run", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=output_file, required=True,
                    help="calibration file to write (.toml or .json)")
-    p.add_argument("--plot", type=Path, help="PNG of data against fit (default: beside -o)")
+    p.add_argument("--plot", type=output_file,
+                   help="PNG of data against fit (default: beside -o)")
     p.add_argument("--calibration", type=Path, help="prior constants (default: published)")
     p.set_defaults(func=cmd_fit)
 
@@ -146,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="program, then read on a schedule into an HDF5 file")
     p.add_argument("config", type=Path, help="run configuration (.toml or .json)")
-    p.add_argument("-o", "--output", type=Path, help="measurement file (default run-<time>.h5)")
+    p.add_argument("-o", "--output", type=output_file,
+                   help="measurement file (default run-<time>.h5)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted run's readouts")
@@ -160,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="PNG: drift per level and programming-error histogram")
     p.add_argument("run", type=Path)
-    p.add_argument("-o", "--output", type=Path, help="PNG file (default: RUN.png)")
+    p.add_argument("-o", "--output", type=output_file, help="PNG file (default: RUN.png)")
     p.set_defaults(func=cmd_plot)
     return parser
 
@@ -178,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except PcmlabError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
+        return EXIT_USAGE
+    except OSError as exc:  # the file system said no (permissions, full disk, ...)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        err_console.print(f"[bold red]error:[/] {exc.strerror or exc}{where}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
