@@ -17,9 +17,8 @@ import torch
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 from pcmlab.evaluator import AnalogEvaluator, Periphery  # noqa: E402
+from pcmlab.pcm_model import ACCURACY_TIMES_S as TIMES_S  # noqa: E402
 from pcmlab.tasks import load_digits, reference_cnn, train_classifier  # noqa: E402
-
-TIMES_S = [25.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0]
 
 
 def plain_torch(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, n: int,

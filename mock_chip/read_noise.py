@@ -37,7 +37,6 @@ class FlickerNoise:
         self.log_tau = np.log(self.tau_s)
         self.band = math.log(10.0) / terms_per_decade
         self.white_var = math.log((tau_min_s + t_read_s) / (2 * t_read_s))
-        self.tau_min_s = tau_min_s
         # Stationary OU states, each advanced lazily and exactly (an OU step over dt composes)
         # only when a read uses it: a term whose decade no device has aged into waits.
         self.z = rng.standard_normal((n_terms, n_cells), dtype=np.float32)

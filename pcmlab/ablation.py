@@ -10,13 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pcmlab.evaluator import AnalogEvaluator, Periphery
+from pcmlab.pcm_model import ACCURACY_TIMES_S
 from pcmlab.tasks import Dataset, reference_cnn, train_classifier
 from pcmlab.training import TrainingConfig, train_analognets, train_clipped
 
 log = logging.getLogger(__name__)
 
-PAPER_TIMES_S = (25.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
-PAPER_TIME_LABELS = ("25 s", "1 h", "1 day", "1 month", "1 year")
 METHODS = ("off-the-shelf", "noise injection", "full method")
 
 Progress = Callable[[str], None]
@@ -33,7 +32,7 @@ class AblationRow:
 
 def run_ablation(
     data: Dataset, *, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
-    times_s: tuple[float, ...] = PAPER_TIMES_S, config: TrainingConfig | None = None,
+    times_s: tuple[float, ...] = ACCURACY_TIMES_S, config: TrainingConfig | None = None,
     rows: int = 256, cols: int = 512, seed: int = 0, progress: Progress | None = None,
 ) -> list[AblationRow]:
     """Train the three models (the full method once per ADC width) and evaluate each in

@@ -97,9 +97,17 @@ class DriftStats:
 def fit_drift_exponents(
     time_s: npt.ArrayLike, g_us: npt.ArrayLike, *, t_min_s: float = 20.0
 ) -> npt.NDArray[np.float64]:
-    """Per-device drift exponent nu from readouts: least squares of ln G on ln t over the
-    readouts at or after ``t_min_s`` (G <= 0 readings are left out). NaN where fewer than
-    two readings remain."""
+    """Per-device drift exponent nu from readouts (see ``fit_drift``)."""
+    return fit_drift(time_s, g_us, t_min_s=t_min_s)[0]
+
+
+def fit_drift(
+    time_s: npt.ArrayLike, g_us: npt.ArrayLike, *, t_min_s: float = 20.0
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Per-device drift exponent nu and the variance of that estimate (from the fit's
+    residuals): least squares of ln G on ln t over the readouts at or after ``t_min_s``
+    (G <= 0 readings are left out). NaN where fewer than two (for the variance, three)
+    readings remain."""
     t = np.asarray(time_s, dtype=np.float64)
     g = np.asarray(g_us, dtype=np.float64)
     use = t >= t_min_s
@@ -116,9 +124,13 @@ def fit_drift_exponents(
         x_mean = (w * x).sum(axis=0) / n
         y_mean = (w * y).sum(axis=0) / n
         dx = (x - x_mean) * w
-        slope = (dx * (y - y_mean)).sum(axis=0) / (dx * (x - x_mean)).sum(axis=0)
+        sxx = (dx * (x - x_mean)).sum(axis=0)
+        slope = (dx * (y - y_mean)).sum(axis=0) / sxx
+        resid = (y - y_mean - slope * (x - x_mean)) * w
+        slope_var = (resid**2).sum(axis=0) / (n - 2) / sxx
     slope[n < 2] = np.nan
-    return -slope
+    slope_var[n < 3] = np.nan
+    return -slope, slope_var
 
 
 def drift_by_level(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from pcmlab.analysis import fit_drift
 from pcmlab.errors import SchemaError
 from pcmlab.pcm_model import PCMCalibration, PCMModel
 from pcmlab.store import RunReader
@@ -115,8 +116,7 @@ def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult
                           "run to complete it)")
     burst = ro.conductance_us[:n_burst].astype(np.float64)
     burst_t = float(ro.time_s[:n_burst].mean())
-    t = ro.time_s
-    g_all = ro.conductance_us.astype(np.float64)
+    nu_all, nu_var_all = fit_drift(ro.time_s, ro.conductance_us, t_min_s=prior.t0_s)
     levels = []
     for level in np.unique(target):
         sel = (target == level) & prog.converged
@@ -134,16 +134,10 @@ def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult
         log_factor = float(model.read_noise_log_factor(burst_t))
         q_s = read_sigma / (g_mean * math.sqrt(log_factor)) if g_mean > 0 else math.nan
         # drift exponents per device, the fit noise taken out of their spread
-        x = np.log(t)
-        xc = x - x.mean()
-        y = np.log(np.maximum(g_all[:, sel], 1e-3))
-        slope = (xc[:, None] * (y - y.mean(axis=0))).sum(axis=0) / (xc * xc).sum()
-        resid = y - y.mean(axis=0) - slope * xc[:, None]
-        fit_var = (resid**2).sum(axis=0) / (t.size - 2) / (xc * xc).sum()
-        nu = -slope
-        nu_std = math.sqrt(max(float(nu.var()) - float(fit_var.mean()), 0.0))
+        nu, nu_var = nu_all[sel], nu_var_all[sel]
+        nu_std = math.sqrt(max(float(np.nanvar(nu)) - float(np.nanmean(nu_var)), 0.0))
         levels.append(LevelFit(float(level), count, sigma_prog, read_sigma, q_s,
-                               float(nu.mean()), nu_std))
+                               float(np.nanmean(nu)), nu_std))
     return FitResult(_calibration(levels, prior), levels, burst_t)
 
 

@@ -23,6 +23,11 @@ def _as_float(x: ArrayLike) -> FloatArray:
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
 
+# The accuracy-vs-time points (s after programming) the AnalogNets paper and DESIGN.md use.
+YEAR_S = 365 * 86400.0
+ACCURACY_TIMES_S = (25.0, 3600.0, 86400.0, 30 * 86400.0, YEAR_S)
+ACCURACY_TIME_LABELS = ("25 s", "1 h", "1 day", "1 month", "1 year")
+
 # Smallest relative conductance used inside logarithms and powers (aihwkit uses the same).
 _G_REL_FLOOR = 1e-7
 

@@ -8,6 +8,25 @@ import numpy as np
 import numpy.typing as npt
 
 from pcmlab.analysis import level_of
+from pcmlab.pcm_model import ACCURACY_TIME_LABELS, ACCURACY_TIMES_S
+
+
+def _pyplot():  # -> matplotlib.pyplot, headless
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_run(
@@ -21,11 +40,7 @@ def plot_run(
 ) -> Path:
     """Conductance vs time per target level (log axes; median and 10-90 % band) and the
     programming-error histogram."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     levels = level_of(target_us)
     fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -56,10 +71,7 @@ def plot_run(
     ax_h.set_title("programming error (converged, non-zero)")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy(
@@ -74,11 +86,7 @@ def plot_accuracy(
 ) -> Path:
     """Accuracy vs time since programming: simulated mean +- std band, measured points on
     top (as Figure 7 of the AnalogNets paper)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     if simulated_time_s is not None and simulated_mean is not None:
@@ -92,28 +100,19 @@ def plot_accuracy(
     if ideal_accuracy is not None:
         ax.axhline(100 * ideal_accuracy, color="gray", ls="--", label="float model")
     ax.set_xscale("log")
-    ticks = [(25, "25 s"), (3600, "1 h"), (86400, "1 day"), (30 * 86400, "1 month"),
-             (365 * 86400, "1 year")]
-    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
+    ax.set_xticks(ACCURACY_TIMES_S, ACCURACY_TIME_LABELS)
     ax.set_xlabel("time since programming")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ablation(path: str | Path, rows, time_labels: tuple[str, ...]) -> Path:
     """One panel per converter width: accuracy vs time per method, mean ± std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     bits = sorted({r.adc_bits for r in rows}, reverse=True)
     fig, axes = plt.subplots(1, len(bits), figsize=(4.5 * len(bits), 4), sharey=True,
@@ -128,20 +127,13 @@ def plot_ablation(path: str | Path, rows, time_labels: tuple[str, ...]) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_fit(path: str | Path, levels, fitted, prior) -> Path:
     """Measured per-level statistics against the fitted and the prior model curves.
     ``levels``: LevelFit rows; ``fitted``/``prior``: PCMModel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = Path(path)
     g = np.array([lv.target_us for lv in levels])
     grid = np.linspace(max(g.min(), 0.0), g.max(), 200)
@@ -169,7 +161,4 @@ def plot_fit(path: str | Path, levels, fitted, prior) -> Path:
         ax.set_xlabel("target conductance (µS)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

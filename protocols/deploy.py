@@ -17,7 +17,7 @@ from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 from pcmlab.evaluator import AnalogEvaluator, Periphery, SimulatedAccuracy
 from pcmlab.mapping import NetworkMapping
-from pcmlab.pcm_model import PCMModel
+from pcmlab.pcm_model import ACCURACY_TIMES_S, YEAR_S, PCMModel
 from pcmlab.store import RunReader
 from pcmlab.store.evaluation import write_evaluation
 from protocols.experiment import measure_run
@@ -27,9 +27,6 @@ from protocols.readout import ReadoutSchedule, WaitCallback
 
 log = logging.getLogger(__name__)
 
-YEAR_S = 365 * 86400.0
-# the accuracy-vs-time points of the AnalogNets paper: 25 s, 1 h, 1 day, 1 month, 1 year
-PAPER_TIMES_S = (25.0, 3600.0, 86400.0, 30 * 86400.0, YEAR_S)
 
 
 class DeployConfig(StrictModel):
@@ -37,7 +34,7 @@ class DeployConfig(StrictModel):
 
     program: ProgramVerifyConfig = ProgramVerifyConfig()
     schedule: ReadoutSchedule = ReadoutSchedule(
-        t0_s=25.0, t_end_s=YEAR_S, n_readouts=9, include_s=PAPER_TIMES_S[1:-1])
+        t0_s=25.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[1:-1])
     periphery: Periphery = Periphery()
     tiling: bool = True
     simulated_runs: int = Field(25, ge=0, description="Monte Carlo runs per time point")

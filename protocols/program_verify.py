@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from drivers.base import ChipInfo, CrossbarDriver
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError, LimitError
-from pcmlab.pulses import PulseKind
+from pcmlab.pulses import PulseKind, check_cells
 from protocols.interrupt import StopToken, deferred_sigint
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,7 @@ def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLik
     if cell_arr.ndim != 1 or tgt.shape != cell_arr.shape:
         raise ConfigError(f"{cell_arr.size} cells but {tgt.size} targets: give one target "
                           "(µS) per cell, both 1-D")
-    if not np.issubdtype(cell_arr.dtype, np.integer):
-        raise ConfigError(f"cells must be integer flat indices, got dtype {cell_arr.dtype}")
-    if cell_arr.size and (cell_arr.min() < 0 or cell_arr.max() >= info.n_cells):
-        bad = int(cell_arr.min()) if cell_arr.min() < 0 else int(cell_arr.max())
-        raise LimitError(f"cell index {bad} is outside the array (valid 0..{info.n_cells - 1})")
-    cell_arr = cell_arr.astype(np.uint32)
+    cell_arr = check_cells(cell_arr, info.n_cells)
     seen = np.zeros(info.n_cells, dtype=np.bool_)
     seen[cell_arr] = True
     if np.count_nonzero(seen) != cell_arr.size:

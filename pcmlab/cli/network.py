@@ -236,7 +236,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     """The AnalogNets ablation on the reference task, in simulated mode."""
-    from pcmlab.ablation import PAPER_TIME_LABELS, run_ablation
+    from pcmlab.ablation import run_ablation
+    from pcmlab.pcm_model import ACCURACY_TIME_LABELS
     from pcmlab.plots import plot_ablation
     from pcmlab.tasks import load_digits
     from pcmlab.training import TrainingConfig
@@ -257,17 +258,17 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                             progress=lambda text: bar.update(task, step=text))
     table = Table(title=f"AnalogNets ablation, digits CNN, simulated ({args.runs} runs), "
                   "test accuracy %")
-    for col in ("method", "ADC/DAC bits", *PAPER_TIME_LABELS):
+    for col in ("method", "ADC/DAC bits", *ACCURACY_TIME_LABELS):
         table.add_column(col, justify="right")
-    lines = ["| method | ADC/DAC bits | " + " | ".join(PAPER_TIME_LABELS) + " |",
-             "|---|---|" + "---|" * len(PAPER_TIME_LABELS)]
+    lines = ["| method | ADC/DAC bits | " + " | ".join(ACCURACY_TIME_LABELS) + " |",
+             "|---|---|" + "---|" * len(ACCURACY_TIME_LABELS)]
     for r in rows:
         cells = [f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in zip(r.mean, r.std, strict=True)]
         table.add_row(r.method, f"{r.adc_bits}/{r.dac_bits}", *cells)
         lines.append(f"| {r.method} | {r.adc_bits}/{r.dac_bits} | " + " | ".join(cells) + " |")
     console.print(table)
     (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    png = plot_ablation(out_dir / "ablation.png", rows, PAPER_TIME_LABELS)
+    png = plot_ablation(out_dir / "ablation.png", rows, ACCURACY_TIME_LABELS)
     console.print(f"wrote {out_dir / 'ablation.md'} and {png} in "
                   f"{time.perf_counter() - t_start:.0f} s")
     return 0
