@@ -100,15 +100,14 @@ class MockChip:
             part = slice(start, min(start + _BLOCK, n))
             yield (part if isinstance(idx, slice) else idx[part]), part
 
-    def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]]:
-        """Positions of ``cells`` split into rounds with no repeated cell, in request order."""
-        if isinstance(self._as_index(cells), slice):
-            return [self._all[: cells.size]]
+    def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]] | None:
+        """Positions of ``cells`` split into rounds with no repeated cell, in request order;
+        None when no cell repeats (one round: all of them)."""
         self._seen[cells] = True
         unique = int(np.count_nonzero(self._seen)) == cells.size
         self._seen[cells] = False
         if unique:
-            return [np.arange(cells.size)]
+            return None
         order = np.argsort(cells, kind="stable")
         sorted_cells = cells[order]
         starts = np.r_[0, np.flatnonzero(np.diff(sorted_cells)) + 1]
@@ -136,12 +135,12 @@ class MockChip:
             return 0
         t = self.clock.now()
         apply = self.devices.apply_set if kind is PulseKind.SET else self.devices.apply_reset
-        for positions in self._rounds(cell_arr):
-            if positions.size == cell_arr.size:
-                batch, batch_amp = cell_arr, amp
-            else:
-                batch, batch_amp = cell_arr[positions], amp[positions]
-            for sub, part in self._blocks(self._as_index(batch)):
+        idx = self._as_index(cell_arr)
+        rounds = None if isinstance(idx, slice) else self._rounds(cell_arr)
+        batches = ([(idx, amp)] if rounds is None
+                   else [(cell_arr[pos], amp[pos]) for pos in rounds])
+        for batch, batch_amp in batches:
+            for sub, part in self._blocks(batch):
                 apply(sub, batch_amp[part], t, self.rng)
                 self.pulse_count[sub] += np.uint32(1)
         return int(cell_arr.size)
