@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -127,13 +129,18 @@ def convergence_table(rows: list[LevelStats], title: str) -> Table:
     return table
 
 
-def readout_progress(bar: Progress, n: int):
-    task = bar.add_task("readouts", total=n, next="")
+@contextmanager
+def readout_progress(n: int) -> Iterator[tuple[Progress, Callable[[int, float, float], None]]]:
+    """A live display of the readout schedule: (the display, the schedule's on_wait)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[next]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("readouts", total=n, next="")
 
-    def on_wait(i: int, t_s: float, chip_now: float) -> None:
-        bar.update(task, completed=i, next=f"next: readout {i + 1}/{n} at {fmt_s(t_s)}")
+        def on_wait(i: int, t_s: float, chip_now: float) -> None:
+            bar.update(task, completed=i, next=f"next: readout {i + 1}/{n} at {fmt_s(t_s)}")
 
-    return task, on_wait
+        yield bar, on_wait
 
 
 def fmt_s(t_s: float) -> str:

@@ -67,11 +67,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         "periphery": periphery}, "demo options")
     driver = make_driver(args)
     run_path = out_dir / "demo-run.h5"
-    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"),
-                          TextColumn("{task.fields[next]}"), console=err_console,
-                          transient=True) as bar:
-        _, on_wait = readout_progress(bar, cfg.schedule.times_s().size)
+    with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
                                 pcm=PCMModel(calibration_of(args)), overwrite=True,
                                 on_wait=on_wait, record=record_of(args, driver))
@@ -146,11 +142,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                                         "periphery": periphery, "tiling": not args.no_tiling},
                          "deploy options")
     driver = make_driver(args)
-    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"),
-                          TextColumn("{task.fields[next]}"), console=err_console,
-                          transient=True) as bar:
-        _, on_wait = readout_progress(bar, cfg.schedule.times_s().size)
+    with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
                                 pcm=PCMModel(calibration_of(args)), on_wait=on_wait,
                                 record=record_of(args, driver))

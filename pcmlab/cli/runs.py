@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pcmlab.analysis import convergence_by_level
@@ -17,7 +16,6 @@ from pcmlab.cli.common import (
     calibration_of,
     console,
     convergence_table,
-    err_console,
     fmt_s,
     make_driver,
     program_config,
@@ -84,18 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_model(RunConfig, args.config)
     output = args.output or Path(time.strftime("run-%Y%m%d-%H%M%S.h5"))
     driver = _driver_for_run(config, str(args.config))
-    n = config.schedule.n_readouts
-    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"),
-                          TextColumn("{task.fields[next]}"), TimeElapsedColumn(),
-                          console=err_console, transient=True) as bar:
+    n = config.schedule.times_s().size
+    with driver, readout_progress(n) as (bar, on_wait):
         pv = bar.add_task("program-and-verify", total=config.program.max_iterations, next="")
 
         def on_program(p: ProgramProgress) -> None:
             bar.update(pv, completed=p.iteration,
                        next=f"{100 * p.n_converged / max(p.n_total, 1):.1f} % converged")
 
-        _, on_wait = readout_progress(bar, n)
         result, taken = run_experiment(driver, config, output, config_dir=args.config.parent,
                                        program_progress=on_program, on_wait=on_wait)
     console.print(f"programmed {result.cells.size} cells on {driver.info.identity}: "
@@ -145,11 +139,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             # the in-process mock chip died with the run: rebuild it from its seed and
             # replay programming, checked bit for bit against the file
             replay_programming(driver, args.run, program)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.fields[next]}"), console=err_console,
-                      transient=True) as bar:
-            _, on_wait = readout_progress(bar, n)
+        with readout_progress(n) as (_, on_wait):
             before, after = resume_experiment(driver, args.run, on_wait=on_wait)
     console.print(f"{args.run}: {before} readouts were there, {after} of {n} now")
     return 0
@@ -283,11 +273,7 @@ def cmd_characterize(args: argparse.Namespace) -> int:
         data["levels_us"] = args.levels_us
     cfg = validate_model(CharacterizeConfig, data, "characterize options")
     driver = make_driver(args)
-    with driver, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"),
-                          TextColumn("{task.fields[next]}"), console=err_console,
-                          transient=True) as bar:
-        _, on_wait = readout_progress(bar, cfg.times_s().size)
+    with driver, readout_progress(cfg.times_s().size) as (_, on_wait):
         result, taken = characterize(driver, args.output, cfg, on_wait=on_wait,
                                      record=record_of(args, driver))
     console.print(f"{len(cfg.levels_us)} levels x {cfg.cells_per_level} cells on "
