@@ -1,11 +1,21 @@
-"""Helpers shared by the benchmark scripts: timing and the bare-numpy reference loop."""
+"""Helpers shared by the benchmark scripts: timing and the bare-numpy reference loop.
+
+Importing this module also takes the benchmarks folder off ``sys.path``: Python puts a
+script's folder first, and ``benchmarks/mock_chip.py`` would then shadow the mock_chip
+package. Every script imports it before the project's packages (isort's order does that).
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

@@ -6,19 +6,15 @@ forward passes. Prints both times and the ratio. Target: ratio <= 1.5.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
+import _common  # noqa: F401  (takes this folder off sys.path: see _common.py)
 import numpy as np
 import torch
 
-# benchmarks/mock_chip.py shadows the mock_chip package: keep this folder off the path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from pcmlab.evaluator import AnalogEvaluator, Periphery  # noqa: E402
-from pcmlab.pcm_model import ACCURACY_TIMES_S as TIMES_S  # noqa: E402
-from pcmlab.tasks import load_digits, reference_cnn, train_classifier  # noqa: E402
+from pcmlab.evaluator import AnalogEvaluator, Periphery
+from pcmlab.pcm_model import ACCURACY_TIMES_S as TIMES_S
+from pcmlab.tasks import load_digits, reference_cnn, train_classifier
 
 
 def plain_torch(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, n: int,

@@ -7,19 +7,11 @@ arithmetic timed in the same run. Target: ratio <= 4.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
+from _common import best_of, numpy_reference
 
-# benchmarks/mock_chip.py shadows the mock_chip package: the project's packages are
-# imported with this folder off the path, the shared helpers after it is put back.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from mock_chip import MockChip  # noqa: E402
-
-sys.path.append(str(_HERE))
-from _common import best_of, numpy_reference  # noqa: E402
+from mock_chip import MockChip
 
 
 def main() -> None:

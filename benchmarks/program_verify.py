@@ -8,22 +8,14 @@ timed in the same run. Targets: whole array <= 3 s, ratio <= 6.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import best_of, numpy_reference
 
-# benchmarks/mock_chip.py shadows the mock_chip package: the project's packages are
-# imported with this folder off the path, the shared helpers after it is put back.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from drivers import MockDriver  # noqa: E402
-from mock_chip import MockChipConfig  # noqa: E402
-from protocols import program_and_verify  # noqa: E402
-
-sys.path.append(str(_HERE))
-from _common import best_of, numpy_reference  # noqa: E402
+from drivers import MockDriver
+from mock_chip import MockChipConfig
+from protocols import program_and_verify
 
 
 def main() -> None:

@@ -8,18 +8,15 @@ Prints MB/s for both and the ratio. Target: store >= 0.5 x bare h5py.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common  # noqa: F401  (takes this folder off sys.path: see _common.py)
 import h5py
 import numpy as np
 
-# benchmarks/mock_chip.py shadows the mock_chip package: keep this folder off the path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from pcmlab.store import RunWriter  # noqa: E402
+from pcmlab.store import RunWriter
 
 
 def bare_h5py(path: Path, rows: np.ndarray) -> float:

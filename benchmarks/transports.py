@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import _common  # noqa: F401  (takes this folder off sys.path: see _common.py)
 import numpy as np
 import pyvisa
 
-# benchmarks/mock_chip.py shadows the mock_chip package: keep this folder off the path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-from drivers.serial import SerialDriver  # noqa: E402
-from drivers.visa import VisaDriver  # noqa: E402
-from mock_chip import MockChip  # noqa: E402
-from mock_chip.clock import RealtimeClock  # noqa: E402
-from mock_chip.controller import Controller  # noqa: E402
-from mock_chip.scpi_server import ScpiServer  # noqa: E402
-from mock_chip.serial_server import SerialServer  # noqa: E402
+from drivers.serial import SerialDriver
+from drivers.visa import VisaDriver
+from mock_chip import MockChip
+from mock_chip.clock import RealtimeClock
+from mock_chip.controller import Controller
+from mock_chip.scpi_server import ScpiServer
+from mock_chip.serial_server import SerialServer
 
 
 def times_of(fn, n: int) -> list[float]:
