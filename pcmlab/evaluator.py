@@ -1,39 +1,47 @@
-"""Accuracy of a network whose weights live on PCM: ideal, simulated and measured modes.
+"""Accuracy (or any metric) of a network whose weights live on PCM: ideal, simulated and
+measured modes.
 
-The forward pass models the periphery: inputs quantized by a DAC (per-layer range),
-the analog MAC, outputs quantized by an ADC (per-layer range, one gain for all layers),
-global drift compensation as one digital factor per layer, then the digital bias.
+The network is any ``torch.nn.Module``, converted by ``pcmlab.analog.convert_to_analog``:
+its weight layers run the analog forward (DAC, MAC with the crossbar weight, ADC, drift
+compensation, digital bias), everything else runs as the model's own forward says. The
+modes differ only in the crossbar weight each analog layer gets: the float weight (ideal),
+weights from conductances drawn from the statistical PCM model (simulated), or weights
+from conductances read on a chip (measured).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
+from pcmlab.analog import (
+    AnalogNetwork,
+    LayerRanges,
+    Periphery,
+    convert_to_analog,
+    fingerprint,
+    quantize,
+)
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
-from pcmlab.mapping import NetworkMapping
-from pcmlab.nn_model import analog_layers, fold_batchnorm
+from pcmlab.mapping import NetworkMapping, weight_from_matrices
 from pcmlab.pcm_model import PCMModel, global_drift_compensation
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AnalogEvaluator", "LayerRanges", "NoiseSwitches", "Periphery",
+           "SimulatedAccuracy", "accuracy_metric", "quantize"]
 
-class Periphery(StrictModel):
-    """DAC and ADC of the crossbar (None: not quantized)."""
-
-    dac_bits: int | None = Field(8, ge=1, le=24)
-    adc_bits: int | None = Field(8, ge=1, le=24)
-    adc_gain: float = Field(1.0, gt=0, description="one ADC gain shared by all layers")
-    range_percentile: float = Field(99.99, gt=50, le=100,
-                                    description="calibrated ranges cover this share")
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]
+Data = torch.Tensor | Iterable
+GdcEstimator = Literal["device_sum", "column_sum"]
 
 
 class NoiseSwitches(StrictModel):
@@ -46,18 +54,9 @@ class NoiseSwitches(StrictModel):
 
 
 @dataclass(frozen=True)
-class LayerRanges:
-    """Per analog layer: DAC input range [lo, hi] and ADC output range [-out, out]."""
-
-    input_lo: tuple[float, ...]
-    input_hi: tuple[float, ...]
-    output: tuple[float, ...]
-
-
-@dataclass(frozen=True)
 class SimulatedAccuracy:
     time_s: npt.NDArray[np.float64]
-    accuracy: npt.NDArray[np.float64]  # runs x times
+    accuracy: npt.NDArray[np.float64]  # runs x times (the metric's value)
 
     @property
     def mean(self) -> npt.NDArray[np.float64]:
@@ -68,207 +67,284 @@ class SimulatedAccuracy:
         return self.accuracy.std(axis=0)
 
 
-def quantize(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
-    """Uniform quantizer with a level at zero: unsigned over [0, hi] when lo >= 0, else
-    symmetric over [-max(|lo|, hi), +max(|lo|, hi)]. Values beyond the range saturate."""
-    if lo >= 0:
-        qmax = 2**bits - 1
-        qmin = 0
-        step = hi / qmax if hi > 0 else 1.0
-    else:
-        qmax = 2 ** (bits - 1) - 1
-        qmin = -qmax
-        m = max(-lo, hi)
-        step = m / qmax if m > 0 else 1.0
-    q = x / step  # one new tensor; the rest in place
-    return q.round_().clamp_(qmin, qmax).mul_(step)
+def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of samples whose largest output is the label (the default metric)."""
+    return (output.argmax(dim=1) == target).float().mean()
+
+
+def drift_compensation(reference: Sequence[npt.NDArray[np.float64]],
+                       now: Sequence[npt.NDArray[np.float64]],
+                       estimator: GdcEstimator = "device_sum") -> list[float]:
+    """alpha per layer from the layer's devices at the reference time (t0) and now.
+
+    ``reference`` and ``now`` are per layer the (G+, G-) device conductances as an array
+    of shape (2, ...) ("device_sum": the response of an all-ones input on every device,
+    the sum of all column currents) or the signed weight matrices (in, out)
+    ("column_sum": summed |column response| to an all-ones input)."""
+    if estimator == "device_sum":
+        return [global_drift_compensation(ref.sum(), cur.sum())
+                for ref, cur in zip(reference, now, strict=True)]
+    return [global_drift_compensation(ref.reshape(-1, ref.shape[-1]).sum(axis=0),
+                                      cur.reshape(-1, cur.shape[-1]).sum(axis=0))
+            for ref, cur in zip(reference, now, strict=True)]
 
 
 class AnalogEvaluator:
-    """Evaluates a classifier with weights from conductances (or ideal float weights)."""
+    """Evaluates any network with its weight layers on the crossbar (float weights, or
+    weights from conductances). ``x_calibration``: inputs (a tensor, or a DataLoader of
+    (inputs, labels) batches) on which the DAC/ADC ranges are calibrated."""
 
-    def __init__(self, model: nn.Sequential, x_calibration: torch.Tensor,
+    def __init__(self, model: nn.Module, x_calibration: Data,
                  periphery: Periphery | None = None, *,
-                 ranges: LayerRanges | None = None) -> None:
-        self.model = fold_batchnorm(model)
+                 ranges: LayerRanges | None = None, keep_digital: Iterable[str] = (),
+                 device: str | torch.device = "cpu", batch_size: int = 4096,
+                 gdc_estimator: GdcEstimator = "device_sum") -> None:
         self.periphery = periphery or Periphery()
-        self._analog = analog_layers(self.model)
-        if not self._analog:
-            raise ConfigError("the model has no Linear or Conv2d layer to put on the chip")
-        self._slot = {pos: k for k, (pos, _) in enumerate(self._analog)}
-        self.weights = [m.weight.detach().clone() for _, m in self._analog]
-        self.ranges = ranges or self.calibrate(x_calibration)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.gdc_estimator: GdcEstimator = gdc_estimator
+        self.fingerprint = fingerprint(model)
+        example = next(iter(self._batches(x_calibration, None, 64)))[0].cpu()
+        self.network: AnalogNetwork = convert_to_analog(
+            model, self.periphery, keep_digital=keep_digital, example=example)
+        self.network.to(self.device).eval()
+        self.model = self.network
+        self.report = self.network.report
+        self.weights = [m.weight.detach().clone() for m in self.network.matrices]
+        self.ranges = ranges if ranges is not None else self.calibrate(x_calibration)
+        self._apply_ranges(self.ranges)
+
+    # -- data ------------------------------------------------------------------------------
+    def _batches(self, x: Data, y: torch.Tensor | None, batch: int | None = None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(inputs, labels) batches on the evaluator's device, from tensors or a loader."""
+        if isinstance(x, torch.Tensor):
+            n = batch or self.batch_size
+            for i in range(0, x.shape[0], n):
+                yield (x[i:i + n].to(self.device),
+                       None if y is None else y[i:i + n].to(self.device))
+            return
+        got = False
+        for item in x:
+            got = True
+            xb, yb = (item[0], item[1]) if isinstance(item, tuple | list) else (item, None)
+            yield (torch.as_tensor(xb, dtype=torch.float32).to(self.device),
+                   None if yb is None else torch.as_tensor(yb).to(self.device))
+        if not got:
+            raise ConfigError("the data loader yielded no batches")
 
     # -- structure -------------------------------------------------------------------------
-    def layer_specs(self) -> list[tuple[int, str, str, tuple[int, ...], float]]:
-        """(position, name, kind, weight shape, W_max) of each analog layer."""
-        return [(pos, f"layer{pos}", type(m).__name__, tuple(m.weight.shape),
-                 float(m.weight.detach().abs().max()))
-                for pos, m in self._analog]
+    def layer_specs(self) -> list[tuple[int, str, str, tuple[int, ...], float, int]]:
+        """(index, name, kind, weight shape, W_max, groups) of each analog matrix."""
+        return [(k, name, m.kind, tuple(m.weight.shape), float(w.abs().max()), m.groups)
+                for k, ((name, m), w) in enumerate(zip(self.network.layers, self.weights,
+                                                       strict=True))]
 
     def mapping(self, rows: int, cols: int, g_max_us: float = 25.0, *,
                 tiling: bool = True) -> NetworkMapping:
-        return NetworkMapping.place(self.layer_specs(), rows, cols, g_max_us, tiling=tiling)
+        return NetworkMapping.place(self.layer_specs(), rows, cols, g_max_us, tiling=tiling,
+                                    fingerprint=self.fingerprint)
 
     def check_mapping(self, mapping: NetworkMapping) -> None:
         """Refuse a mapping (from a file) that was not made for this model."""
-        mine = [(pos, kind, shape) for pos, _, kind, shape, _ in self.layer_specs()]
+        if mapping.fingerprint and mapping.fingerprint != self.fingerprint:
+            raise ConfigError(
+                f"the model does not match the measurement file's network: the file was "
+                f"deployed with network {mapping.fingerprint}, this model is "
+                f"{self.fingerprint} (architecture or weights differ); evaluate with the "
+                "model that was deployed")
+        mine = [(k, kind, shape) for k, _, kind, shape, _, _ in self.layer_specs()]
         theirs = [(lm.index, lm.kind, tuple(lm.weight_shape)) for lm in mapping.layers]
         if mine != theirs:
             raise ConfigError("the model does not match the measurement file's network: file "
                               f"has layers {theirs}, model has {mine}")
 
-    # -- forward ---------------------------------------------------------------------------
-    def _run(self, x: torch.Tensor, weights: list[torch.Tensor] | None,
-             gdc: list[float] | None, quantized: bool, record: list | None = None
-             ) -> torch.Tensor:
-        p = self.periphery
-        for pos, layer in enumerate(self.model):
-            k = self._slot.get(pos)
-            if k is None:
-                x = layer(x)
-                continue
-            w = self.weights[k] if weights is None else weights[k]
-            r = self.ranges if quantized else None
-            if r is not None and p.dac_bits is not None:
-                x = quantize(x, r.input_lo[k], r.input_hi[k], p.dac_bits)
-            if record is not None:
-                record.append(x)
-            if isinstance(layer, nn.Conv2d):
-                y = F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation)
-            else:
-                y = F.linear(x, w)
-            if record is not None:
-                record.append(y)
-            if r is not None and p.adc_bits is not None:
-                out = r.output[k] / p.adc_gain
-                y = quantize(y, -out, out, p.adc_bits)
-            if gdc is not None:
-                y = y * gdc[k]
-            if layer.bias is not None:
-                y = y + (layer.bias.view(1, -1, 1, 1) if y.dim() == 4 else layer.bias)
-            x = y
-        return x
+    # -- ranges ----------------------------------------------------------------------------
+    def _apply_ranges(self, ranges: LayerRanges) -> None:
+        mats = self.network.matrices
+        if not len(ranges.input_lo) == len(ranges.input_hi) == len(ranges.output) == len(mats):
+            raise ConfigError(f"ranges for {len(ranges.output)} layers, the network has "
+                              f"{len(mats)} analog matrices")
+        for k, m in enumerate(mats):
+            m.set_ranges(ranges.input_lo[k], ranges.input_hi[k], ranges.output[k])
+        with torch.no_grad():
+            self.network.log_gain.fill_(float(np.log(self.periphery.adc_gain)))
 
     @torch.no_grad()
-    def calibrate(self, x: torch.Tensor) -> LayerRanges:
-        """DAC and ADC ranges per layer from the float model on calibration inputs."""
-        record: list[torch.Tensor] = []
-        self._run(x, None, None, quantized=False, record=record)
+    def calibrate(self, x: Data) -> LayerRanges:
+        """DAC and ADC ranges per layer from the float network on calibration inputs."""
+        net, st = self.network, self.network.state
+        net.set_programmed(None)
+        for m in net.matrices:
+            m.recorded = {"x": [], "y": []}
+            m.x_min = float("inf")
+        st.recording, st.quantized = True, False
+        try:
+            for xb, _ in self._batches(x, None):
+                net(xb)
+        finally:
+            st.recording, st.quantized = False, True
         q = self.periphery.range_percentile / 100
         lo, hi, out = [], [], []
-        for k in range(len(self._analog)):
-            xin, y = record[2 * k].flatten(), record[2 * k + 1].flatten()
-            sample = xin[torch.randperm(xin.numel(), generator=torch.Generator().manual_seed(k))
-                         [:1_000_000]]
-            if float(xin.min()) >= 0:
+        for m in net.matrices:
+            if not m.recorded["x"]:
+                raise ConfigError(f"analog layer {m.kind} was not used by the model's "
+                                  "forward on the calibration inputs")
+            xin, y = torch.cat(m.recorded["x"]), torch.cat(m.recorded["y"])
+            m.recorded = {"x": [], "y": []}
+            if m.x_min >= 0:
                 lo.append(0.0)
-                hi.append(float(torch.quantile(sample, q)))
+                hi.append(float(torch.quantile(xin, q)))
             else:
-                m = float(torch.quantile(sample.abs(), q))
-                lo.append(-m)
-                hi.append(m)
-            ys = y[torch.randperm(y.numel(), generator=torch.Generator().manual_seed(k))
-                   [:1_000_000]]
-            out.append(float(torch.quantile(ys.abs(), q)))
+                r = float(torch.quantile(xin.abs(), q))
+                lo.append(-r)
+                hi.append(r)
+            out.append(float(torch.quantile(y.abs(), q)))
         return LayerRanges(tuple(lo), tuple(hi), tuple(out))
 
+    # -- forward ---------------------------------------------------------------------------
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, weights: list[torch.Tensor] | None = None,
-               gdc: list[float] | None = None, *, quantized: bool = True) -> torch.Tensor:
-        return self._run(x, weights, gdc, quantized)
+    def logits(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None,
+               gdc: Sequence[float] | None = None, *, quantized: bool = True) -> torch.Tensor:
+        net = self.network
+        net.set_programmed(weights, gdc)
+        net.state.quantized = quantized
+        try:
+            return net(x.to(self.device))
+        finally:
+            net.state.quantized = True
+            net.set_programmed(None)
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor,
-                 weights: list[torch.Tensor] | None = None, gdc: list[float] | None = None,
-                 *, quantized: bool = True, batch: int = 4096) -> float:
-        correct = 0
-        for i in range(0, x.shape[0], batch):
-            out = self._run(x[i:i + batch], weights, gdc, quantized)
-            correct += int((out.argmax(dim=1) == y[i:i + batch]).sum())
-        return correct / max(int(x.shape[0]), 1)
+    def evaluate(self, x: Data, y: torch.Tensor | None = None,
+                 weights: Sequence[torch.Tensor] | None = None,
+                 gdc: Sequence[float] | None = None, *, quantized: bool = True,
+                 metric: Metric | None = None) -> float:
+        """The metric (default: accuracy) over the data, averaged over samples; ``x`` a
+        tensor with labels ``y`` or a DataLoader of (inputs, labels), streamed in batches."""
+        metric = metric or accuracy_metric
+        net = self.network
+        net.set_programmed(weights, gdc)
+        net.state.quantized = quantized
+        total, n = 0.0, 0
+        try:
+            for xb, yb in self._batches(x, y):
+                if yb is None:
+                    raise ConfigError("labels are missing: give y, or a loader of "
+                                      "(inputs, labels)")
+                value = metric(net(xb), yb)
+                total += float(value) * xb.shape[0]
+                n += xb.shape[0]
+        finally:
+            net.state.quantized = True
+            net.set_programmed(None)
+        return total / max(n, 1)
 
-    def ideal_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def accuracy(self, x: Data, y: torch.Tensor | None = None,
+                 weights: Sequence[torch.Tensor] | None = None,
+                 gdc: Sequence[float] | None = None, *, quantized: bool = True,
+                 metric: Metric | None = None) -> float:
+        return self.evaluate(x, y, weights, gdc, quantized=quantized, metric=metric)
+
+    def ideal_accuracy(self, x: Data, y: torch.Tensor | None = None, *,
+                       metric: Metric | None = None) -> float:
         """The float model: ideal weights, no quantization."""
-        return self.accuracy(x, y, quantized=False)
+        return self.evaluate(x, y, quantized=False, metric=metric)
 
     # -- conductances to weights -----------------------------------------------------------
     def device_targets(self, mapping: NetworkMapping
                        ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32],
                                   npt.NDArray[np.int16]]:
-        return mapping.targets([w.numpy() for w in self.weights])
+        return mapping.targets([w.cpu().numpy() for w in self.weights])
 
     def weights_from_devices(self, mapping: NetworkMapping, g_us: npt.ArrayLike
                              ) -> tuple[list[torch.Tensor], list[npt.NDArray[np.float64]]]:
-        """Weights (torch, layer shapes) and crossbar matrices from a vector of device
-        conductances in ``mapping.targets`` order."""
-        g = np.asarray(g_us, dtype=np.float64)
-        weights, matrices = [], []
-        off = 0
-        for lm in mapping.layers:
-            m = lm.in_dim * lm.out_dim
-            if off + 2 * m > g.size:
-                raise ConfigError(f"{g.size} conductances are too few for the network")
-            mat = (g[off:off + m] - g[off + m:off + 2 * m]).reshape(lm.in_dim, lm.out_dim)
-            mat *= lm.w_max / mapping.g_max_us
-            matrices.append(mat)
-            weights.append(torch.from_numpy(mat.T.reshape(lm.weight_shape).astype(np.float32)))
-            off += 2 * m
+        """Weights (torch, layer shapes) and (groups, in, out) crossbar matrices from a
+        vector of device conductances in ``mapping.targets`` order."""
+        matrices = mapping.device_matrices(g_us)
+        weights = [torch.from_numpy(weight_from_matrices(mat, lm.weight_shape)
+                                    .astype(np.float32)).to(self.device)
+                   for lm, mat in zip(mapping.layers, matrices, strict=True)]
         return weights, matrices
 
-    @staticmethod
-    def drift_compensation(reference: list[npt.NDArray[np.float64]],
-                           now: list[npt.NDArray[np.float64]]) -> list[float]:
-        """alpha per layer: summed |column response| to an all-ones input at the reference
-        time over the same now."""
-        return [global_drift_compensation(ref.sum(axis=0), cur.sum(axis=0))
-                for ref, cur in zip(reference, now, strict=True)]
+    def _gdc_inputs(self, mapping: NetworkMapping, g_us: npt.NDArray[np.float64],
+                    matrices: list[npt.NDArray[np.float64]]) -> list[npt.NDArray[np.float64]]:
+        if self.gdc_estimator == "column_sum":
+            return matrices
+        out, off = [], 0
+        for lm in mapping.layers:
+            out.append(g_us[off:off + lm.n_cells])
+            off += lm.n_cells
+        return out
 
     # -- modes -----------------------------------------------------------------------------
-    def simulate(self, x: torch.Tensor, y: torch.Tensor, mapping: NetworkMapping,
+    def simulate(self, x: Data, y: torch.Tensor | None, mapping: NetworkMapping,
                  times_s: npt.ArrayLike, n_runs: int, rng: np.random.Generator, *,
-                 pcm: PCMModel | None = None, noise: NoiseSwitches | None = None
-                 ) -> SimulatedAccuracy:
+                 pcm: PCMModel | None = None, noise: NoiseSwitches | None = None,
+                 metric: Metric | None = None) -> SimulatedAccuracy:
         """Monte Carlo over the statistical PCM model: per run one programming and one set
         of drift exponents, independent read noise at every time. Drift compensation is
-        referenced to the first time point."""
+        referenced to the programmed state read at t0 (the model's, 20 s)."""
         if n_runs < 1:
             raise ConfigError(f"n_runs = {n_runs}: need at least one run")
         pcm = pcm or PCMModel()
         noise = noise or NoiseSwitches()
         times = np.atleast_1d(np.asarray(times_s, dtype=np.float64))
+        t0 = pcm.calibration.t0_s
         _, g_t, _ = self.device_targets(mapping)
         g_t = g_t.astype(np.float64)
         acc = np.empty((n_runs, times.size))
+
+        def read(g_prog, nu, t):
+            g = pcm.drift(g_prog, nu, t) if noise.drift else g_prog.copy()
+            if noise.read:
+                sigma = pcm.read_noise_sigma_us(g, g_t, t)
+                g = np.maximum(g + sigma * rng.standard_normal(g.shape), 0.0)
+            return g
+
         for run in range(n_runs):
             g_prog = pcm.program(g_t, rng) if noise.programming else g_t
             nu = pcm.sample_nu(g_t, rng) if noise.drift else np.zeros_like(g_t)
             reference = None
+            if noise.drift_compensation:
+                g_ref = read(g_prog, nu, t0)
+                reference = self._gdc_inputs(mapping, g_ref, mapping.device_matrices(g_ref))
             for j, t in enumerate(times):
-                g = pcm.drift(g_prog, nu, t) if noise.drift else g_prog.copy()
-                if noise.read:
-                    sigma = pcm.read_noise_sigma_us(g, g_t, t)
-                    g = np.maximum(g + sigma * rng.standard_normal(g.shape), 0.0)
+                g = read(g_prog, nu, t)
                 weights, mats = self.weights_from_devices(mapping, g)
-                if reference is None:
-                    reference = mats
-                gdc = (self.drift_compensation(reference, mats)
-                       if noise.drift_compensation else None)
-                acc[run, j] = self.accuracy(x, y, weights, gdc)
+                gdc = (drift_compensation(reference, self._gdc_inputs(mapping, g, mats),
+                                          self.gdc_estimator)
+                       if reference is not None else None)
+                acc[run, j] = self.evaluate(x, y, weights, gdc, metric=metric)
         return SimulatedAccuracy(times, acc)
 
-    def measured(self, x: torch.Tensor, y: torch.Tensor, mapping: NetworkMapping,
-                 g_rows_us: npt.ArrayLike, *, drift_compensation: bool = True
-                 ) -> npt.NDArray[np.float64]:
-        """One accuracy per readout row (conductances in ``mapping.targets`` order);
-        drift compensation referenced to the first row."""
-        rows = np.asarray(g_rows_us)
+    def measured(self, x: Data, y: torch.Tensor | None, mapping: NetworkMapping,
+                 g_rows_us: npt.ArrayLike, *, drift_compensation: bool = True,
+                 time_s: npt.ArrayLike | None = None, t0_s: float = 20.0,
+                 metric: Metric | None = None) -> npt.NDArray[np.float64]:
+        """One metric value per readout row (conductances in ``mapping.targets`` order).
+        Drift compensation is referenced to the readout nearest t0 when ``time_s`` (s since
+        programming, one per row) is given, else to the first row."""
+        rows = np.asarray(g_rows_us, dtype=np.float64)
         out = np.empty(rows.shape[0])
+        ref_row = 0 if time_s is None else int(np.argmin(np.abs(np.asarray(time_s) - t0_s)))
         reference = None
+        if drift_compensation and rows.shape[0]:
+            g_ref = rows[ref_row]
+            reference = self._gdc_inputs(mapping, g_ref, mapping.device_matrices(g_ref))
         for i, row in enumerate(rows):
             weights, mats = self.weights_from_devices(mapping, row)
-            if reference is None:
-                reference = mats
-            gdc = self.drift_compensation(reference, mats) if drift_compensation else None
-            out[i] = self.accuracy(x, y, weights, gdc)
+            gdc = (_drift_comp(reference, self._gdc_inputs(mapping, row, mats),
+                               self.gdc_estimator) if reference is not None else None)
+            out[i] = self.evaluate(x, y, weights, gdc, metric=metric)
         return out
+
+    @staticmethod
+    def drift_compensation(reference: list[npt.NDArray[np.float64]],
+                           now: list[npt.NDArray[np.float64]]) -> list[float]:
+        """alpha per layer, "column_sum" estimator on signed matrices (see the module
+        function ``drift_compensation``)."""
+        return drift_compensation(reference, now, "column_sum")
+
+
+_drift_comp = drift_compensation

@@ -1,7 +1,9 @@
 """Weights to conductances and back: crossbar matrices, layer-serial placement, tiles.
 
-A Linear layer's weight (out, in) and a Conv2d's (out, in, kh, kw) become an
-``in_dim x out_dim`` crossbar matrix (conv through im2col: in_dim = in * kh * kw). Inputs
+A Linear layer's weight (out, in) and a convolution's (out, in / groups, *kernel) become
+``groups`` crossbar matrices of ``in_dim x out_dim`` (conv through im2col: in_dim =
+in / groups * prod(kernel), out_dim = out / groups); the groups of a grouped or depthwise
+convolution see different inputs, so each is a block of its own on the array. Inputs
 drive rows; each weight is a differential pair on two adjacent columns, G+ at
 ``col0 + 2j`` and G- at ``col0 + 2j + 1``. Per layer, G_T = |W| G_max / W_max on the device
 carrying the sign, 0 on its partner; back: W = (G+ - G-) W_max / G_max.
@@ -35,6 +37,7 @@ class Tile:
     in_stop: int
     out_start: int
     out_stop: int
+    group: int = 0  # which matrix of a grouped convolution
 
     @property
     def n_in(self) -> int:
@@ -47,25 +50,46 @@ class Tile:
 
 @dataclass(frozen=True)
 class LayerMap:
-    index: int  # position of the layer in the model
-    name: str
-    kind: str  # "Linear" or "Conv2d"
+    index: int  # ordinal of the weight matrix in the network
+    name: str  # the module's path in the model, e.g. "layer1.0.conv1" or "lstm.ih_l0"
+    kind: str  # "Linear", "Conv1d", "Conv2d"
     weight_shape: tuple[int, ...]
-    in_dim: int
-    out_dim: int
+    in_dim: int  # rows of one group's matrix
+    out_dim: int  # outputs of one group
     w_max: float  # the weight mapped to G_max
     tiles: tuple[Tile, ...] = field(default_factory=tuple)
+    groups: int = 1
+
+    @property
+    def n_weights(self) -> int:
+        return self.groups * self.in_dim * self.out_dim
 
     @property
     def n_cells(self) -> int:
-        return 2 * self.in_dim * self.out_dim
+        return 2 * self.n_weights
 
 
 def weight_matrix(weight: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The crossbar matrix (in_dim x out_dim) of a Linear (out, in) or Conv2d
-    (out, in, kh, kw) weight: im2col ordering, the same as ``weight.reshape(out, -1)``."""
+    """The crossbar matrix (in_dim x out_dim) of a Linear (out, in) or convolution
+    (out, in, *kernel) weight: im2col ordering, the same as ``weight.reshape(out, -1)``."""
     w = np.asarray(weight, dtype=np.float64)
     return w.reshape(w.shape[0], -1).T
+
+
+def group_matrices(weight: npt.ArrayLike, groups: int = 1) -> npt.NDArray[np.float64]:
+    """The ``groups`` crossbar matrices (groups, in_dim, out_dim) of a weight whose outputs
+    come in ``groups`` equal blocks (a grouped convolution's)."""
+    w = np.asarray(weight, dtype=np.float64)
+    out = w.shape[0]
+    if groups < 1 or out % groups:
+        raise ConfigError(f"{out} outputs do not split into {groups} groups")
+    return w.reshape(groups, out // groups, -1).transpose(0, 2, 1)
+
+
+def weight_from_matrices(mats: npt.NDArray[np.float64], shape: tuple[int, ...]
+                         ) -> npt.NDArray[np.float64]:
+    """The inverse of ``group_matrices``: a weight tensor of ``shape``."""
+    return np.ascontiguousarray(mats.transpose(0, 2, 1)).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -76,19 +100,21 @@ class NetworkMapping:
     cols: int
     g_max_us: float
     layers: tuple[LayerMap, ...]
+    fingerprint: str = ""  # of the deployed network (architecture and weights)
 
     # -- building --------------------------------------------------------------------------
     @classmethod
     def place(
         cls,
-        layers: list[tuple[int, str, str, tuple[int, ...], float]],
+        layers: list[tuple],
         rows: int,
         cols: int,
         g_max_us: float = 25.0,
         *,
         tiling: bool = True,
+        fingerprint: str = "",
     ) -> NetworkMapping:
-        """Place layers (index, name, kind, weight shape, W_max) layer-serially.
+        """Place layers (index, name, kind, weight shape, W_max[, groups]) layer-serially.
 
         Raises ConfigError when a layer needs tiles and ``tiling`` is off, or when the
         network does not fit the array.
@@ -98,13 +124,17 @@ class NetworkMapping:
         max_out = cols // 2
         placed: list[LayerMap] = []
         skyline = np.zeros(cols, dtype=np.int64)  # first free row of every column
-        total = sum(2 * math.prod(s[1:]) * s[0] for _, _, _, s, _ in layers)
+        specs = [(*spec, 1) if len(spec) == 5 else tuple(spec) for spec in layers]
+        total = sum(2 * math.prod(s[1:]) * s[0] // g for _, _, _, s, _, g in specs)
         if total > rows * cols:
             raise ConfigError(f"the network needs {total} cells (two per weight) but the "
                               f"array has {rows} x {cols} = {rows * cols}; use a larger "
                               "array or a smaller network")
-        for index, name, kind, shape, w_max in layers:
-            in_dim, out_dim = math.prod(shape[1:]), shape[0]
+        for index, name, kind, shape, w_max, groups in specs:
+            if groups < 1 or shape[0] % groups:
+                raise ConfigError(f"layer {index} ({name}): {shape[0]} outputs do not split "
+                                  f"into {groups} groups")
+            in_dim, out_dim = math.prod(shape[1:]), shape[0] // groups
             needs_tiles = in_dim > rows or out_dim > max_out
             if needs_tiles and not tiling:
                 raise ConfigError(
@@ -112,34 +142,36 @@ class NetworkMapping:
                     f"{in_dim} x {2 * out_dim} devices, larger than the {rows} x {cols} "
                     "array; allow tiling or use a larger array")
             tiles = []
-            for i0 in range(0, in_dim, rows):
-                for o0 in range(0, out_dim, max_out):
-                    i1, o1 = min(i0 + rows, in_dim), min(o0 + max_out, out_dim)
-                    h, w = i1 - i0, 2 * (o1 - o0)
-                    # skyline packing: the lowest spot, leftmost among equals
-                    base = np.lib.stride_tricks.sliding_window_view(skyline, w).max(axis=1)
-                    c = int(np.argmin(base))
-                    r = int(base[c])
-                    if r + h > rows:
-                        raise ConfigError(
-                            f"the network does not fit the {rows} x {cols} array: layer "
-                            f"{index} ({name}) finds no room for a {h} x {w} block "
-                            "(placement leaves gaps); use a larger array")
-                    tiles.append(Tile(r, c, i0, i1, o0, o1))
-                    skyline[c:c + w] = r + h
+            blocks = [(g, i0, o0) for g in range(groups) for i0 in range(0, in_dim, rows)
+                      for o0 in range(0, out_dim, max_out)]
+            for g, i0, o0 in blocks:
+                i1, o1 = min(i0 + rows, in_dim), min(o0 + max_out, out_dim)
+                h, w = i1 - i0, 2 * (o1 - o0)
+                # skyline packing: the lowest spot, leftmost among equals
+                base = np.lib.stride_tricks.sliding_window_view(skyline, w).max(axis=1)
+                c = int(np.argmin(base))
+                r = int(base[c])
+                if r + h > rows:
+                    raise ConfigError(
+                        f"the network does not fit the {rows} x {cols} array: layer "
+                        f"{index} ({name}) finds no room for a {h} x {w} block "
+                        "(placement leaves gaps); use a larger array")
+                tiles.append(Tile(r, c, i0, i1, o0, o1, g))
+                skyline[c:c + w] = r + h
             placed.append(LayerMap(index, name, kind, tuple(shape), in_dim, out_dim,
-                                   float(w_max), tuple(tiles)))
-        return cls(rows, cols, float(g_max_us), tuple(placed))
+                                   float(w_max), tuple(tiles), groups))
+        return cls(rows, cols, float(g_max_us), tuple(placed), fingerprint)
 
     # -- cells -----------------------------------------------------------------------------
     def pair_cells(self, layer: LayerMap) -> tuple[npt.NDArray[np.uint32],
                                                     npt.NDArray[np.uint32]]:
-        """Flat indices of G+ and G- for every weight, each of shape (in_dim, out_dim)."""
-        plus = np.empty((layer.in_dim, layer.out_dim), dtype=np.int64)
+        """Flat indices of G+ and G- for every weight, each of shape
+        (groups, in_dim, out_dim)."""
+        plus = np.empty((layer.groups, layer.in_dim, layer.out_dim), dtype=np.int64)
         for t in layer.tiles:
             rr = np.arange(t.row0, t.row0 + t.n_in)[:, None]
             cc = t.col0 + 2 * np.arange(t.n_out)[None, :]
-            plus[t.in_start:t.in_stop, t.out_start:t.out_stop] = rr * self.cols + cc
+            plus[t.group, t.in_start:t.in_stop, t.out_start:t.out_stop] = rr * self.cols + cc
         return plus.astype(np.uint32), (plus + 1).astype(np.uint32)
 
     def targets(self, weights: list[npt.ArrayLike]
@@ -151,11 +183,11 @@ class NetworkMapping:
                               "mapped layers")
         cells, g, lay = [], [], []
         for layer, w in zip(self.layers, weights, strict=True):
-            m = weight_matrix(w)
-            if m.shape != (layer.in_dim, layer.out_dim):
+            m = group_matrices(w, layer.groups)
+            if m.shape != (layer.groups, layer.in_dim, layer.out_dim):
                 raise ConfigError(f"layer {layer.index} ({layer.name}): weight matrix "
                                   f"{m.shape} does not match the mapping "
-                                  f"{(layer.in_dim, layer.out_dim)}")
+                                  f"{(layer.groups, layer.in_dim, layer.out_dim)}")
             g_t = np.abs(m) * (self.g_max_us / layer.w_max) if layer.w_max > 0 else 0 * m
             plus, minus = self.pair_cells(layer)
             cells += [plus.ravel(), minus.ravel()]
@@ -168,7 +200,7 @@ class NetworkMapping:
         """Positions of each pair's G+ and G- in the ``targets`` order."""
         plus, minus, off = [], [], 0
         for layer in self.layers:
-            m = layer.in_dim * layer.out_dim
+            m = layer.n_weights
             plus.append(np.arange(off, off + m))
             minus.append(np.arange(off + m, off + 2 * m))
             off += 2 * m
@@ -176,12 +208,31 @@ class NetworkMapping:
 
     def matrices(self, g_of_cell: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float64]]:
         """Weight matrices from conductances: ``g_of_cell`` is indexed by flat cell index
-        (length rows * cols). W = (G+ - G-) W_max / G_max."""
+        (length rows * cols). W = (G+ - G-) W_max / G_max. One (in_dim, out_dim) matrix per
+        layer, (groups, in_dim, out_dim) for a grouped convolution."""
         out = []
         for layer in self.layers:
             plus, minus = self.pair_cells(layer)
             diff = g_of_cell[plus].astype(np.float64) - g_of_cell[minus]
-            out.append(diff * (layer.w_max / self.g_max_us))
+            diff *= layer.w_max / self.g_max_us
+            out.append(diff[0] if layer.groups == 1 else diff)
+        return out
+
+    def device_matrices(self, g_us: npt.ArrayLike) -> list[npt.NDArray[np.float64]]:
+        """Per layer the (groups, in_dim, out_dim) weight matrices from a vector of device
+        conductances in ``targets`` order: W = (G+ - G-) W_max / G_max."""
+        g = np.asarray(g_us, dtype=np.float64)
+        need = sum(lm.n_cells for lm in self.layers)
+        if g.size < need:
+            raise ConfigError(f"{g.size} conductances are too few for the network "
+                              f"({need} devices)")
+        out, off = [], 0
+        for lm in self.layers:
+            m = lm.n_weights
+            mat = (g[off:off + m] - g[off + m:off + 2 * m])
+            mat *= lm.w_max / self.g_max_us
+            out.append(mat.reshape(lm.groups, lm.in_dim, lm.out_dim))
+            off += 2 * m
         return out
 
     # -- reporting and files ---------------------------------------------------------------
@@ -190,6 +241,10 @@ class NetworkMapping:
         n = self.rows * self.cols
         return [(f"{layer.index}:{layer.name}", layer.n_cells, layer.n_cells / n)
                 for layer in self.layers]
+
+    def array_utilization(self) -> float:
+        """Share of the array's devices that hold a weight."""
+        return sum(lm.n_cells for lm in self.layers) / (self.rows * self.cols)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -202,8 +257,10 @@ class NetworkMapping:
                 LayerMap(index=lm["index"], name=lm["name"], kind=lm["kind"],
                          weight_shape=tuple(lm["weight_shape"]), in_dim=lm["in_dim"],
                          out_dim=lm["out_dim"], w_max=lm["w_max"],
-                         tiles=tuple(Tile(**t) for t in lm["tiles"]))
+                         tiles=tuple(Tile(**t) for t in lm["tiles"]),
+                         groups=int(lm.get("groups", 1)))
                 for lm in d["layers"])
-            return cls(int(d["rows"]), int(d["cols"]), float(d["g_max_us"]), layers)
+            return cls(int(d["rows"]), int(d["cols"]), float(d["g_max_us"]), layers,
+                       str(d.get("fingerprint", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a network mapping ({exc})") from None

@@ -1,13 +1,22 @@
-"""Torch classifiers the evaluator supports: a safe model file, layer checks, BN folding.
+"""Model files, loaded safely: no pickled code is ever executed.
 
-A model is an ``nn.Sequential`` of the supported layers. The model file is a torch archive
-of tensors and plain containers only (an architecture list and a state dict), loaded with
-``weights_only=True``: no pickled code is ever executed.
+Two ways to bring a network:
+
+- a ``pcmlab-model/1`` file: an ``nn.Sequential`` of the layers below, stored as an
+  architecture list and a state dict (plain containers and tensors);
+- any ``nn.Module`` from code the user provides: ``pkg.module:factory`` (a callable that
+  returns the module, imported by name) plus a weights file: a plain state dict
+  (``torch.save(model.state_dict(), path)``) or a ``pcmlab-weights/1`` file written by
+  ``save_weights_file`` (state dict, input shape, extras such as trained ranges).
+
+Every file is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +27,25 @@ from torch import nn
 from pcmlab.errors import ConfigError, SchemaError
 
 MODEL_FORMAT = "pcmlab-model/1"
-ANALOG = (nn.Linear, nn.Conv2d)
+WEIGHTS_FORMAT = "pcmlab-weights/1"
+ANALOG = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _PASSIVE = {
-    "ReLU": (), "Tanh": (), "Sigmoid": (), "Identity": (),
+    "ReLU": (), "Tanh": (), "Sigmoid": (), "Identity": (), "GELU": (),
     "Flatten": ("start_dim", "end_dim"),
+    "MaxPool1d": ("kernel_size", "stride", "padding"),
     "MaxPool2d": ("kernel_size", "stride", "padding"),
+    "AvgPool1d": ("kernel_size", "stride", "padding"),
     "AvgPool2d": ("kernel_size", "stride", "padding"),
+    "AdaptiveAvgPool1d": ("output_size",),
+    "AdaptiveAvgPool2d": ("output_size",),
     "Dropout": ("p",),
 }
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+         "groups")
 _WITH_STATE = {
     "Linear": ("in_features", "out_features"),
-    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation"),
+    "Conv1d": _CONV,
+    "Conv2d": _CONV,
     "BatchNorm1d": ("num_features", "eps"),
     "BatchNorm2d": ("num_features", "eps"),
 }
@@ -44,15 +61,18 @@ def check_model(model: nn.Module) -> nn.Sequential:
     """The model as a Sequential of supported layers, or a ConfigError naming the first
     layer that is not."""
     if not isinstance(model, nn.Sequential):
-        raise ConfigError(f"the model must be a torch.nn.Sequential of supported layers, "
-                          f"got {type(model).__name__}")
+        raise ConfigError(f"a pcmlab-model/1 file holds a torch.nn.Sequential of supported "
+                          f"layers, got {type(model).__name__}; save any other module with "
+                          "save_weights_file and load it with its factory "
+                          "(--model pkg.module:factory --weights FILE)")
     for i, m in enumerate(model):
         name = type(m).__name__
         if name not in _PASSIVE and name not in _WITH_STATE:
             raise _unsupported(i, m)
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
-            raise ConfigError(f"layer {i} (Conv2d): groups={m.groups}, padding_mode="
-                              f"'{m.padding_mode}' are not supported (groups=1, 'zeros')")
+        if isinstance(m, nn.Conv1d | nn.Conv2d) and m.padding_mode != "zeros":
+            raise ConfigError(f"layer {i} ({name}): padding_mode='{m.padding_mode}' cannot be "
+                              "stored in a pcmlab-model/1 file; use a factory and a weights "
+                              "file (save_weights_file)")
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and not m.track_running_stats:
             raise ConfigError(f"layer {i} ({name}) has no running statistics to fold")
     return model
@@ -82,9 +102,10 @@ def build_layer(spec: dict[str, Any]) -> nn.Module:
 
 @dataclass
 class ModelFile:
-    model: nn.Sequential
-    input_shape: tuple[int, ...]
+    model: nn.Module
+    input_shape: tuple[int, ...] | None
     extra: dict[str, Any] = field(default_factory=dict)
+    factory: str | None = None  # "pkg.module:factory" for a model from code
 
 
 def save_model_file(model: nn.Sequential, path: str | Path, *, input_shape: tuple[int, ...],
@@ -119,41 +140,96 @@ def load_model_file(path: str | Path) -> ModelFile:
     return ModelFile(model, tuple(data["input_shape"]), dict(data.get("extra", {})))
 
 
-def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """An equivalent eval-mode Sequential with every BatchNorm folded into the Linear or
-    Conv2d before it (new weights and bias) and Dropout dropped."""
-    check_model(model)
-    src = copy.deepcopy(model).eval()
-    out: list[nn.Module] = []
-    for i, m in enumerate(src):
-        if isinstance(m, nn.Dropout):
-            continue
-        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            prev = out[-1] if out else None
-            if not isinstance(prev, ANALOG):
-                raise ConfigError(f"layer {i} ({type(m).__name__}) does not follow a Linear "
-                                  "or Conv2d, so it cannot be folded")
-            _fold_into(prev, m)
-            continue
-        out.append(m)
-    return nn.Sequential(*out).eval()
+def _torch_load(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for foreign or unsafe files
+        raise SchemaError(f"{path}: not a {what}, or one that would need to run pickled "
+                          f"code to load ({type(exc).__name__})") from None
 
 
-@torch.no_grad()
-def _fold_into(layer: nn.Linear | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
-    scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.affine:
-        shift = shift + bn.bias
-    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-    layer.weight.mul_(scale.reshape(shape))
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-    new_bias = bias * scale + shift
-    layer.bias = nn.Parameter(new_bias)
+def is_factory_spec(text: str) -> bool:
+    """Does ``text`` name a factory (``pkg.module:callable``) rather than a file?"""
+    module, sep, attr = str(text).partition(":")
+    return bool(sep) and bool(attr) and not Path(text).exists() and all(
+        part.isidentifier() for part in [*module.split("."), *attr.split(".")])
 
 
-def analog_layers(model: nn.Sequential) -> list[tuple[int, nn.Linear | nn.Conv2d]]:
-    """(position, layer) of every layer that goes on the crossbar."""
-    return [(i, m) for i, m in enumerate(model) if isinstance(m, ANALOG)]
+def import_factory(spec: str) -> nn.Module:
+    """Call ``pkg.module:factory`` (imported by name, the current folder first on the path,
+    as ``python -m`` has it) and return the module it makes."""
+    if not is_factory_spec(spec):
+        raise ConfigError(f"{spec!r}: expected pkg.module:factory (a callable that returns "
+                          "an nn.Module)")
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{spec}: cannot import {module_name} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{spec}: {module_name} has no {attr}")
+        obj = getattr(obj, part)
+    model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def save_weights_file(model: nn.Module, path: str | Path, *, factory: str,
+                      input_shape: tuple[int, ...] | None = None, folded: bool = False,
+                      extra: dict[str, Any] | None = None) -> Path:
+    """Write a weights file for a model made by ``factory``: its state dict, the input
+    shape and plain extras. ``folded``: the state dict is of the model with its BatchNorms
+    folded (what hardware-aware training returns)."""
+    path = Path(path)
+    torch.save({"format": WEIGHTS_FORMAT, "factory": factory, "state_dict": model.state_dict(),
+                "input_shape": None if input_shape is None else list(input_shape),
+                "folded": folded, "extra": extra or {}}, path)
+    return path
+
+
+def load_model(spec: str | Path, weights: str | Path | None = None) -> ModelFile:
+    """A model from a pcmlab-model/1 file, or from ``pkg.module:factory`` with a weights
+    file (a plain state dict or pcmlab-weights/1). Never unpickles code."""
+    text = str(spec)
+    if not is_factory_spec(text):
+        if weights is not None:
+            raise ConfigError(f"--weights goes with a factory (pkg.module:factory), not with "
+                              f"the model file {text}")
+        return load_model_file(text)
+    model = import_factory(text)
+    if weights is None:
+        raise ConfigError(f"{text} needs its weights: --weights FILE (a state dict saved "
+                          "with torch.save(model.state_dict(), FILE))")
+    wpath = Path(weights)
+    data = _torch_load(wpath, "weights file")
+    extra: dict[str, Any] = {}
+    input_shape = None
+    if isinstance(data, dict) and data.get("format") == WEIGHTS_FORMAT:
+        if data.get("factory") not in (None, text):
+            raise ConfigError(f"{wpath} holds weights of {data['factory']}, not of {text}")
+        state = data["state_dict"]
+        extra = dict(data.get("extra") or {})
+        input_shape = tuple(data["input_shape"]) if data.get("input_shape") else None
+        if data.get("folded"):
+            from pcmlab.analog import fold_batchnorm
+
+            example = None if input_shape is None else torch.zeros(2, *input_shape)
+            model, _ = fold_batchnorm(model, example)
+    elif isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        state = data
+    else:
+        raise SchemaError(f"{wpath}: not a state dict (a dict of tensors) or a "
+                          f"{WEIGHTS_FORMAT} file")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise SchemaError(f"{wpath}: weights do not match {text} "
+                          f"({' '.join(first[:3])})") from None
+    return ModelFile(model.eval(), input_shape, extra, text)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcmlab.analog import crossbar_parameters
 from pcmlab.errors import ConfigError
-from pcmlab.nn_model import ANALOG
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ EpochCallback = Callable[[int, float, float], None]  # epoch, loss, train accura
 
 
 def train_classifier(
-    model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 40,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 40,
     lr: float = 3e-3, batch: int = 64, weight_noise: float = 0.0, seed: int = 0,
     on_epoch: EpochCallback | None = None,
-) -> nn.Sequential:
+) -> nn.Module:
     """Adam with cross entropy. ``weight_noise`` > 0 adds Gaussian noise of that std,
     relative to each layer's max |W|, to the crossbar weights on every forward pass
     (gradient straight through to the clean weights) so the model tolerates PCM noise."""
@@ -72,7 +72,7 @@ def train_classifier(
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    analog = [m for m in model if isinstance(m, ANALOG)]
+    analog = crossbar_parameters(model)
     n = x.shape[0]
     for epoch in range(epochs):
         model.train()
@@ -83,10 +83,10 @@ def train_classifier(
             noises = []
             if weight_noise > 0:
                 with torch.no_grad():
-                    for m in analog:
-                        e = torch.randn(m.weight.shape, generator=gen)
-                        e *= weight_noise * m.weight.abs().max()
-                        m.weight.add_(e)
+                    for w in analog:
+                        e = torch.randn(w.shape, generator=gen)
+                        e *= weight_noise * w.abs().max()
+                        w.add_(e)
                         noises.append(e)
             out = model(x[idx])
             loss = loss_fn(out, y[idx])
@@ -94,8 +94,8 @@ def train_classifier(
             loss.backward()
             if noises:
                 with torch.no_grad():
-                    for m, e in zip(analog, noises, strict=True):
-                        m.weight.sub_(e)
+                    for w, e in zip(analog, noises, strict=True):
+                        w.sub_(e)
             opt.step()
             total += float(loss.detach()) * idx.numel()
             correct += int((out.argmax(1) == y[idx]).sum())

@@ -6,13 +6,13 @@ import torch
 
 from drivers import MockDriver
 from mock_chip import FaultRates, MockChipConfig
+from pcmlab.analog import quantize_learned
 from pcmlab.evaluator import AnalogEvaluator, LayerRanges, Periphery
 from pcmlab.nn_model import load_model_file, save_model_file
 from pcmlab.tasks import load_digits, reference_cnn, train_classifier
 from pcmlab.training import (
-    HardwareAwareNet,
     TrainingConfig,
-    quantize_ste,
+    hardware_aware,
     ranges_from_extra,
     train_analognets,
     train_clipped,
@@ -26,7 +26,7 @@ def test_quantizer_gradients_levels_and_range(signed: bool) -> None:
     x = (torch.randn(5000) * 2).requires_grad_()
     log_hi = torch.tensor(0.0, requires_grad=True)  # hi = 1: many values saturate
     bits = 4
-    q = quantize_ste(x, torch.exp(log_hi), bits, signed=signed)
+    q = quantize_learned(x, torch.exp(log_hi), bits, signed=signed)
     assert torch.unique(q.detach()).numel() <= 2**bits
     (q * torch.linspace(-1, 1, 5000)).sum().backward()
     inside = (x.detach().abs() < 0.9) if signed else (x.detach() > 0.1) & (x.detach() < 0.9)
@@ -39,27 +39,48 @@ def test_ranges_stay_positive_and_noise_has_the_configured_std() -> None:
     torch.manual_seed(0)
     model = reference_cnn().eval()
     x = torch.rand(64, 1, 8, 8)
-    ev = AnalogEvaluator(model, x, Periphery(dac_bits=None, adc_bits=None))
-    net = HardwareAwareNet(ev.model, [0.5, 0.4, 0.3, 0.2], ev.ranges,
-                           TrainingConfig(eta=0.1, adc_bits=4))
-    opt = torch.optim.SGD([net.log_in, net.log_out, net.log_gain], lr=50.0)
+    ev = AnalogEvaluator(model, x, Periphery(dac_bits=5, adc_bits=4))
+    net = hardware_aware(ev.network, [0.5, 0.4, 0.3, 0.2], TrainingConfig(eta=0.1, adc_bits=4))
+    mats = net.matrices
+    opt = torch.optim.SGD([p for m in mats for p in (m.log_in, m.log_out)] + [net.log_gain],
+                          lr=50.0)
     for _ in range(5):  # a loss that pushes every range toward zero, hard
         net.train()
-        loss = sum(net.input_range(k) + net.output_range(k) for k in range(4))
+        loss = sum(m.input_range() + m.output_range() for m in mats)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert all(float(net.input_range(k).detach()) > 0 and float(net.output_range(k).detach()) > 0
-               for k in range(4))
+    assert all(float(m.input_range().detach()) > 0 and float(m.output_range().detach()) > 0
+               for m in mats)
     net.train()
+    net.state.noise_std.clear()
     net(x)
     # the injected std is eta * W_max; the 256x32 layer has enough samples to tell
-    assert net.noise_std[2] == pytest.approx(0.1 * 0.3, rel=0.05)
-    assert len(net.noise_std) == 4
+    assert net.state.noise_std[2] == pytest.approx(0.1 * 0.3, rel=0.05)
+    assert len(net.state.noise_std) == 4
     net.eval()
+    net.state.noise_std.clear()
     with torch.no_grad():
         a, b = net(x), net(x)
-    assert net.noise_std == [] and torch.equal(a, b)  # no noise at evaluation
+    assert net.state.noise_std == [] and torch.equal(a, b)  # no noise at evaluation
+
+
+def test_training_noise_reaches_the_outputs_and_the_gradient_goes_straight_through() -> None:
+    torch.manual_seed(0)
+    model = reference_cnn().eval()
+    x = torch.rand(32, 1, 8, 8)
+    ev = AnalogEvaluator(model, x, Periphery(dac_bits=None, adc_bits=None))
+    net = hardware_aware(ev.network, [10.0] * 4, TrainingConfig(eta=0.05))
+    net.train()
+    a, b = net(x), net(x)
+    assert not torch.allclose(a, b)  # a fresh weight draw on every forward
+    net.state.eta = 0.0
+    c, d = net(x), net(x)
+    torch.testing.assert_close(c, d)
+    w = net.matrices[-1].weight
+    net.state.eta = 0.05
+    net(x).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
 
 
 def test_stage1_clips_at_alpha_sigma() -> None:
