@@ -28,15 +28,20 @@ class Dataset:
     y_test: torch.Tensor
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.4) -> Dataset:
-    """Digits scaled to [0, 1], shape (N, 1, 8, 8); a fixed, stratified-by-shuffle split."""
+def load_digits(seed: int = 0, test_fraction: float = 0.4,
+                input_shape: tuple[int, ...] = DIGITS_INPUT_SHAPE) -> Dataset:
+    """Digits scaled to [0, 1], shape (N, 1, 8, 8) or any ``input_shape`` of 64 values
+    (e.g. (8, 8): the rows as a sequence of 8 steps); a fixed, shuffled split."""
+    if int(np.prod(input_shape)) != 64:
+        raise ConfigError(f"digits have 64 pixels; a model that takes {tuple(input_shape)} "
+                          "needs its own data (--data FILE.npz)")
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
         raise ConfigError("the reference task needs scikit-learn (pip install scikit-learn)"
                           ) from None
     data = sk_load_digits()
-    x = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    x = torch.tensor(data.images / 16.0, dtype=torch.float32).reshape(-1, *input_shape)
     y = torch.tensor(data.target, dtype=torch.long)
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(test_fraction * len(y))
@@ -116,7 +121,7 @@ def tensors_from_loader(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     return torch.cat(xs), torch.cat(ys)
 
 
-def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...]) -> Dataset:
+def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...] | None) -> Dataset:
     """A dataset from an .npz with ``x_test`` and ``y_test`` (and optionally ``x_train``,
     ``y_train``: the calibration data; else the test inputs calibrate). No pickles."""
     path = Path(path)
@@ -134,7 +139,7 @@ def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...]) -> Dataset:
 
     def inputs(name: str) -> torch.Tensor:
         a = arrays[name]
-        if a.ndim < 1 or tuple(a.shape[1:]) != tuple(input_shape):
+        if a.ndim < 1 or (input_shape is not None and tuple(a.shape[1:]) != tuple(input_shape)):
             raise ConfigError(f"{path}: {name} has shape {a.shape}; the model takes "
                               f"(N, {', '.join(map(str, input_shape))})")
         return torch.tensor(a, dtype=torch.float32)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ class DeployConfig(StrictModel):
     """How a network is deployed and evaluated."""
 
     program: ProgramVerifyConfig = ProgramVerifyConfig()
+    # the first readout at the model's t0 (20 s) is the drift-compensation reference
     schedule: ReadoutSchedule = ReadoutSchedule(
-        t0_s=25.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[1:-1])
+        t0_s=20.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[:-1])
     periphery: Periphery = Periphery()
     tiling: bool = True
     simulated_runs: int = Field(25, ge=0, description="Monte Carlo runs per time point")
@@ -87,7 +89,9 @@ def deploy_network(
         program_progress=program_progress, on_wait=on_wait, stop=stop)
     with RunReader(path) as run:
         readouts = run.readouts()
-    measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us)
+    t0_s = (pcm or PCMModel()).calibration.t0_s
+    measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us,
+                                   time_s=readouts.time_s, t0_s=t0_s)
                 if readouts.n else np.zeros(0))
     simulated = None
     if cfg.simulated_runs > 0:
@@ -100,7 +104,10 @@ def deploy_network(
         simulated_accuracy=None if simulated is None else simulated.accuracy,
         ideal_accuracy=ideal,
         attrs={"periphery": cfg.periphery.model_dump(mode="json"),
-               "drift_compensation_reference": "first readout"})
+               "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
+               "drift_compensation_estimator": evaluator.gdc_estimator,
+               "network_fingerprint": evaluator.fingerprint,
+               "layers": json.dumps([asdict(r) for r in evaluator.report])})
     return DeployResult(Path(path), mapping, result, taken, readouts.time_s, measured,
                         simulated, ideal)
 
@@ -126,4 +133,5 @@ def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Te
     if readouts.n == 0:
         raise ConfigError(f"{path}: no readouts to evaluate")
     return readouts.time_s, evaluator.measured(x_test, y_test, mapping,
-                                               readouts.conductance_us)
+                                               readouts.conductance_us,
+                                               time_s=readouts.time_s)

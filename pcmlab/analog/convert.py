@@ -208,6 +208,11 @@ def convert_to_analog(model: nn.Module, periphery: Periphery | None = None, *,
     if _twin(net, state) != (None, None):
         raise ConfigError(f"the model is itself one weight layer ({type(net).__name__}); "
                           "wrap it in nn.Sequential")
+    own_root = sum(p.numel() for p in net.parameters(recurse=False))
+    if own_root:
+        report.append(LayerReport(f"({type(net).__name__})", type(net).__name__, "digital",
+                                  "parameters used directly by the model's forward",
+                                  own_root))
     twins: dict[int, nn.Module] = {}
     names: dict[int, str] = {}
     for name, m in net.named_modules():

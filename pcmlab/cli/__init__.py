@@ -47,6 +47,17 @@ def output_file(text: str) -> Path:
     return path
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, help="weights file of a factory model: a state dict "
+                   "(torch.save(model.state_dict(), FILE)) or one written by 'pcmlab train'")
+    p.add_argument("--data", type=Path, help=".npz with x_test, y_test (optional x_train, "
+                   "y_train to calibrate ranges); default: digits for a model that takes "
+                   "64 inputs")
+    p.add_argument("--keep-digital", action="append", default=[], metavar="PATTERN",
+                   help="keep layers whose name matches digital (fnmatch, e.g. 'conv1' or "
+                   "'head.*'; repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcmlab", description="Program, read and evaluate phase-change-memory crossbar "
@@ -67,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=8, help="DAC and ADC bits")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("deploy", help="map a model file onto the mock chip, program it, "
+    model_help = ("a model file (pcmlab-model/1, see 'pcmlab train') or pkg.module:factory, "
+                  "a callable that returns your nn.Module (with --weights)")
+    p = sub.add_parser("deploy", help="map a model onto the mock chip, program it, "
                        "read it for a year, evaluate")
-    p.add_argument("model", type=Path, help="model file (pcmlab-model/1, see 'pcmlab train')")
-    p.add_argument("--data", type=Path, help=".npz with x_test, y_test (optional x_train, "
-                   "y_train to calibrate ranges); default: digits for a digits model")
+    p.add_argument("model", help=model_help)
+    add_model_options(p)
     p.add_argument("-o", "--output", type=output_file, required=True, help="measurement file")
     p.add_argument("--bits", type=int, help="DAC and ADC bits (default: the model's, or 8)")
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
@@ -82,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="measured accuracy per readout of a deployment file")
     p.add_argument("run", type=Path)
-    p.add_argument("--model", type=Path, required=True, help="the model that was deployed")
-    p.add_argument("--data", type=Path, help=".npz with x_test, y_test")
+    p.add_argument("--model", required=True, help="the model that was deployed: " + model_help)
+    add_model_options(p)
     p.add_argument("--bits", type=int, help="DAC and ADC bits")
     p.set_defaults(func=cmd_evaluate)
 
@@ -92,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file to write")
     p.add_argument("--method", choices=("full", "noise", "float"), default="full",
                    help="full AnalogNets method (default), noise injection only, or float")
-    p.add_argument("--model", type=Path, help="your model file to start from (else the "
-                   "digits reference CNN)")
-    p.add_argument("--data", type=Path, help=".npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--model", help="your model to start from, " + model_help + " (else the "
+                   "digits reference CNN); a factory writes a weights file")
+    p.add_argument("--weights", type=Path, help="weights (state dict) for a factory model; "
+                   "without them it trains from the factory's initialization")
+    p.add_argument("--data", type=Path, help=".npz with x_train, y_train, x_test, y_test "
+                   "(default: digits, shaped as the model takes them)")
+    p.add_argument("--keep-digital", action="append", default=[], metavar="PATTERN",
+                   help="keep layers whose name matches digital (fnmatch; repeatable)")
     p.add_argument("--bits", type=int, default=8, help="ADC bits (the DAC gets one more)")
     p.add_argument("--epochs1", type=int, default=30, help="stage 1 epochs")
     p.add_argument("--epochs2", type=int, default=20, help="stage 2 epochs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -96,19 +97,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_data(model_path: Path, data_path: Path | None):
-    from pcmlab.nn_model import load_model_file
-    from pcmlab.tasks import DIGITS_INPUT_SHAPE, load_digits, load_npz_dataset
+def _model_and_data(model: str, weights: Path | None, data_path: Path | None, *,
+                    need_weights: bool = True):
+    """The model (a file, or a factory with weights) and its data (--data, else digits
+    shaped as the model takes them)."""
+    from pcmlab.nn_model import ModelFile, import_factory, is_factory_spec, load_model
+    from pcmlab.tasks import load_digits, load_npz_dataset
 
-    loaded = load_model_file(model_path)
-    if data_path is not None:
-        data = load_npz_dataset(data_path, loaded.input_shape)
-    elif tuple(loaded.input_shape) == DIGITS_INPUT_SHAPE:
-        data = load_digits(seed=int(loaded.extra.get("data_seed", 0)))
+    if is_factory_spec(model) and weights is None and not need_weights:
+        loaded = ModelFile(import_factory(model), None, {}, model)
     else:
-        raise ConfigError(f"{model_path} takes inputs {loaded.input_shape}; give its test "
-                          "data with --data FILE.npz (x_test, y_test)")
+        loaded = load_model(model, weights)
+    shape = loaded.input_shape
+    if data_path is not None:
+        data = load_npz_dataset(data_path, shape)
+        loaded.input_shape = tuple(data.x_test.shape[1:])
+    elif (shape is None and loaded.factory) or (shape is not None and math.prod(shape) == 64):
+        data = load_digits(seed=int(loaded.extra.get("data_seed", 0)),
+                           input_shape=shape or _digits_shape_of(loaded.model))
+        loaded.input_shape = tuple(data.x_test.shape[1:])
+    else:
+        raise ConfigError(f"{model} takes inputs {shape}; give its test data with --data "
+                          "FILE.npz (x_test, y_test)")
     return loaded, data
+
+
+def _digits_shape_of(model) -> tuple[int, ...]:
+    """The shape in which a model without a recorded input shape takes the digits: tried
+    as images (1, 8, 8), then as a sequence of 8 rows (8, 8)."""
+    import torch
+
+    declared = getattr(model, "input_shape", None)  # a model may say what it takes
+    if declared is not None:
+        return tuple(declared)
+    for shape in ((1, 8, 8), (8, 8), (64,)):
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, *shape))
+            return shape
+        except (RuntimeError, ValueError, IndexError, AssertionError):
+            continue
+    raise ConfigError("the model takes no shape of the 64 digits pixels; give its data with "
+                      "--data FILE.npz")
 
 
 def _periphery_for(loaded, bits: int | None):
@@ -121,22 +151,41 @@ def _periphery_for(loaded, bits: int | None):
     return validate_model(Periphery, data, "periphery")
 
 
-def _evaluator_for(loaded, data, bits: int | None):
-    """The evaluator of a model file: its trained ranges and periphery when it has them
+def _evaluator_for(loaded, data, bits: int | None, keep_digital: list[str]):
+    """The evaluator of a model: its trained ranges and periphery when it has them
     (and the bits are not overridden), else ranges calibrated on the data."""
     from pcmlab.evaluator import AnalogEvaluator
     from pcmlab.training import ranges_from_extra
 
     ranges = ranges_from_extra(loaded.extra) if bits is None else None
+    keep = keep_digital or list(loaded.extra.get("keep_digital", []))
     return AnalogEvaluator(loaded.model, data.x_train, _periphery_for(loaded, bits),
-                           ranges=ranges)
+                           ranges=ranges, keep_digital=keep)
+
+
+def layers_table(evaluator, mapping=None) -> Table:
+    """Which layers went on the chip and which did not, and why; devices per layer."""
+    devices = {} if mapping is None else {lm.name: lm.n_cells for lm in mapping.layers}
+    table = Table(title="layers", show_header=True)
+    for col, just in (("layer", "left"), ("type", "left"), ("where", "left"),
+                      ("why", "left"), ("weights", "right"), ("devices", "right")):
+        table.add_column(col, justify=just, overflow="fold")
+    for r in evaluator.report:
+        n = sum(v for k, v in devices.items() if k == r.name or k.startswith(r.name + "."))
+        table.add_row(r.name, r.kind, r.placement, r.reason, str(r.weights) if r.weights
+                      else "", str(n) if n else "")
+    if mapping is not None:
+        table.caption = (f"{len(mapping.layers)} weight matrices, "
+                         f"{100 * mapping.array_utilization():.2f} % of the "
+                         f"{mapping.rows} x {mapping.cols} array")
+    return table
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from protocols.deploy import DeployConfig, deploy_network
 
-    loaded, data = _model_and_data(args.model, args.data)
-    evaluator = _evaluator_for(loaded, data, args.bits)
+    loaded, data = _model_and_data(args.model, args.weights, args.data)
+    evaluator = _evaluator_for(loaded, data, args.bits, args.keep_digital)
     periphery = evaluator.periphery
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery, "tiling": not args.no_tiling},
@@ -145,9 +194,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
         result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
                                 pcm=PCMModel(calibration_of(args)), on_wait=on_wait,
-                                record=record_of(args, driver))
+                                record={**record_of(args, driver),
+                                        "keep_digital": list(args.keep_digital),
+                                        "model": str(args.model)})
+    console.print(layers_table(evaluator, result.mapping))
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
-                                  result.ideal_accuracy, f"{args.model.name} on "
+                                  result.ideal_accuracy, f"{Path(str(args.model)).name} on "
                                   f"{driver.info.identity}"))
     console.print(f"wrote [bold]{args.output}[/]")
     return 0
@@ -156,13 +208,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from protocols.deploy import evaluate_file
 
-    loaded, data = _model_and_data(args.model, args.data)
-    evaluator = _evaluator_for(loaded, data, args.bits)
+    keep = list(args.keep_digital) or _file_keep_digital(args.run)
+    loaded, data = _model_and_data(args.model, args.weights, args.data)
+    evaluator = _evaluator_for(loaded, data, args.bits, keep)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
     console.print(accuracy_table(time_s, accuracy, None,
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
     return 0
+
+
+def _file_keep_digital(path: Path) -> list[str]:
+    """The layers a deployment kept digital, from its file's configuration."""
+    from pcmlab.store import RunReader
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such measurement file")
+    with RunReader(path) as run:
+        return list(run.config.get("keep_digital", []))
 
 
 def _epoch_log(bar: Progress, task):
@@ -177,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a model for the chip: float, noise injection, or the full AnalogNets method."""
     import torch
 
-    from pcmlab.nn_model import load_model_file, save_model_file
+    from pcmlab.nn_model import save_model_file, save_weights_file
     from pcmlab.tasks import (
         DIGITS_INPUT_SHAPE,
         load_digits,
@@ -191,23 +254,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         "stage1_epochs": args.epochs1, "stage2_epochs": args.epochs2, "eta": args.eta,
         "alpha": args.alpha, "adc_bits": args.bits, "quant_noise": args.quant_noise,
         "seed": args.seed}, "training options")
+    factory = None
     if args.model is not None:
-        loaded = load_model_file(args.model)
-        model, input_shape = loaded.model, loaded.input_shape
-        if args.data is None:
-            raise ConfigError("--model needs --data FILE.npz with x_train, y_train, x_test, "
-                              "y_test")
-        data = load_npz_dataset(args.data, input_shape)
+        loaded, data = _model_and_data(args.model, args.weights, args.data, need_weights=False)
+        model, input_shape, factory = loaded.model, loaded.input_shape, loaded.factory
     else:
+        if args.weights is not None:
+            raise ConfigError("--weights goes with --model pkg.module:factory")
         model, input_shape = reference_cnn(args.seed), DIGITS_INPUT_SHAPE
-        data = load_digits(seed=args.seed)
+        data = (load_npz_dataset(args.data, DIGITS_INPUT_SHAPE) if args.data is not None
+                else load_digits(seed=args.seed))
     total = cfg.stage1_epochs + (cfg.stage2_epochs if args.method == "full" else 0)
     with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.fields[log]}"),
                   console=err_console, transient=True) as bar:
         on_epoch = _epoch_log(bar, bar.add_task("train", total=total, log=""))
         if args.method == "full":
             result = train_analognets(model, data.x_train, data.y_train, cfg,
-                                      on_epoch=on_epoch)
+                                      on_epoch=on_epoch,
+                                      keep_digital=tuple(args.keep_digital))
             model, extra = result.model, result.extra()
         else:
             eta = cfg.eta if args.method == "noise" else 0.0
@@ -218,7 +282,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra = {}
     extra["method"] = args.method
     extra["data_seed"] = args.seed
-    path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
+    extra["keep_digital"] = list(args.keep_digital)
+    if factory is not None:
+        path = save_weights_file(model, args.output, factory=factory, input_shape=input_shape,
+                                 folded=args.method == "full", extra=extra)
+    else:
+        path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
     with torch.no_grad():
         acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
     console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "

@@ -35,7 +35,8 @@ def deployed(digits_model, tmp_path_factory):
 
 def test_measured_accuracy_within_two_points_of_simulated(deployed) -> None:
     _, r = deployed
-    assert r.readouts_taken == r.time_s.size == 12
+    assert r.readouts_taken == r.time_s.size == 13
+    assert r.time_s[0] == pytest.approx(20.0, abs=1.0)  # the reference readout at t0
     assert r.time_s[-1] == pytest.approx(365 * 86400.0)
     for t in (25.0, 3600.0, 86400.0, 30 * 86400.0):  # the paper's points are all read
         assert np.isclose(r.time_s, t).any()
@@ -51,7 +52,7 @@ def test_file_holds_network_and_evaluation(deployed) -> None:
         ev = run.evaluation()
         np.testing.assert_allclose(ev["measured_accuracy"], r.measured_accuracy)
         np.testing.assert_allclose(ev["simulated_accuracy_mean"], r.simulated.mean)
-        assert ev["simulated_accuracy_runs"].shape == (25, 12)
+        assert ev["simulated_accuracy_runs"].shape == (25, 13)
         assert ev["ideal_accuracy"] == pytest.approx(r.ideal_accuracy)
         layers = run.targets().layer
         assert set(np.unique(layers)) == {lm.index for lm in r.mapping.layers}
