@@ -2,7 +2,8 @@
 
 Importing this module also takes the benchmarks folder off ``sys.path``: Python puts a
 script's folder first, and ``benchmarks/mock_chip.py`` would then shadow the mock_chip
-package. Every script imports it before the project's packages (isort's order does that).
+package. It puts the repository first instead, so ``examples.networks`` imports. Every
+script imports it before the project's packages (isort's order does that).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))  # the repository: its examples/ are importable
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

@@ -72,23 +72,6 @@ def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output.argmax(dim=1) == target).float().mean()
 
 
-def drift_compensation(reference: Sequence[npt.NDArray[np.float64]],
-                       now: Sequence[npt.NDArray[np.float64]],
-                       estimator: GdcEstimator = "device_sum") -> list[float]:
-    """alpha per layer from the layer's devices at the reference time (t0) and now.
-
-    ``reference`` and ``now`` are per layer the (G+, G-) device conductances as an array
-    of shape (2, ...) ("device_sum": the response of an all-ones input on every device,
-    the sum of all column currents) or the signed weight matrices (in, out)
-    ("column_sum": summed |column response| to an all-ones input)."""
-    if estimator == "device_sum":
-        return [global_drift_compensation(ref.sum(), cur.sum())
-                for ref, cur in zip(reference, now, strict=True)]
-    return [global_drift_compensation(ref.reshape(-1, ref.shape[-1]).sum(axis=0),
-                                      cur.reshape(-1, cur.shape[-1]).sum(axis=0))
-            for ref, cur in zip(reference, now, strict=True)]
-
-
 class AnalogEvaluator:
     """Evaluates any network with its weight layers on the crossbar (float weights, or
     weights from conductances). ``x_calibration``: inputs (a tensor, or a DataLoader of
@@ -263,18 +246,40 @@ class AnalogEvaluator:
         vector of device conductances in ``mapping.targets`` order."""
         matrices = mapping.device_matrices(g_us)
         weights = [torch.from_numpy(weight_from_matrices(mat, lm.weight_shape)
-                                    .astype(np.float32)).to(self.device)
+                                    .astype(np.float32, copy=False)).to(self.device)
                    for lm, mat in zip(mapping.layers, matrices, strict=True)]
         return weights, matrices
 
-    def _gdc_inputs(self, mapping: NetworkMapping, g_us: npt.NDArray[np.float64],
-                    matrices: list[npt.NDArray[np.float64]]) -> list[npt.NDArray[np.float64]]:
-        if self.gdc_estimator == "column_sum":
-            return matrices
+    def _torch_weights(self, mapping: NetworkMapping, g: torch.Tensor) -> list[torch.Tensor]:
+        """``weights_from_devices`` on a torch vector of conductances (no matrices)."""
         out, off = [], 0
         for lm in mapping.layers:
-            out.append(g_us[off:off + lm.n_cells])
-            off += lm.n_cells
+            m = lm.n_weights
+            w = (g[off:off + m] - g[off + m:off + 2 * m]) * (lm.w_max / mapping.g_max_us)
+            out.append(w.view(lm.groups, lm.in_dim, lm.out_dim).transpose(1, 2)
+                       .reshape(lm.weight_shape))
+            off += 2 * m
+        return out
+
+    def _gdc_torch(self, mapping: NetworkMapping, g: torch.Tensor
+                   ) -> list[npt.NDArray[np.float64]]:
+        """Per layer the calibration response whose ratio, at t0 over now, is the drift
+        compensation factor alpha (``pcm_model.global_drift_compensation``). Estimators:
+        "device_sum" (default) the summed conductance of all the layer's devices, the
+        response of an all-ones input on every device; "column_sum" the |column
+        responses| to an all-ones input through the differential pairs."""
+        out, off = [], 0
+        for lm in mapping.layers:
+            m = lm.n_weights
+            if self.gdc_estimator == "device_sum":
+                # an all-ones input on every device: the sum of all column currents
+                out.append(np.array([float(g[off:off + 2 * m].double().sum())]))
+            else:
+                # an all-ones input, signed: one response per column of every group
+                diff = (g[off:off + m] - g[off + m:off + 2 * m]).double()
+                out.append(diff.view(lm.groups, lm.in_dim, lm.out_dim).sum(dim=1)
+                           .flatten().cpu().numpy())
+            off += 2 * m
         return out
 
     # -- modes -----------------------------------------------------------------------------
@@ -295,27 +300,44 @@ class AnalogEvaluator:
         g_t = g_t.astype(np.float64)
         acc = np.empty((n_runs, times.size))
 
-        def read(g_prog, nu, t):
-            g = pcm.drift(g_prog, nu, t) if noise.drift else g_prog.copy()
+        # Per time only drift and read noise change: they run in torch, float32 (as a chip's
+        # conductances are), on the evaluator's device, with Q_s(G_T) computed once. Their
+        # normals come from a torch generator seeded from ``rng``: reproducible from it.
+        dev = self.device
+        q_read = torch.from_numpy(pcm.read_noise_q(g_t).astype(np.float32)).to(dev)
+        gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
+
+        def read(g_prog: torch.Tensor, nu: torch.Tensor, t: float) -> torch.Tensor:
+            """pcm.drift and pcm.read_noise_sigma_us at one time t."""
+            if noise.drift:
+                g = torch.exp(nu * float(-np.log(max(t, t0) / t0))).mul_(g_prog)
+            else:
+                g = g_prog.clone()
             if noise.read:
-                sigma = pcm.read_noise_sigma_us(g, g_t, t)
-                g = np.maximum(g + sigma * rng.standard_normal(g.shape), 0.0)
+                c = float(np.sqrt(max(float(pcm.read_noise_log_factor(t)), 0.0)))
+                z = torch.randn(g.shape, generator=gen, device=dev)
+                g.addcmul_(g * q_read, z, value=c).clamp_(min=0.0)
             return g
 
-        for run in range(n_runs):
-            g_prog = pcm.program(g_t, rng) if noise.programming else g_t
-            nu = pcm.sample_nu(g_t, rng) if noise.drift else np.zeros_like(g_t)
-            reference = None
-            if noise.drift_compensation:
-                g_ref = read(g_prog, nu, t0)
-                reference = self._gdc_inputs(mapping, g_ref, mapping.device_matrices(g_ref))
-            for j, t in enumerate(times):
-                g = read(g_prog, nu, t)
-                weights, mats = self.weights_from_devices(mapping, g)
-                gdc = (drift_compensation(reference, self._gdc_inputs(mapping, g, mats),
-                                          self.gdc_estimator)
-                       if reference is not None else None)
-                acc[run, j] = self.evaluate(x, y, weights, gdc, metric=metric)
+        def tensor(a: npt.NDArray[np.float64]) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.float32)).to(dev)
+
+        with torch.no_grad():
+            for run in range(n_runs):
+                g_prog = tensor(pcm.program(g_t, rng) if noise.programming else g_t)
+                nu = tensor(pcm.sample_nu(g_t, rng) if noise.drift else np.zeros_like(g_t))
+                reference = None
+                if noise.drift_compensation:
+                    reference = self._gdc_torch(mapping, read(g_prog, nu, t0))
+                for j, t in enumerate(times):
+                    g = read(g_prog, nu, float(t))
+                    gdc = None
+                    if reference is not None:
+                        now = self._gdc_torch(mapping, g)
+                        gdc = [global_drift_compensation(r, c)
+                               for r, c in zip(reference, now, strict=True)]
+                    acc[run, j] = self.evaluate(x, y, self._torch_weights(mapping, g), gdc,
+                                                metric=metric)
         return SimulatedAccuracy(times, acc)
 
     def measured(self, x: Data, y: torch.Tensor | None, mapping: NetworkMapping,
@@ -325,26 +347,21 @@ class AnalogEvaluator:
         """One metric value per readout row (conductances in ``mapping.targets`` order).
         Drift compensation is referenced to the readout nearest t0 when ``time_s`` (s since
         programming, one per row) is given, else to the first row."""
-        rows = np.asarray(g_rows_us, dtype=np.float64)
+        rows = np.asarray(g_rows_us, dtype=np.float32)
         out = np.empty(rows.shape[0])
         ref_row = 0 if time_s is None else int(np.argmin(np.abs(np.asarray(time_s) - t0_s)))
+        need = sum(lm.n_cells for lm in mapping.layers)
+        if rows.ndim != 2 or rows.shape[1] < need:
+            raise ConfigError(f"readouts of shape {rows.shape}: each row needs the {need} "
+                              "device conductances of the network")
         reference = None
         if drift_compensation and rows.shape[0]:
-            g_ref = rows[ref_row]
-            reference = self._gdc_inputs(mapping, g_ref, mapping.device_matrices(g_ref))
+            reference = self._gdc_torch(mapping, torch.from_numpy(rows[ref_row]))
         for i, row in enumerate(rows):
-            weights, mats = self.weights_from_devices(mapping, row)
-            gdc = (_drift_comp(reference, self._gdc_inputs(mapping, row, mats),
-                               self.gdc_estimator) if reference is not None else None)
-            out[i] = self.evaluate(x, y, weights, gdc, metric=metric)
+            g = torch.from_numpy(row).to(self.device)
+            gdc = None
+            if reference is not None:
+                gdc = [global_drift_compensation(r, c) for r, c in
+                       zip(reference, self._gdc_torch(mapping, g), strict=True)]
+            out[i] = self.evaluate(x, y, self._torch_weights(mapping, g), gdc, metric=metric)
         return out
-
-    @staticmethod
-    def drift_compensation(reference: list[npt.NDArray[np.float64]],
-                           now: list[npt.NDArray[np.float64]]) -> list[float]:
-        """alpha per layer, "column_sum" estimator on signed matrices (see the module
-        function ``drift_compensation``)."""
-        return drift_compensation(reference, now, "column_sum")
-
-
-_drift_comp = drift_compensation

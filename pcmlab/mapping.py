@@ -220,8 +220,10 @@ class NetworkMapping:
 
     def device_matrices(self, g_us: npt.ArrayLike) -> list[npt.NDArray[np.float64]]:
         """Per layer the (groups, in_dim, out_dim) weight matrices from a vector of device
-        conductances in ``targets`` order: W = (G+ - G-) W_max / G_max."""
-        g = np.asarray(g_us, dtype=np.float64)
+        conductances in ``targets`` order: W = (G+ - G-) W_max / G_max (float32 in, float32
+        out; else float64)."""
+        g = np.asarray(g_us)
+        g = g if g.dtype == np.float32 else g.astype(np.float64)
         need = sum(lm.n_cells for lm in self.layers)
         if g.size < need:
             raise ConfigError(f"{g.size} conductances are too few for the network "
@@ -230,7 +232,7 @@ class NetworkMapping:
         for lm in self.layers:
             m = lm.n_weights
             mat = (g[off:off + m] - g[off + m:off + 2 * m])
-            mat *= lm.w_max / self.g_max_us
+            mat *= g.dtype.type(lm.w_max / self.g_max_us)
             out.append(mat.reshape(lm.groups, lm.in_dim, lm.out_dim))
             off += 2 * m
         return out
