@@ -29,6 +29,8 @@ class ChipInfo(StrictModel):
     g_max_us: float = Field(25.0, gt=0, description="top of the usable conductance range")
     limits: ChipLimits
     virtual_clock: bool = Field(False, description="the chip's clock can jump forward")
+    arrays: int = Field(1, ge=1, description="arrays stacked in the geometry (a ChipGroup "
+                        "of several chips): each has geometry.rows / arrays rows")
 
     @property
     def n_cells(self) -> int:

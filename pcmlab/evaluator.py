@@ -124,9 +124,10 @@ class AnalogEvaluator:
                                                        strict=True))]
 
     def mapping(self, rows: int, cols: int, g_max_us: float = 25.0, *,
-                tiling: bool = True) -> NetworkMapping:
+                tiling: bool = True, arrays: int = 1) -> NetworkMapping:
+        """Place the network on up to ``arrays`` arrays of rows x cols."""
         return NetworkMapping.place(self.layer_specs(), rows, cols, g_max_us, tiling=tiling,
-                                    fingerprint=self.fingerprint)
+                                    fingerprint=self.fingerprint, arrays=arrays)
 
     def check_mapping(self, mapping: NetworkMapping) -> None:
         """Refuse a mapping (from a file) that was not made for this model."""

@@ -9,7 +9,10 @@ drive rows; each weight is a differential pair on two adjacent columns, G+ at
 carrying the sign, 0 on its partner; back: W = (G+ - G-) W_max / G_max.
 Layers are placed one after another, in layer order, each block at the lowest free spot
 (skyline packing); a layer larger than the array is split into tiles whose partial sums
-are added digitally.
+are added digitally. A network larger than one array goes on several (``arrays``): a block
+that finds no room in one array goes to the next, and cell indices run on across arrays
+(array k's cell ``r * cols + c`` is ``k * rows * cols + r * cols + c``, the arrays stacked
+as one tall array: what ``drivers.ChipGroup`` addresses).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Tile:
     out_start: int
     out_stop: int
     group: int = 0  # which matrix of a grouped convolution
+    array: int = 0  # which array (chip) holds the block
 
     @property
     def n_in(self) -> int:
@@ -101,6 +105,7 @@ class NetworkMapping:
     g_max_us: float
     layers: tuple[LayerMap, ...]
     fingerprint: str = ""  # of the deployed network (architecture and weights)
+    arrays: int = 1  # rows x cols arrays, stacked: cell indices run on across them
 
     # -- building --------------------------------------------------------------------------
     @classmethod
@@ -113,23 +118,30 @@ class NetworkMapping:
         *,
         tiling: bool = True,
         fingerprint: str = "",
+        arrays: int = 1,
     ) -> NetworkMapping:
-        """Place layers (index, name, kind, weight shape, W_max[, groups]) layer-serially.
+        """Place layers (index, name, kind, weight shape, W_max[, groups]) layer-serially
+        on up to ``arrays`` arrays of rows x cols.
 
         Raises ConfigError when a layer needs tiles and ``tiling`` is off, or when the
-        network does not fit the array.
+        network does not fit the arrays.
         """
         if cols < 2:
             raise ConfigError(f"an array of {cols} column(s) cannot hold a differential pair")
+        if arrays < 1:
+            raise ConfigError(f"arrays = {arrays}: need at least one array")
         max_out = cols // 2
         placed: list[LayerMap] = []
-        skyline = np.zeros(cols, dtype=np.int64)  # first free row of every column
+        skylines = np.zeros((arrays, cols), dtype=np.int64)  # first free row of each column
         specs = [(*spec, 1) if len(spec) == 5 else tuple(spec) for spec in layers]
         total = sum(2 * math.prod(s[1:]) * s[0] // g for _, _, _, s, _, g in specs)
-        if total > rows * cols:
+        where = f"{arrays} arrays of {rows} x {cols}" if arrays > 1 else f"{rows} x {cols} array"
+        if total > arrays * rows * cols:
+            need = math.ceil(total / (rows * cols))
             raise ConfigError(f"the network needs {total} cells (two per weight) but the "
-                              f"array has {rows} x {cols} = {rows * cols}; use a larger "
-                              "array or a smaller network")
+                              f"{where} has {arrays * rows * cols}; use a larger array, "
+                              f"at least {need} arrays (a group of chips: --chips N, or "
+                              "--resource RES1,RES2,...), or a smaller network")
         for index, name, kind, shape, w_max, groups in specs:
             if groups < 1 or shape[0] % groups:
                 raise ConfigError(f"layer {index} ({name}): {shape[0]} outputs do not split "
@@ -147,20 +159,26 @@ class NetworkMapping:
             for g, i0, o0 in blocks:
                 i1, o1 = min(i0 + rows, in_dim), min(o0 + max_out, out_dim)
                 h, w = i1 - i0, 2 * (o1 - o0)
-                # skyline packing: the lowest spot, leftmost among equals
-                base = np.lib.stride_tricks.sliding_window_view(skyline, w).max(axis=1)
-                c = int(np.argmin(base))
-                r = int(base[c])
-                if r + h > rows:
+                # skyline packing: the lowest spot, leftmost among equals, in the first
+                # array that has room
+                for a in range(arrays):
+                    skyline = skylines[a]
+                    base = np.lib.stride_tricks.sliding_window_view(skyline, w).max(axis=1)
+                    c = int(np.argmin(base))
+                    r = int(base[c])
+                    if r + h <= rows:
+                        break
+                else:
                     raise ConfigError(
-                        f"the network does not fit the {rows} x {cols} array: layer "
-                        f"{index} ({name}) finds no room for a {h} x {w} block "
-                        "(placement leaves gaps); use a larger array")
-                tiles.append(Tile(r, c, i0, i1, o0, o1, g))
+                        f"the network does not fit the {where}: layer {index} ({name}) "
+                        f"finds no room for a {h} x {w} block (placement leaves gaps); use "
+                        "a larger array or more arrays")
+                tiles.append(Tile(r, c, i0, i1, o0, o1, g, a))
                 skyline[c:c + w] = r + h
             placed.append(LayerMap(index, name, kind, tuple(shape), in_dim, out_dim,
                                    float(w_max), tuple(tiles), groups))
-        return cls(rows, cols, float(g_max_us), tuple(placed), fingerprint)
+        used = max((t.array for lm in placed for t in lm.tiles), default=0) + 1
+        return cls(rows, cols, float(g_max_us), tuple(placed), fingerprint, used)
 
     # -- cells -----------------------------------------------------------------------------
     def pair_cells(self, layer: LayerMap) -> tuple[npt.NDArray[np.uint32],
@@ -169,7 +187,7 @@ class NetworkMapping:
         (groups, in_dim, out_dim)."""
         plus = np.empty((layer.groups, layer.in_dim, layer.out_dim), dtype=np.int64)
         for t in layer.tiles:
-            rr = np.arange(t.row0, t.row0 + t.n_in)[:, None]
+            rr = t.array * self.rows + np.arange(t.row0, t.row0 + t.n_in)[:, None]
             cc = t.col0 + 2 * np.arange(t.n_out)[None, :]
             plus[t.group, t.in_start:t.in_stop, t.out_start:t.out_stop] = rr * self.cols + cc
         return plus.astype(np.uint32), (plus + 1).astype(np.uint32)
@@ -208,7 +226,7 @@ class NetworkMapping:
 
     def matrices(self, g_of_cell: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float64]]:
         """Weight matrices from conductances: ``g_of_cell`` is indexed by flat cell index
-        (length rows * cols). W = (G+ - G-) W_max / G_max. One (in_dim, out_dim) matrix per
+        (length arrays * rows * cols). W = (G+ - G-) W_max / G_max. One (in_dim, out_dim) matrix per
         layer, (groups, in_dim, out_dim) for a grouped convolution."""
         out = []
         for layer in self.layers:
@@ -245,8 +263,16 @@ class NetworkMapping:
                 for layer in self.layers]
 
     def array_utilization(self) -> float:
-        """Share of the array's devices that hold a weight."""
-        return sum(lm.n_cells for lm in self.layers) / (self.rows * self.cols)
+        """Share of the arrays' devices that hold a weight."""
+        return sum(lm.n_cells for lm in self.layers) / (self.arrays * self.rows * self.cols)
+
+    def utilization_per_array(self) -> list[float]:
+        """Share of each array's devices that hold a weight."""
+        used = np.zeros(self.arrays)
+        for lm in self.layers:
+            for t in lm.tiles:
+                used[t.array] += 2 * t.n_in * t.n_out
+        return list(used / (self.rows * self.cols))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -263,6 +289,6 @@ class NetworkMapping:
                          groups=int(lm.get("groups", 1)))
                 for lm in d["layers"])
             return cls(int(d["rows"]), int(d["cols"]), float(d["g_max_us"]), layers,
-                       str(d.get("fingerprint", "")))
+                       str(d.get("fingerprint", "")), int(d.get("arrays", 1)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a network mapping ({exc})") from None

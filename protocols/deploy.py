@@ -75,11 +75,14 @@ def deploy_network(
     ``/evaluation``."""
     cfg = config or DeployConfig()
     info = driver.info
-    mapping = evaluator.mapping(info.geometry.rows, info.geometry.cols, info.g_max_us,
-                                tiling=cfg.tiling)
+    mapping = evaluator.mapping(info.geometry.rows // info.arrays, info.geometry.cols,
+                                info.g_max_us, tiling=cfg.tiling, arrays=info.arrays)
     cells, target, layer = evaluator.device_targets(mapping)
     for name, cells_, share in mapping.utilization():
         log.info("layer %s: %d devices, %.2f %% of the array", name, cells_, 100 * share)
+    if mapping.arrays < info.arrays:
+        log.warning("the network fits %d of the %d chips; the others stay unprogrammed",
+                    mapping.arrays, info.arrays)
     times = cfg.schedule.times_s()
     result, taken = measure_run(
         driver, path, cells=cells, target_us=target, layer=layer, program=cfg.program,

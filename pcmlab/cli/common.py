@@ -15,6 +15,7 @@ from rich.table import Table
 
 from pcmlab.analysis import LevelStats
 from pcmlab.config import ArrayGeometry, load_model, validate_model
+from pcmlab.errors import ConfigError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -25,7 +26,11 @@ def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
     g = p.add_argument_group("chip")
     g.add_argument("--resource", metavar="RESOURCE",
                    help="a chip (or mock server) to use instead of the in-process mock: "
-                   "TCPIP0::host::5025::SOCKET, /dev/ttyUSB0, ...")
+                   "TCPIP0::host::5025::SOCKET, /dev/ttyUSB0, ...; several, comma-separated, "
+                   "are one group of chips")
+    g.add_argument("--chips", type=int, default=1, metavar="N",
+                   help="in-process mock chips (a group for a network larger than one chip; "
+                   "seeds SEED, SEED+1, ...)")
     g.add_argument("--chip", type=Path, metavar="FILE",
                    help="mock chip configuration (.toml or .json, MockChipConfig)")
     g.add_argument("--rows", type=int, default=rows, help=f"array rows (default {rows})")
@@ -45,6 +50,18 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
 
     if getattr(args, "resource", None):
         return open_driver(args.resource)
+    chips = getattr(args, "chips", 1)
+    if chips < 1:
+        raise ConfigError(f"--chips {chips}: need at least one chip")
+    if chips > 1:
+        from drivers import ChipGroup
+
+        one = argparse.Namespace(**{**vars(args), "chips": 1})
+        drivers = []
+        for k in range(chips):
+            one.seed = args.seed + k
+            drivers.append(make_driver(one))
+        return ChipGroup(drivers)
     if args.chip is not None:
         cfg = load_model(MockChipConfig, args.chip)
     else:
@@ -152,10 +169,14 @@ def fmt_s(t_s: float) -> str:
 
 def record_of(args: argparse.Namespace, driver) -> dict[str, object]:
     """What a file keeps about its chip so that 'pcmlab resume' can reach it again."""
+    from drivers import ChipGroup
     from drivers.mock import MockDriver
 
     if isinstance(driver, MockDriver):
         return {"resource": "mock", "chip": driver.chip.config.model_dump(mode="json")}
+    if isinstance(driver, ChipGroup) and not getattr(args, "resource", None):
+        return {"resource": "mock", "chips": [d.chip.config.model_dump(mode="json")
+                                              for d in driver.drivers]}
     return {"resource": args.resource}
 
 

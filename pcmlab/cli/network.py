@@ -175,9 +175,12 @@ def layers_table(evaluator, mapping=None) -> Table:
         table.add_row(r.name, r.kind, r.placement, r.reason, str(r.weights) if r.weights
                       else "", str(n) if n else "")
     if mapping is not None:
+        per = mapping.utilization_per_array()
+        where = (f"the {mapping.rows} x {mapping.cols} array" if len(per) == 1 else
+                 f"{len(per)} arrays of {mapping.rows} x {mapping.cols} ("
+                 + ", ".join(f"{100 * u:.1f} %" for u in per) + ")")
         table.caption = (f"{len(mapping.layers)} weight matrices, "
-                         f"{100 * mapping.array_utilization():.2f} % of the "
-                         f"{mapping.rows} x {mapping.cols} array")
+                         f"{100 * mapping.array_utilization():.2f} % of {where}")
     return table
 
 

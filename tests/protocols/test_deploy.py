@@ -148,3 +148,35 @@ def test_cli_deploy_and_evaluate(digits_model, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "x_test has shape (3, 5)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_network_larger_than_one_chip_runs_on_a_group_of_chips(digits_model,
+                                                                  tmp_path: Path) -> None:
+    from drivers import ChipGroup
+
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train)
+    # the digits CNN needs 19 472 devices: more than a 64 x 256 chip has
+    with pytest.raises(ConfigError, match="at least 2 arrays"):
+        deploy_network(chip(FaultRates.none(), rows=64, cols=256), ev, d.x_test, d.y_test,
+                       tmp_path / "x.h5", DeployConfig(simulated_runs=0))
+    chips = [chip(FaultRates.none(), seed=s, rows=64, cols=256) for s in (5, 6)]
+    group = ChipGroup(chips)
+    assert group.info.geometry.rows == 128 and group.info.arrays == 2
+    r = deploy_network(group, ev, d.x_test, d.y_test, tmp_path / "g.h5",
+                       DeployConfig(simulated_runs=10, seed=1))
+    assert r.mapping.arrays == 2 and r.mapping.rows == 64
+    used = r.mapping.utilization_per_array()
+    assert len(used) == 2 and min(used) > 0.1
+    # both chips were programmed: each holds its share of the targets (drifted by a year,
+    # so in proportion)
+    with RunReader(r.path) as run:
+        cells, target = run.targets().cell, run.targets().conductance_us
+    for k, c in enumerate(chips):
+        mine = (cells // (64 * 256)) == k
+        g = c.chip.true_conductance_us((cells[mine] - k * 64 * 256).astype(np.uint32))
+        assert mine.sum() > 5000 and np.corrcoef(g, target[mine])[0, 1] > 0.95
+    # one schedule for both: the chips' clocks moved together to a year
+    assert abs(chips[0].clock.now() - chips[1].clock.now()) < 1.0
+    assert r.measured_accuracy.min() > 0.9
+    assert np.abs(r.measured_accuracy - r.simulated.mean).max() < 0.03
