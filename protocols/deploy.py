@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ class DeployConfig(StrictModel):
         t0_s=20.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[:-1])
     periphery: Periphery = Periphery()
     tiling: bool = True
+    parts: bool = Field(False, description="a network larger than the chip(s) is deployed "
+                        "in successive parts, each programmed and read on the schedule")
     simulated_runs: int = Field(25, ge=0, description="Monte Carlo runs per time point")
     seed: int = Field(0, ge=0, description="seed of the simulated mode")
 
@@ -53,6 +56,7 @@ class DeployResult:
     measured_accuracy: npt.NDArray[np.float64]
     simulated: SimulatedAccuracy | None
     ideal_accuracy: float
+    part_paths: tuple[Path, ...] = ()  # the files of a deployment in parts (first: path)
 
 
 def deploy_network(
@@ -75,8 +79,7 @@ def deploy_network(
     ``/evaluation``."""
     cfg = config or DeployConfig()
     info = driver.info
-    mapping = evaluator.mapping(info.geometry.rows // info.arrays, info.geometry.cols,
-                                info.g_max_us, tiling=cfg.tiling, arrays=info.arrays)
+    mapping = _place(evaluator, info, cfg)
     cells, target, layer = evaluator.device_targets(mapping)
     for name, cells_, share in mapping.utilization():
         log.info("layer %s: %d devices, %.2f %% of the array", name, cells_, 100 * share)
@@ -84,14 +87,38 @@ def deploy_network(
         log.warning("the network fits %d of the %d chips; the others stay unprogrammed",
                     mapping.arrays, info.arrays)
     times = cfg.schedule.times_s()
-    result, taken = measure_run(
-        driver, path, cells=cells, target_us=target, layer=layer, program=cfg.program,
-        times_s=times, config={**(record or {}), "deploy": cfg.model_dump(mode="json")},
-        network_mapping=mapping.to_json(), pairs=mapping.pair_positions(),
-        overwrite=overwrite,
-        program_progress=program_progress, on_wait=on_wait, stop=stop)
-    with RunReader(path) as run:
-        readouts = run.readouts()
+    n_parts = math.ceil(mapping.arrays / info.arrays)
+    paths = part_paths(Path(path), n_parts)
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise ConfigError(f"{p} exists; choose another output file (measurements are "
+                                  "never overwritten)")
+    per_part = info.n_cells  # a part is what the driver's arrays hold at once
+    part_of = cells // per_part
+    plus, minus = mapping.pair_positions()
+    results, taken = [], []
+    for k, p in enumerate(paths):
+        sel = np.flatnonzero(part_of == k)
+        position = np.full(cells.size, -1, dtype=np.intp)
+        position[sel] = np.arange(sel.size)
+        mine = part_of[plus] == k  # both devices of a pair sit in one tile, one part
+        if n_parts > 1:
+            log.info("part %d of %d: %d devices", k + 1, n_parts, sel.size)
+        record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json")}
+        if n_parts > 1:
+            record_k.update(parts=[q.name for q in paths], part=k)
+        result, n = measure_run(
+            driver, p, cells=(cells[sel] - k * per_part).astype(np.uint32),
+            target_us=target[sel], layer=layer[sel], program=cfg.program, times_s=times,
+            config=record_k, network_mapping=mapping.to_json(),
+            pairs=(position[plus[mine]], position[minus[mine]]), overwrite=overwrite,
+            program_progress=program_progress, on_wait=on_wait, stop=stop)
+        results.append(result)
+        taken.append(n)
+        if result.interrupted or n < times.size:
+            break
+    readouts = combined_readouts(paths[:len(results)], mapping, cells, info.n_cells)
     t0_s = (pcm or PCMModel()).calibration.t0_s
     measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us,
                                    time_s=readouts.time_s, t0_s=t0_s)
@@ -111,8 +138,67 @@ def deploy_network(
                "drift_compensation_estimator": evaluator.gdc_estimator,
                "network_fingerprint": evaluator.fingerprint,
                "layers": json.dumps([asdict(r) for r in evaluator.report])})
-    return DeployResult(Path(path), mapping, result, taken, readouts.time_s, measured,
-                        simulated, ideal)
+    return DeployResult(Path(path), mapping, results[0], min(taken), readouts.time_s,
+                        measured, simulated, ideal, tuple(paths) if n_parts > 1 else ())
+
+
+def _place(evaluator: AnalogEvaluator, info: Any, cfg: DeployConfig) -> NetworkMapping:
+    """The mapping on the driver's arrays; with ``cfg.parts``, on as many arrays of the
+    driver's as the network needs (deployed one driver-full at a time)."""
+    rows, cols = info.geometry.rows // info.arrays, info.geometry.cols
+    if not cfg.parts:
+        return evaluator.mapping(rows, cols, info.g_max_us, tiling=cfg.tiling,
+                                 arrays=info.arrays)
+    need = sum(2 * math.prod(s[3]) for s in evaluator.layer_specs())
+    start = max(info.arrays, math.ceil(need / (rows * cols)))
+    for arrays in range(start, 2 * start + 2):  # placement leaves gaps: a few more
+        try:
+            return evaluator.mapping(rows, cols, info.g_max_us, tiling=cfg.tiling,
+                                     arrays=math.ceil(arrays / info.arrays) * info.arrays)
+        except ConfigError:
+            if arrays == 2 * start + 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def part_paths(path: Path, n_parts: int) -> list[Path]:
+    """The files of a deployment in parts: ``run.h5``, ``run.part2.h5``, ..."""
+    return [path] + [path.with_name(f"{path.stem}.part{k + 1}{path.suffix}")
+                     for k in range(1, n_parts)]
+
+
+@dataclass(frozen=True)
+class _Combined:
+    time_s: npt.NDArray[np.float64]
+    conductance_us: npt.NDArray[np.float32]
+
+    @property
+    def n(self) -> int:
+        return int(self.time_s.size)
+
+
+def combined_readouts(paths: list[Path], mapping: NetworkMapping,
+                      cells: npt.NDArray[np.uint32], cells_per_part: int) -> _Combined:
+    """Readout i of a network deployed in parts: the devices of every part at readout i
+    (the same time after that part's programming), in the mapping's targets order. Time
+    of readout i: the first part's."""
+    rows, times = [], None
+    part_of = cells // cells_per_part
+    for k, p in enumerate(paths):
+        with RunReader(p) as run:
+            got = run.readouts()
+            mine = cells[part_of == k] - k * cells_per_part
+            if not np.array_equal(run.targets().cell, mine):
+                raise ConfigError(f"{p}: the file's cells are not the mapping's part {k + 1}; "
+                                  "the file was not written for this network")
+        rows.append(got.conductance_us)
+        times = got.time_s if times is None else times
+    n = min(r.shape[0] for r in rows)
+    g = np.empty((n, cells.size), dtype=np.float32)
+    for k, r in enumerate(rows):
+        g[:, part_of == k] = r[:n]
+    assert times is not None
+    return _Combined(np.asarray(times[:n], dtype=np.float64), g)
 
 
 def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Tensor,
@@ -128,11 +214,15 @@ def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Te
                               "deployment (made by 'pcmlab deploy' or 'pcmlab demo')")
         mapping = NetworkMapping.from_json(text)
         evaluator.check_mapping(mapping)
-        cells, _, _ = evaluator.device_targets(mapping)
-        if not np.array_equal(run.targets().cell, cells):
-            raise ConfigError(f"{path}: the file's cells are not the mapping's; the file "
-                              "was not written for this network")
-        readouts = run.readouts()
+        names = list(run.config.get("parts", [])) or [Path(path).name]
+    cells, _, _ = evaluator.device_targets(mapping)
+    paths = [Path(path).with_name(n) for n in names]
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"{path} is part 1 of a deployment in {len(paths)} parts; "
+                              f"{p} is missing (keep the part files beside the first)")
+    per_part = mapping.rows * mapping.cols * (mapping.arrays // len(paths))
+    readouts = combined_readouts(paths, mapping, cells, per_part)
     if readouts.n == 0:
         raise ConfigError(f"{path}: no readouts to evaluate")
     return readouts.time_s, evaluator.measured(x_test, y_test, mapping,

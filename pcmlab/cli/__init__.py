@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
                    "the array instead of splitting them into tiles")
+    p.add_argument("--parts", action="store_true", help="a network larger than the chip: "
+                   "deploy it in successive parts on the one chip, each programmed and read "
+                   "on the schedule (files OUT, OUT.part2, ...; evaluated together)")
     add_chip_options(p, rows=256, cols=512)
     p.set_defaults(func=cmd_deploy)
 

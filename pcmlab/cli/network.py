@@ -191,7 +191,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     evaluator = _evaluator_for(loaded, data, args.bits, args.keep_digital)
     periphery = evaluator.periphery
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
-                                        "periphery": periphery, "tiling": not args.no_tiling},
+                                        "periphery": periphery, "tiling": not args.no_tiling,
+                                        "parts": args.parts},
                          "deploy options")
     driver = make_driver(args)
     with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
@@ -204,7 +205,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{Path(str(args.model)).name} on "
                                   f"{driver.info.identity}"))
-    console.print(f"wrote [bold]{args.output}[/]")
+    written = ", ".join(str(p) for p in result.part_paths) or str(args.output)
+    console.print(f"wrote [bold]{written}[/]")
     return 0
 
 

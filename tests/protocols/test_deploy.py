@@ -180,3 +180,30 @@ def test_a_network_larger_than_one_chip_runs_on_a_group_of_chips(digits_model,
     assert abs(chips[0].clock.now() - chips[1].clock.now()) < 1.0
     assert r.measured_accuracy.min() > 0.9
     assert np.abs(r.measured_accuracy - r.simulated.mean).max() < 0.03
+
+
+def test_a_network_larger_than_the_chip_deploys_in_successive_parts(digits_model,
+                                                                    tmp_path: Path) -> None:
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train)
+    driver = chip(FaultRates.none(), seed=5, rows=64, cols=256)
+    r = deploy_network(driver, ev, d.x_test, d.y_test, tmp_path / "p.h5",
+                       DeployConfig(parts=True, simulated_runs=10, seed=1))
+    assert [p.name for p in r.part_paths] == ["p.h5", "p.part2.h5"]
+    assert r.mapping.arrays == 2 and r.readouts_taken == r.time_s.size == 13
+    # each part is a whole run of its own, programmed after the one before was read
+    ends = []
+    for p in r.part_paths:
+        with RunReader(p) as run:
+            assert run.readouts().n == 13
+            ends.append(float(run.programming().end_chip_time_s))
+            assert run.config["parts"] == ["p.h5", "p.part2.h5"]
+    assert ends[1] >= ends[0] + 365 * 86400.0  # after the first part's last readout
+    assert r.measured_accuracy.min() > 0.9
+    assert np.abs(r.measured_accuracy - r.simulated.mean).max() < 0.03
+    # the evaluator combines the parts; without the second it refuses
+    _, acc = evaluate_file(r.path, ev, d.x_test, d.y_test)
+    np.testing.assert_allclose(acc, r.measured_accuracy)
+    r.part_paths[1].rename(tmp_path / "elsewhere.h5")
+    with pytest.raises(ConfigError, match=r"p.part2.h5 is missing"):
+        evaluate_file(r.path, ev, d.x_test, d.y_test)
