@@ -3,11 +3,14 @@ at several converter widths, in simulated mode at the paper's time points."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
 from pcmlab.evaluator import AnalogEvaluator, Periphery
 from pcmlab.pcm_model import ACCURACY_TIMES_S
@@ -34,20 +37,25 @@ def run_ablation(
     data: Dataset, *, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
     times_s: tuple[float, ...] = ACCURACY_TIMES_S, config: TrainingConfig | None = None,
     rows: int = 256, cols: int = 512, seed: int = 0, progress: Progress | None = None,
+    model: nn.Module | None = None,
 ) -> list[AblationRow]:
     """Train the three models (the full method once per ADC width) and evaluate each in
-    simulated mode: ``runs`` Monte Carlo runs per time point; the DAC one bit wider."""
+    simulated mode: ``runs`` Monte Carlo runs per time point; the DAC one bit wider.
+    ``model``: the untrained network (any nn.Module; default the digits reference CNN),
+    copied for each method so that all three start from the same weights."""
+    fresh = (lambda: copy.deepcopy(model)) if model is not None else (
+        lambda: reference_cnn(seed))
     cfg = config or TrainingConfig(seed=seed)
     say = progress or (lambda text: None)
     epochs = cfg.stage1_epochs + cfg.stage2_epochs  # the same budget for every method
     say("training the off-the-shelf model")
-    plain = train_classifier(reference_cnn(seed), data.x_train, data.y_train, epochs=epochs,
+    plain = train_classifier(fresh(), data.x_train, data.y_train, epochs=epochs,
                              seed=seed)
     say("training with noise injection")
-    noisy = train_classifier(reference_cnn(seed), data.x_train, data.y_train, epochs=epochs,
+    noisy = train_classifier(fresh(), data.x_train, data.y_train, epochs=epochs,
                              weight_noise=cfg.eta, seed=seed)
     say("full method, stage 1")
-    stage1 = train_clipped(reference_cnn(seed), data.x_train, data.y_train, cfg)
+    stage1 = train_clipped(fresh(), data.x_train, data.y_train, cfg)
     out = []
     for b in bits:
         say(f"full method, stage 2 at {b} bits")
@@ -62,7 +70,8 @@ def run_ablation(
         ]
         for method, ev in candidates:
             say(f"simulating {method} at {b} bits")
-            mapping = ev.mapping(rows, cols)
+            need = sum(2 * math.prod(spec[3]) for spec in ev.layer_specs())
+            mapping = ev.mapping(rows, cols, arrays=max(1, -(-need // (rows * cols))) + 1)
             sim = ev.simulate(data.x_test, data.y_test, mapping, times_s, runs,
                               np.random.default_rng(seed))
             out.append(AblationRow(method, b, b + 1, tuple(map(float, sim.mean)),

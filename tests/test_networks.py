@@ -67,3 +67,14 @@ def test_a_factory_network_trains_deploys_and_evaluates_from_the_cli(name: str,
     proc = pcmlab("deploy", "examples.networks:nothing", "--weights", "w.pt", "-o", "x.h5",
                   cwd=tmp_path)
     assert proc.returncode == 2 and "has no nothing" in proc.stderr
+
+
+def test_ablation_on_a_factory_network(tmp_path: Path) -> None:
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    proc = pcmlab("ablation", "--model", "examples.networks:kws_cnn", "--runs", "2", "--bits",
+                  "6", "--epochs1", "2", "--epochs2", "1", "--output-dir", "abl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "examples.networks:kws_cnn" in proc.stdout
+    table = (tmp_path / "abl" / "ablation.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        "off-the-shelf", "noise injection", "full method"]

@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablation", help="off-the-shelf vs noise injection vs full method "
                        "at 8/6/4 bits, simulated over a year")
     p.add_argument("--output-dir", type=Path, default=Path("pcmlab-ablation"))
+    p.add_argument("--model", help="your untrained network, pkg.module:factory (default: "
+                   "the digits reference CNN)")
+    p.add_argument("--data", type=Path, help=".npz with x_train, y_train, x_test, y_test "
+                   "(default: digits, shaped as the model takes them)")
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
     p.add_argument("--epochs1", type=int, default=30)

@@ -73,12 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 pcm=PCMModel(calibration_of(args)), overwrite=True,
                                 on_wait=on_wait, record=record_of(args, driver))
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
-    util = Table(title="mapping", show_header=True)
-    for col in ("layer", "devices", "array %"):
-        util.add_column(col, justify="right")
-    for name, n, share in result.mapping.utilization():
-        util.add_row(name, str(n), f"{100 * share:.2f}")
-    console.print(util)
+    console.print(layers_table(evaluator, result.mapping))
     console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
                   f"of non-zero devices converged ({result.programming.cells.size} devices)")
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
@@ -168,7 +163,7 @@ def layers_table(evaluator, mapping=None) -> Table:
     devices = {} if mapping is None else {lm.name: lm.n_cells for lm in mapping.layers}
     table = Table(title="layers", show_header=True)
     for col, just in (("layer", "left"), ("type", "left"), ("where", "left"),
-                      ("why", "left"), ("weights", "right"), ("devices", "right")):
+                      ("why", "left"), ("parameters", "right"), ("devices", "right")):
         table.add_column(col, justify=just, overflow="fold")
     for r in evaluator.report:
         n = sum(v for k, v in devices.items() if k == r.name or k.startswith(r.name + "."))
@@ -305,7 +300,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from pcmlab.ablation import run_ablation
     from pcmlab.pcm_model import ACCURACY_TIME_LABELS
     from pcmlab.plots import plot_ablation
-    from pcmlab.tasks import load_digits
+    from pcmlab.tasks import load_digits, load_npz_dataset
     from pcmlab.training import TrainingConfig
 
     cfg = validate_model(TrainingConfig, {"stage1_epochs": args.epochs1,
@@ -313,16 +308,24 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                          "training options")
     if args.runs < 1:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run")
+    model = None
+    if args.model is not None:
+        loaded, data = _model_and_data(args.model, None, args.data, need_weights=False)
+        model = loaded.model
+    else:
+        data = (load_npz_dataset(args.data, (1, 8, 8)) if args.data is not None
+                else load_digits(seed=args.seed))
     out_dir = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     with Progress(TextColumn("[bold]ablation"), TextColumn("{task.fields[step]}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         task = bar.add_task("ablation", step="")
-        rows = run_ablation(load_digits(seed=args.seed), bits=tuple(args.bits),
-                            runs=args.runs, config=cfg, seed=args.seed,
+        rows = run_ablation(data, bits=tuple(args.bits), runs=args.runs, config=cfg,
+                            seed=args.seed, model=model,
                             progress=lambda text: bar.update(task, step=text))
-    table = Table(title=f"AnalogNets ablation, digits CNN, simulated ({args.runs} runs), "
+    what = args.model or "digits CNN"
+    table = Table(title=f"AnalogNets ablation, {what}, simulated ({args.runs} runs), "
                   "test accuracy %")
     for col in ("method", "ADC/DAC bits", *ACCURACY_TIME_LABELS):
         table.add_column(col, justify="right")
