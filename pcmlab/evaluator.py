@@ -145,11 +145,23 @@ class AnalogEvaluator:
 
     # -- ranges ----------------------------------------------------------------------------
     def _apply_ranges(self, ranges: LayerRanges) -> None:
-        mats = self.network.matrices
-        if not len(ranges.input_lo) == len(ranges.input_hi) == len(ranges.output) == len(mats):
+        layers = self.network.layers
+        if ranges.names is not None:
+            where = {n: k for k, n in enumerate(ranges.names)}
+            missing = [n for n, _ in layers if n not in where]
+            if missing:
+                raise ConfigError(
+                    f"no trained DAC/ADC range for {', '.join(missing)} (the model was trained "
+                    "with other layers on the chip); keep the same layers digital as in "
+                    "training, or calibrate new ranges (--bits N)")
+            index = [where[n] for n, _ in layers]
+        elif len(ranges.output) == len(layers):
+            index = list(range(len(layers)))
+        else:
             raise ConfigError(f"ranges for {len(ranges.output)} layers, the network has "
-                              f"{len(mats)} analog matrices")
-        for k, m in enumerate(mats):
+                              f"{len(layers)} analog matrices; keep the same layers digital "
+                              "as in training, or calibrate new ranges (--bits N)")
+        for (_, m), k in zip(layers, index, strict=True):
             m.set_ranges(ranges.input_lo[k], ranges.input_hi[k], ranges.output[k])
         with torch.no_grad():
             self.network.log_gain.fill_(float(np.log(self.periphery.adc_gain)))
@@ -184,7 +196,8 @@ class AnalogEvaluator:
                 lo.append(-r)
                 hi.append(r)
             out.append(float(torch.quantile(y.abs(), q)))
-        return LayerRanges(tuple(lo), tuple(hi), tuple(out))
+        return LayerRanges(tuple(lo), tuple(hi), tuple(out),
+                           tuple(n for n, _ in net.layers))
 
     # -- forward ---------------------------------------------------------------------------
     @torch.no_grad()

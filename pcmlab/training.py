@@ -62,7 +62,8 @@ class TrainingResult:
         if self.ranges is not None and self.periphery is not None:
             out["ranges"] = {"input_lo": list(self.ranges.input_lo),
                              "input_hi": list(self.ranges.input_hi),
-                             "output": list(self.ranges.output)}
+                             "output": list(self.ranges.output),
+                             "names": list(self.ranges.names or [])}
             out["periphery"] = self.periphery.model_dump()
         return out
 
@@ -71,7 +72,8 @@ def ranges_from_extra(extra: dict[str, Any]) -> LayerRanges | None:
     r = extra.get("ranges")
     if not r:
         return None
-    return LayerRanges(tuple(r["input_lo"]), tuple(r["input_hi"]), tuple(r["output"]))
+    return LayerRanges(tuple(r["input_lo"]), tuple(r["input_hi"]), tuple(r["output"]),
+                       tuple(r["names"]) if r.get("names") else None)
 
 
 def hardware_aware(network: AnalogNetwork, w_clip: list[float], config: TrainingConfig
@@ -100,7 +102,7 @@ def export_trained(network: AnalogNetwork, config: TrainingConfig
                           adc_gain=float(network.state.gain.detach()))
     return network.to_float(), LayerRanges(
         tuple(r[0] for r in ranges), tuple(r[1] for r in ranges),
-        tuple(r[2] for r in ranges)), periphery
+        tuple(r[2] for r in ranges), tuple(n for n, _ in network.layers)), periphery
 
 
 def _epochs(module: nn.Module, params, x: torch.Tensor, y: torch.Tensor, *, epochs: int,

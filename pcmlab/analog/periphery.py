@@ -32,11 +32,14 @@ class Periphery(StrictModel):
 
 @dataclass(frozen=True)
 class LayerRanges:
-    """Per analog layer: DAC input range [lo, hi] and ADC output range [-out, out]."""
+    """Per analog layer: DAC input range [lo, hi] and ADC output range [-out, out].
+    ``names``: the layers' names (module paths), when known, so that ranges find their
+    layers even if other layers are kept digital."""
 
     input_lo: tuple[float, ...]
     input_hi: tuple[float, ...]
     output: tuple[float, ...]
+    names: tuple[str, ...] | None = None
 
 
 def levels(bits: int, signed: bool) -> tuple[int, int]:

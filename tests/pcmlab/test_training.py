@@ -133,3 +133,24 @@ def test_trained_model_deploys_through_the_measured_path(four_bit_models, tmp_pa
     assert r.measured_accuracy.size == r.time_s.size > 5
     assert r.measured_accuracy[0] > 0.9
     assert abs(r.measured_accuracy[0] - r.simulated.mean[0]) < 0.03
+
+
+def test_trained_ranges_find_their_layers_by_name() -> None:
+    data = load_digits()
+    cfg = TrainingConfig(stage1_epochs=1, stage2_epochs=1, adc_bits=6)
+    r = train_analognets(reference_cnn(0), data.x_train[:200], data.y_train[:200], cfg)
+    assert r.ranges.names == ("0", "2", "7", "9")
+    loaded = ranges_from_extra(r.extra())
+    assert loaded == r.ranges
+    ev = AnalogEvaluator(r.model, data.x_train, r.periphery, ranges=loaded,
+                         keep_digital=["9"])  # the last layer digital now
+    got = {n: m.ranges() for n, m in ev.network.layers}
+    assert set(got) == {"0", "2", "7"}
+    assert got["7"][1] == pytest.approx(r.ranges.input_hi[2], rel=1e-6)
+    assert got["7"][2] == pytest.approx(r.ranges.output[2], rel=1e-6)
+    from pcmlab.errors import ConfigError
+
+    partial = LayerRanges(*(v[:3] for v in (loaded.input_lo, loaded.input_hi, loaded.output)),
+                          names=loaded.names[:3])
+    with pytest.raises(ConfigError, match="no trained DAC/ADC range for 9"):
+        AnalogEvaluator(r.model, data.x_train, r.periphery, ranges=partial)
