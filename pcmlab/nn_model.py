@@ -193,10 +193,28 @@ def save_weights_file(model: nn.Module, path: str | Path, *, factory: str,
     return path
 
 
+def _is_export_archive(path: Path) -> bool:
+    """A torch.export .pt2 archive (a zip with the exported program's layout)?"""
+    import zipfile
+
+    if path.suffix == ".pt2":
+        return True
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith(("archive_format", "serialized_exported_program.json"))
+                   or "/models/" in n for n in z.namelist())
+
+
 def load_model(spec: str | Path, weights: str | Path | None = None) -> ModelFile:
     """A model from a pcmlab-model/1 file, or from ``pkg.module:factory`` with a weights
     file (a plain state dict or pcmlab-weights/1). Never unpickles code."""
     text = str(spec)
+    if not is_factory_spec(text) and _is_export_archive(Path(text)):
+        raise ConfigError(
+            f"{text} is a torch.export program; pcmlab does not load those: torch's loader "
+            "may unpickle code stored in the archive. Give the model's code and weights "
+            "instead: --model pkg.module:factory --weights STATE_DICT.pt")
     if not is_factory_spec(text):
         if weights is not None:
             raise ConfigError(f"--weights goes with a factory (pkg.module:factory), not with "

@@ -130,3 +130,14 @@ def test_data_loader_feeds_the_evaluator(digits_model) -> None:
     assert ev.ideal_accuracy(x, y) == pytest.approx(ev.ideal_accuracy(d.x_test, d.y_test))
     with pytest.raises(ConfigError, match="no batches"):
         tensors_from_loader([])
+
+
+def test_torch_export_programs_are_refused_with_the_way_out(tmp_path) -> None:
+    from pcmlab.nn_model import load_model
+
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    program = torch.export.export(model, (torch.zeros(1, 4),))
+    for name in ("m.pt2", "renamed.pt"):
+        torch.export.save(program, tmp_path / name)
+        with pytest.raises(ConfigError, match=r"torch\.export program.*pkg\.module:factory"):
+            load_model(tmp_path / name)
