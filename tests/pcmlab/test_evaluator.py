@@ -141,3 +141,19 @@ def test_torch_export_programs_are_refused_with_the_way_out(tmp_path) -> None:
         torch.export.save(program, tmp_path / name)
         with pytest.raises(ConfigError, match=r"torch\.export program.*pkg\.module:factory"):
             load_model(tmp_path / name)
+
+
+def test_drift_compensation_is_referenced_to_the_readout_at_t0(digits_model) -> None:
+    m, d = digits_model.model, digits_model.data
+    ev = AnalogEvaluator(m, d.x_train, Periphery(dac_bits=None, adc_bits=None))
+    mapping = ev.mapping(256, 512)
+    _, g_t, _ = ev.device_targets(mapping)
+    rows = np.stack([0.3 * g_t, g_t])  # a readout after a (uniform) drift, then one at t0
+    size = lambda out, _y: out.abs().mean()  # noqa: E731  (a metric that sees the scale)
+    at_t0 = ev.measured(d.x_test, d.y_test, mapping, rows, time_s=[3600.0, 20.0],
+                        metric=size)
+    assert at_t0[0] == pytest.approx(at_t0[1], rel=1e-4)  # alpha = 1 / 0.3 restores it
+    ideal = ev.evaluate(d.x_test, d.y_test, quantized=False, metric=size)
+    assert at_t0[0] == pytest.approx(ideal, rel=1e-3)  # the state at t0 is the reference
+    first = ev.measured(d.x_test, d.y_test, mapping, rows, metric=size)  # first row: ref
+    assert first[0] < 0.8 * at_t0[0]
