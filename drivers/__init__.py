@@ -3,6 +3,7 @@
 from drivers.base import ChipInfo, Clock, CrossbarDriver, DriverBase, WallClock
 from drivers.group import ChipGroup
 from drivers.mock import MockDriver
+from drivers.plugins import DriverPlugin, installed_plugins, register, resolve
 from pcmlab.errors import (
     ConfigError,
     DeviceError,
@@ -17,8 +18,9 @@ from pcmlab.pulses import PulseKind
 def open_driver(resource: str, **options: object) -> CrossbarDriver:
     """A driver for a resource string: a VISA resource (``TCPIP0::host::5025::SOCKET``,
     ``GPIB0::…``, ``USB0::…``) or a serial port path or pyserial URL (``/dev/ttyUSB0``,
-    ``serial:/dev/pts/3``, ``socket://host:port``). Several resources separated by commas
-    open as one ``ChipGroup`` (a network larger than one chip)."""
+    ``serial:/dev/pts/3``, ``socket://host:port``), ``mock://?rows=R&cols=C&seed=S``, or a
+    resource an installed driver plugin handles (``drivers.plugins``). Several resources
+    separated by commas open as one ``ChipGroup`` (a network larger than one chip)."""
     if "," in resource:
         parts = [r.strip() for r in resource.split(",") if r.strip()]
         opened: list[CrossbarDriver] = []
@@ -30,20 +32,7 @@ def open_driver(resource: str, **options: object) -> CrossbarDriver:
             for d in opened:
                 d.close()
             raise
-    head = resource.split("::", 1)[0].upper()
-    if head.startswith(("TCPIP", "GPIB", "USB", "VXI")):
-        from drivers.visa import VisaDriver
-
-        return VisaDriver(resource, **options)  # type: ignore[arg-type]
-    if resource.startswith("serial:"):
-        resource = resource[len("serial:"):]
-    if resource.startswith("/dev/") or "://" in resource or resource.upper().startswith("COM"):
-        from drivers.serial import SerialDriver
-
-        return SerialDriver(resource, **options)  # type: ignore[arg-type]
-    raise ConfigError(f"resource '{resource}' is neither a VISA resource (TCPIP0::host::port::"
-                      "SOCKET, GPIB0::..., USB0::...) nor a serial port (/dev/..., serial:PATH,"
-                      " socket://host:port)")
+    return resolve(resource).open(resource, **options)
 
 
 __all__ = [
@@ -54,6 +43,7 @@ __all__ = [
     "CrossbarDriver",
     "DeviceError",
     "DriverBase",
+    "DriverPlugin",
     "LimitError",
     "MockDriver",
     "PcmlabError",
@@ -61,5 +51,7 @@ __all__ = [
     "SchemaError",
     "TransportError",
     "WallClock",
+    "installed_plugins",
     "open_driver",
+    "register",
 ]

@@ -31,6 +31,15 @@ QUEUE_OVERFLOW = -350
 QUEUE_DEPTH = 32
 REPLAY_DEPTH = 1024
 
+# Contract rules the mock can be told to break, so that 'pcmlab check' can be shown to
+# catch a chip that breaks them (mock-server --break RULE). Never on by default.
+VIOLATIONS = {
+    "replay": "no replay memory: a repeated pulse batch is applied again",
+    "error-order": "the error queue answers newest first",
+    "limits": "out-of-range amplitudes are clipped to the limit and applied",
+    "all-or-nothing": "a batch with a bad record applies its good records",
+}
+
 
 class CommandError(Exception):
     """A command failed with an SCPI error code."""
@@ -44,9 +53,10 @@ class CommandError(Exception):
 class ErrorQueue:
     """SCPI error queue: oldest first, 32 deep, the newest entry becomes -350 on overflow."""
 
-    def __init__(self, depth: int = QUEUE_DEPTH) -> None:
+    def __init__(self, depth: int = QUEUE_DEPTH, *, newest_first: bool = False) -> None:
         self._q: collections.deque[tuple[int, str]] = collections.deque()
         self.depth = depth
+        self.newest_first = newest_first  # a contract violation, for conformance tests
 
     def push(self, code: int, message: str) -> None:
         if len(self._q) >= self.depth:
@@ -55,7 +65,9 @@ class ErrorQueue:
         self._q.append((code, message))
 
     def pop(self) -> tuple[int, str]:
-        return self._q.popleft() if self._q else (NO_ERROR, "No error")
+        if not self._q:
+            return NO_ERROR, "No error"
+        return self._q.pop() if self.newest_first else self._q.popleft()
 
     def clear(self) -> None:
         self._q.clear()
@@ -85,13 +97,20 @@ class ReplayMemory:
 class Controller:
     """Commands on one mock chip, safe to call from several threads."""
 
-    def __init__(self, chip: MockChip, *, virtual_clock: bool = True) -> None:
+    def __init__(self, chip: MockChip, *, virtual_clock: bool = True,
+                 violations: frozenset[str] = frozenset()) -> None:
+        unknown = sorted(set(violations) - set(VIOLATIONS))
+        if unknown:
+            raise ConfigError(f"unknown contract violation(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(VIOLATIONS))}")
         self.chip = chip
         self.virtual_clock = virtual_clock
+        self.violations = frozenset(violations)
         self.lock = threading.RLock()
-        self.errors = ErrorQueue()
-        self.scpi_replies = ReplayMemory()
-        self.frame_replies = ReplayMemory()
+        self.errors = ErrorQueue(newest_first="error-order" in violations)
+        depth = 0 if "replay" in violations else REPLAY_DEPTH
+        self.scpi_replies = ReplayMemory(depth)
+        self.frame_replies = ReplayMemory(depth)
 
     # -- identity and limits ---------------------------------------------------------------
     def identity(self) -> str:
@@ -133,10 +152,30 @@ class Controller:
         except ConfigError:
             raise CommandError(DATA_TYPE_ERROR, f"Data type error; kind '{kind}'") from None
         with self.lock:
+            if self.violations & {"limits", "all-or-nothing"}:
+                return self._pulse_breaking_the_contract(kind_, width_ns, cells, amplitude_ua)
             try:
                 return self.chip.apply_pulses(cells, kind_, amplitude_ua, width_ns)
             except ConfigError as exc:
                 raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None
+
+    def _pulse_breaking_the_contract(self, kind: PulseKind, width_ns: float,
+                                     cells: npt.NDArray[np.uint32],
+                                     amplitude_ua: npt.NDArray[np.float32]) -> int:
+        limit = (self.chip.limits.max_set_ua if kind is PulseKind.SET
+                 else self.chip.limits.max_reset_ua)
+        amps = np.asarray(amplitude_ua, dtype=np.float32)
+        bad = ~np.isfinite(amps) | (amps < 0) | (amps > limit) | (cells >= self.chip.n_cells)
+        if "limits" in self.violations:  # clip what is too strong, apply everything
+            amps = np.where(amps > limit, np.float32(limit), amps)
+            bad = ~np.isfinite(amps) | (amps < 0) | (cells >= self.chip.n_cells)
+        good = ~bad
+        if good.any():
+            self.chip.apply_pulses(cells[good], kind, amps[good], width_ns)
+        if bad.any():
+            raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {int(bad.sum())} "
+                               "record(s)")
+        return int(cells.size)
 
     def read(self, cells: npt.NDArray[np.uint32] | None) -> npt.NDArray[np.float32]:
         with self.lock:

@@ -270,7 +270,9 @@ class ScpiServer(BackgroundServer):
             return b"1\n"
         if header == "SYST:ERR?":
             code, message = c.errors.pop()
-            return f'{code},"{message}"\n'.encode()
+            # SCPI strings are ASCII (a client decodes them so): "µA" goes as "uA"
+            text = message.replace("µ", "u").replace('"', "'")
+            return f'{code},"{text}"\n'.encode("ascii", errors="replace")
         if header == "ARR:SIZE?":
             return "{},{}\n".format(*c.size()).encode()
         if header == "ARR:LIM?":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.logging import RichHandler
 
+from mock_chip.controller import VIOLATIONS
 from pcmlab import __version__
 from pcmlab.cli.common import add_chip_options, add_program_options, err_console
 from pcmlab.cli.network import cmd_ablation, cmd_demo, cmd_deploy, cmd_evaluate, cmd_train
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("fault injection (rates per request, seeded by --seed)")
     for name in ("drop-request", "drop-reply", "corrupt-reply", "delay-reply", "disconnect"):
         g.add_argument(f"--{name}", type=float, default=0.0, metavar="RATE")
+    g.add_argument("--break", dest="break_rule", action="append", default=[], metavar="RULE",
+                   choices=sorted(VIOLATIONS), help="break a contract rule on purpose, to see "
+                   "'pcmlab check' catch it: " + "; ".join(f"{k}: {v}" for k, v in
+                                                          sorted(VIOLATIONS.items())))
     add_chip_options(p, rows=512, cols=2048)
     p.set_defaults(func=cmd_mock_server)
 

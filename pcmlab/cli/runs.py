@@ -232,7 +232,8 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
            validate_model(MockChipConfig, {"geometry": {"rows": args.rows, "cols": args.cols},
                                            "seed": args.seed}, "mock chip options"))
     controller = Controller(MockChip(cfg, clock=RealtimeClock()),
-                            virtual_clock=not args.no_virtual_clock)
+                            virtual_clock=not args.no_virtual_clock,
+                            violations=frozenset(args.break_rule))
     if args.tcp is not None:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:

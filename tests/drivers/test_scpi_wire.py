@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mock_chip.scpi_server import ScpiServer
+from pcmlab.pulses import PulseKind, pulse_records
 from tests.drivers.conftest import make_controller
 
 RECORD = np.dtype([("cell", "<u4"), ("amp", "<f4")])
@@ -187,3 +188,28 @@ def test_one_connection_at_a_time(server) -> None:
     b.sock.settimeout(5)
     assert b.line() == b"1"
     b.close()
+
+
+def test_error_messages_are_ascii_so_a_client_can_read_them(scpi_server) -> None:
+    """A refused pulse's message names µA; SCPI strings are ASCII: it goes as "uA"."""
+    from drivers.visa import VisaDriver
+    from pcmlab.errors import DeviceError
+
+    with VisaDriver(scpi_server.resource) as d:
+        d._write("SYST:TIME:ADV -1")  # refused by the chip: -222 with a message
+        code, message = d._pop_error()
+        assert code == -222 and message.isascii()
+    with socket.create_connection(scpi_server.address, timeout=5) as s:
+        records = np.zeros(1, dtype=[("c", "<u4"), ("a", "<f4")])
+        records["a"] = 1e6
+        block = records.tobytes()
+        s.sendall(b"PULS? 77,SET,100,#18" + block + b"\n")
+        s.sendall(b"SYST:ERR?\n")
+        reply = b""
+        while reply.count(b"\n") < 2:
+            reply += s.recv(4096)
+    line = reply.split(b"\n")[1]
+    assert line.startswith(b"-222,") and line.decode("ascii") and b"uA" in line
+    with VisaDriver(scpi_server.resource) as d, pytest.raises(DeviceError, match="-222"):
+        d._pulse_chunk(99, PulseKind.SET, 100.0, records.view(pulse_records(
+            np.zeros(1, np.uint32), np.zeros(1, np.float32)).dtype))

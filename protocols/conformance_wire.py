@@ -1,0 +1,186 @@
+"""The wire layer of ``pcmlab check`` for SCPI chips: raw commands that bypass the driver.
+
+The chip's firmware must refuse what a careful driver would never send (another client
+may send it), keep its error queue oldest first, and apply a pulse batch once however
+often it is repeated with the same sequence number, also from a new connection. Each check
+talks to the chip over a plain pyvisa session (the driver's connection closed first: a
+controller may serve one connection at a time) and pulses only the cells it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyvisa
+from pyvisa.util import to_ieee_block
+
+from drivers.base import ChipInfo
+from pcmlab.errors import TransportError
+from protocols.conformance import CheckConfig, CheckResult
+
+log = logging.getLogger(__name__)
+
+_RECORD = np.dtype([("cell", "<u4"), ("amplitude_ua", "<f4")])
+
+
+class ScpiWire:
+    """A raw SCPI session: text and block messages, nothing checked on this side."""
+
+    def __init__(self, resource: str, timeout_s: float = 10.0) -> None:
+        self.resource = resource
+        self._rm = pyvisa.ResourceManager("@py")
+        try:
+            self._inst: Any = self._rm.open_resource(resource,
+                                                     open_timeout=int(timeout_s * 1000))
+        except (pyvisa.errors.Error, OSError, ValueError) as exc:
+            self._rm.close()
+            raise TransportError(f"{resource}: cannot open a raw session ({exc})") from None
+        self._inst.timeout = int(timeout_s * 1000)
+        self._inst.read_termination = self._inst.write_termination = "\n"
+
+    def close(self) -> None:
+        try:
+            self._inst.close()
+        finally:
+            self._rm.close()
+
+    def query(self, text: str) -> str:
+        return str(self._inst.query(text)).strip()
+
+    def write(self, text: str) -> None:
+        self._inst.write(text)
+
+    def pulse(self, seq: int, kind: str, width_ns: float, cells: npt.ArrayLike,
+              amplitude_ua: npt.ArrayLike) -> str:
+        rec = np.zeros(np.size(cells), dtype=_RECORD)
+        rec["cell"] = cells
+        rec["amplitude_ua"] = amplitude_ua
+        head = f"PULS? {seq},{kind},{width_ns:.6g},".encode()
+        self._inst.write_raw(head + to_ieee_block(rec.tobytes(), "B") + b"\n")
+        return str(self._inst.read()).strip()
+
+    def read(self, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
+        self._inst.write_raw(b"READ? " + to_ieee_block(cells.astype("<u4").tobytes(), "B")
+                             + b"\n")
+        return np.asarray(self._inst.read_binary_values(datatype="f", is_big_endian=False,
+                                                         container=np.array),
+                          dtype=np.float64)
+
+    def errors(self, n: int) -> list[int]:
+        return [int(self.query("SYST:ERR?").split(",", 1)[0]) for _ in range(n)]
+
+    def raw(self, data: bytes) -> None:
+        self._inst.write_raw(data)
+
+
+@contextlib.contextmanager
+def _session(resource: str) -> Iterator[ScpiWire]:
+    wire = ScpiWire(resource)
+    try:
+        yield wire
+    finally:
+        wire.close()
+
+
+def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
+                     config: CheckConfig | None = None) -> list[CheckResult]:
+    """The wire rules on ``cells`` of the SCPI chip at ``resource``."""
+    cfg = config or CheckConfig()
+    lim = info.limits
+    set_ua, reset_ua = cfg.set_fraction * lim.max_set_ua, lim.max_reset_ua
+    set_w = min(max(cfg.set_width_ns, lim.min_width_ns), lim.max_width_ns)
+    reset_w = min(max(cfg.reset_width_ns, lim.min_width_ns), lim.max_width_ns)
+    seq = random.SystemRandom().randrange(1, 2**31)
+    out: list[CheckResult] = []
+
+    def next_seq() -> int:
+        nonlocal seq
+        seq = (seq + 1) & 0xFFFFFFFF
+        return seq
+
+    def reset(wire: ScpiWire, c: npt.NDArray[np.uint32]) -> None:
+        wire.pulse(next_seq(), "RESET", reset_w, c, np.full(c.size, reset_ua))
+
+    # the error queue: oldest first, then empty
+    with _session(resource) as wire:
+        wire.write("*CLS")
+        undefined = wire.query("PCMLAB:NO:SUCH:HEADER?")
+        c = cells[:2]
+        refused = wire.pulse(next_seq(), "SET", set_w, c, [set_ua, 2 * lim.max_set_ua])
+        codes = wire.errors(3)
+        ok = undefined == "" and codes == [-113, -222, 0]
+        out.append(CheckResult(
+            "wire-error-queue", "the error queue is oldest first and clears",
+            "pass" if ok else "fail",
+            f"undefined header replied {undefined!r}, bad PULS? replied {refused!r}; "
+            f"SYST:ERR? x3 gave {codes} (expected [-113, -222, 0])",
+            "errors come back in the order they happened" if ok else
+            "the driver reports the wrong error for a failed command"))
+
+    # the firmware refuses an out-of-range batch whole
+    with _session(resource) as wire:
+        c = cells[2:18]
+        reset(wire, c)
+        before = wire.read(c)
+        amps = np.full(c.size, set_ua)
+        amps[-1] = 2 * lim.max_set_ua
+        s = next_seq()
+        reply = wire.pulse(s, "SET", set_w, c, amps)
+        after = wire.read(c)
+        moved = float(np.max(after[:-1] - before[:-1]))
+        code = wire.errors(1)[0]
+        ok = reply == f"{s},0" and code == -222 and moved < 1.5
+        out.append(CheckResult(
+            "wire-limits", "the firmware refuses an out-of-range batch whole (-222)",
+            "pass" if ok else "fail",
+            f"reply {reply!r}, error {code}, largest change of a good record {moved:.2f} µS",
+            "what another client sends cannot push a device past its limits" if ok else
+            "the chip applies what it should refuse: a clipped pulse looks like a slow device"))
+
+    # exactly once: the same seq again, and again from a new connection
+    c = cells[18:50]
+    s = 0
+    with _session(resource) as wire:
+        reset(wire, c)
+        s = next_seq()
+        first = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
+        g1 = wire.read(c)
+        again = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
+        g2 = wire.read(c)
+    with _session(resource) as wire:
+        third = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
+        g3 = wire.read(c)
+    rise = float(np.median(g1))
+    extra = max(float(np.median(g2 - g1)), float(np.median(g3 - g1)))
+    ok = first == again == third == f"{s},{c.size}" and extra < max(0.25 * rise, 0.5)
+    out.append(CheckResult(
+        "wire-exactly-once", "a pulse batch repeated with its seq is applied once, also on a "
+        "new connection", "pass" if ok else "fail",
+        f"replies {first!r}, {again!r}, {third!r}; first pulse +{rise:.2f} µS, the repeats "
+        f"+{extra:.2f} µS more",
+        "a retried batch after a timeout is not applied twice" if ok else
+        "a retry pulses the devices again: a double pulse looks like device noise"))
+
+    # a malformed block is refused and the chip keeps serving
+    with _session(resource) as wire:
+        wire.write("*CLS")
+        with contextlib.suppress(pyvisa.errors.Error, OSError):  # the chip may hang up
+            wire.raw(b"READ? #Z\n")  # not a digit after "#": a bad block header
+    with _session(resource) as wire:
+        code = wire.errors(1)[0]
+        ident = wire.query("*IDN?")
+    ok = code == -161 and ident == info.identity
+    out.append(CheckResult(
+        "wire-malformed", "a malformed block is refused (-161) and the chip keeps serving",
+        "pass" if ok else "fail", f"error {code}; *IDN? afterwards {ident!r}",
+        "a broken client cannot take the chip down" if ok else
+        "a malformed message is not reported or stops the chip"))
+    for r in out:
+        log.info("%s: %s", r.rule, r.status)
+    return out
