@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _KINDS = {v: k for k, v in framing.KIND_CODES.items()}
 
 
+_EXACTLY_ONCE = frozenset({Opcode.PULSE, Opcode.ADVANCE})
+
+
 class SerialServer(BackgroundServer):
     """Serve one controller on a pseudo-terminal."""
 
@@ -90,14 +93,18 @@ class SerialServer(BackgroundServer):
         # A retry is the same frame byte for byte, so the memory is keyed by seq and the
         # request's content: a new session whose (random) seq meets a remembered one with
         # another command runs it instead of getting a stale reply.
+        # Only what changes the chip is exactly-once (pulses, clock advances); reads, time
+        # and identity are executed every time: a stored reply would be stale.
         key = (frame.seq, frame.opcode, zlib.crc32(frame.payload))
+        once = frame.opcode in _EXACTLY_ONCE
         with c.lock:
-            reply = c.frame_replies.get(key)
+            reply = c.frame_replies.get(key) if once else None
             if reply is None:
                 if f.draw("drop_request"):
                     return
                 reply = self._execute(frame)
-                c.frame_replies.put(key, reply)
+                if once:
+                    c.frame_replies.put(key, reply)
             else:
                 log.info("frame seq %d repeated: stored reply sent", frame.seq)
         if f.draw("drop_reply"):

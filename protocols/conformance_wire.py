@@ -184,3 +184,142 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
     for r in out:
         log.info("%s: %s", r.rule, r.status)
     return out
+
+
+class SerialWire:
+    """A raw framed-binary session on a serial port: frames out, frames in."""
+
+    def __init__(self, port: str, timeout_s: float = 2.0) -> None:
+        import serial
+
+        from pcmlab import framing
+
+        self._framing = framing
+        try:
+            self._ser = serial.serial_for_url(port, timeout=0.05)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise TransportError(f"{port}: cannot open a raw session ({exc})") from None
+        self._decoder = framing.Decoder()
+        self.timeout_s = timeout_s
+
+    def close(self) -> None:
+        self._ser.close()
+
+    def send(self, frame: bytes) -> Any:
+        """Send ``frame`` and return the reply frame with its seq (None if none came)."""
+        import time
+
+        seq = self._framing.HEADER.unpack_from(frame, 1)[1]
+        self._ser.write(frame)
+        self._ser.flush()
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            data = self._ser.read(max(1, self._ser.in_waiting))
+            if data:
+                self._decoder.feed(data)
+                for f in self._decoder.frames():
+                    if f.seq == seq:
+                        return f
+        return None
+
+
+def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
+                       config: CheckConfig | None = None) -> list[CheckResult]:
+    """The wire rules on ``cells`` of the framed-binary chip on ``port``."""
+    import struct
+
+    from pcmlab import framing
+    from pcmlab.framing import Opcode
+
+    cfg = config or CheckConfig()
+    lim = info.limits
+    set_ua, reset_ua = cfg.set_fraction * lim.max_set_ua, lim.max_reset_ua
+    set_w = min(max(cfg.set_width_ns, lim.min_width_ns), lim.max_width_ns)
+    reset_w = min(max(cfg.reset_width_ns, lim.min_width_ns), lim.max_width_ns)
+    seq = random.SystemRandom().randrange(1, 2**16)
+    out: list[CheckResult] = []
+
+    def frame(opcode: int, payload: bytes = b"") -> bytes:
+        nonlocal seq
+        seq = (seq + 1) & 0xFFFF
+        return framing.encode(seq, opcode, payload)
+
+    def pulse_payload(kind: str, width: float, c: npt.ArrayLike, amps: npt.ArrayLike) -> bytes:
+        rec = np.zeros(np.size(c), dtype=_RECORD)
+        rec["cell"], rec["amplitude_ua"] = c, amps
+        return framing.PULSE_HEAD.pack(framing.KIND_CODES[kind], width) + rec.tobytes()
+
+    def read(wire: SerialWire, c: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
+        reply = wire.send(frame(Opcode.READ, c.astype("<u4").tobytes()))
+        if reply is None or reply.is_nak:
+            raise TransportError(f"{port}: READ got {reply}")
+        return np.frombuffer(reply.payload, "<f4").astype(np.float64)
+
+    wire = SerialWire(port)
+    try:
+        # the firmware refuses an out-of-range batch whole
+        c = cells[:16]
+        wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
+                                                    np.full(c.size, reset_ua))))
+        before = read(wire, c)
+        amps = np.full(c.size, set_ua)
+        amps[-1] = 2 * lim.max_set_ua
+        reply = wire.send(frame(Opcode.PULSE, pulse_payload("SET", set_w, c, amps)))
+        after = read(wire, c)
+        moved = float(np.max(after[:-1] - before[:-1]))
+        code = reply.nak()[0] if reply is not None and reply.is_nak else None
+        ok = code == -222 and moved < 1.5
+        out.append(CheckResult(
+            "wire-limits", "the firmware refuses an out-of-range batch whole (NAK -222)",
+            "pass" if ok else "fail", f"reply NAK {code}; largest change of a good record "
+            f"{moved:.2f} µS", "what another client sends cannot push a device past its "
+            "limits" if ok else "the chip applies what it should refuse"))
+
+        # exactly once: a pulse frame repeated (same seq) is applied once; a repeated read
+        # is executed again
+        c = cells[16:48]
+        wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
+                                                    np.full(c.size, reset_ua))))
+        pulse = frame(Opcode.PULSE, pulse_payload("SET", set_w, c, np.full(c.size, set_ua)))
+        r1 = wire.send(pulse)
+        read_frame = frame(Opcode.READ, c.astype("<u4").tobytes())
+        g1 = np.frombuffer(wire.send(read_frame).payload, "<f4").astype(np.float64)
+        r2 = wire.send(pulse)
+        g2 = read(wire, c)
+        applied = [None if r is None or r.is_nak else struct.unpack("<I", r.payload)[0]
+                   for r in (r1, r2)]
+        rise, extra = float(np.median(g1)), float(np.median(g2 - g1))
+        ok = applied == [c.size, c.size] and extra < max(0.25 * rise, 0.5)
+        out.append(CheckResult(
+            "wire-exactly-once", "a pulse frame repeated with its seq is applied once",
+            "pass" if ok else "fail", f"ACKs {applied}; first pulse +{rise:.2f} µS, the "
+            f"repeat +{extra:.2f} µS more", "a retried frame is not applied twice" if ok
+            else "a retry pulses the devices again"))
+        wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
+                                                    np.full(c.size, reset_ua))))
+        g3 = np.frombuffer(wire.send(read_frame).payload, "<f4").astype(np.float64)
+        fresh = float(np.median(g3)) < 0.5 * rise
+        out.append(CheckResult(
+            "wire-reads-fresh", "a read is executed every time, never answered from the "
+            "replay memory", "pass" if fresh else "fail",
+            f"the same READ frame after a RESET: median {np.median(g3):.2f} µS (before the "
+            f"RESET {rise:.2f})", "every readout is a new measurement" if fresh else
+            "a repeated read returns an old measurement: stale conductances in the file"))
+
+        # a corrupted frame is dropped and the link keeps answering
+        bad = bytearray(frame(Opcode.IDENTIFY))
+        bad[-1] ^= 0xFF
+        lost = wire.send(bytes(bad))
+        ident = wire.send(frame(Opcode.IDENTIFY))
+        text = None if ident is None else ident.payload.decode("utf-8", "replace")
+        ok = lost is None and text == info.identity
+        out.append(CheckResult(
+            "wire-malformed", "a frame with a bad CRC is dropped and the link keeps answering",
+            "pass" if ok else "fail", f"bad frame answered: {lost is not None}; IDENTIFY "
+            f"afterwards {text!r}", "line noise cannot make the chip act" if ok else
+            "a corrupted frame is executed or stops the link"))
+    finally:
+        wire.close()
+    for r in out:
+        log.info("%s: %s", r.rule, r.status)
+    return out

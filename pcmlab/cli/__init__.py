@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 
 from mock_chip.controller import VIOLATIONS
 from pcmlab import __version__
+from pcmlab.cli.chips import cmd_check, cmd_drivers
 from pcmlab.cli.common import add_chip_options, add_program_options, err_console
 from pcmlab.cli.network import cmd_ablation, cmd_demo, cmd_deploy, cmd_evaluate, cmd_train
 from pcmlab.cli.runs import (
@@ -178,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                           sorted(VIOLATIONS.items())))
     add_chip_options(p, rows=512, cols=2048)
     p.set_defaults(func=cmd_mock_server)
+
+    p = sub.add_parser("drivers", help="the chip drivers installed (built-in and plugins) and "
+                       "the resources each handles")
+    p.set_defaults(func=cmd_drivers)
+
+    p = sub.add_parser("check", help="conformance: does a chip or driver keep the contract "
+                       "every protocol relies on? (exit 1 if not)")
+    add_chip_options(p, rows=64, cols=128)
+    p.add_argument("--cells", metavar="START:STOP", help="the cells the checks may pulse "
+                   "(flat indices, STOP excluded; default 0:1024); the rest is never touched")
+    p.add_argument("--yes", action="store_true", help="do not ask before overwriting the "
+                   "cells (for scripts)")
+    p.add_argument("--no-wire", action="store_true", help="driver-level checks only")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("program", help="program targets on the mock chip with program-and-verify")
     add_chip_options(p, rows=256, cols=512)
