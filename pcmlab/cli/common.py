@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,12 @@ from pcmlab.analysis import LevelStats
 from pcmlab.config import ArrayGeometry, load_model, validate_model
 from pcmlab.errors import ConfigError
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Into a file or a pipe rich would assume 80 columns and cut table cells ("-0.1…"): give
+# such output room instead (a terminal keeps its own width).
+_PIPE_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(soft_wrap=True, width=_PIPE_WIDTH)
+err_console = Console(stderr=True, soft_wrap=True,
+                      width=None if sys.stderr.isatty() else 200)
 log = logging.getLogger("pcmlab")
 
 
