@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,27 +23,11 @@ import pyvisa.errors
 
 from drivers.base import F32, RemoteDriverBase
 from pcmlab.errors import DeviceError, TransportError
-from pcmlab.pulses import PulseKind, pulse_records
+from pcmlab.pulses import PulseKind
+from pcmlab.scpi import DEFAULT, Dialect, load_dialect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# The wire vocabulary, in one place (DESIGN.md, "SCPI over VISA").
-IDN = "*IDN?"
-CLS = "*CLS"
-ERR = "SYST:ERR?"
-SIZE = "ARR:SIZE?"
-LIMITS = "ARR:LIM?"
-PULSE = "PULS? {seq},{kind},{width:.6g},"  # + block of (uint32 cell, float32 µA) records
-READ = "READ? "  # + block of uint32 cells -> block of float32 µS
-READ_ARRAY = "READ:ARR?"
-TIME = "SYST:TIME?"
-ADVANCE = "SYST:TIME:ADV {dt:.9g}"
-NO_VIRTUAL_CLOCK = -113
-
-_PULSE_REPLY = re.compile(r"^(\d+),(\d+)$")
-_ERROR_REPLY = re.compile(r'^([+-]?\d+),"(.*)"$')
-
 
 class _GarbledReplyError(Exception):
     """A reply that does not parse: treated like a lost one."""
@@ -63,8 +47,12 @@ class VisaDriver(RemoteDriverBase):
         g_max_us: float = 25.0,
         chunk_bytes: int = 1 << 20,
         resource_manager: pyvisa.ResourceManager | None = None,
+        dialect: Dialect | str | Path | None = None,
     ) -> None:
         self.resource_name = resource
+        # the controller's SCPI words (pcmlab.scpi): the default, or a dialect file
+        self.dialect = dialect if isinstance(dialect, Dialect) else (
+            DEFAULT if dialect is None else load_dialect(dialect))
         self.timeout_s = timeout_s
         self.retries = retries
         self.max_records = max_records
@@ -79,14 +67,21 @@ class VisaDriver(RemoteDriverBase):
         self._seq = random.SystemRandom().randrange(1, 2**31)  # fresh per session
         with self._lock:
             self._connect()
-            identity = self._exchange(IDN, lambda: self._inst.query(IDN).strip())
-            rows, cols = (int(v) for v in self._query_text(SIZE).split(","))
-            lim = [float(v) for v in self._query_text(LIMITS).split(",")]
-            self._write(CLS)
-            self._write(ADVANCE.format(dt=0.0))
+            d = self.dialect
+            idn = d["identify"].header
+            identity = d["identify"].parse_reply(
+                self._exchange(idn, lambda: self._inst.query(idn).strip()))["identity"]
+            size = self._query_fields("size")
+            rows, cols = int(size["rows"]), int(size["cols"])
+            got = self._query_fields("limits")
+            lim = [float(got[k]) for k in ("max_set_ua", "max_reset_ua", "min_width_ns",
+                                           "max_width_ns")]
+            self._write(d["clear_errors"].message())
+            self._write(d["advance"].message(dt_s=0.0))
             code, _ = self._pop_error()
-            virtual = code != NO_VIRTUAL_CLOCK
-            if code not in (0, NO_VIRTUAL_CLOCK):
+            no_clock = d.errors["undefined_header"]
+            virtual = code != no_clock
+            if code not in (d.errors["none"], no_clock):
                 log.warning("%s: unexpected error %d after probing the clock", resource, code)
         self._connected(identity, rows, cols, (lim[0], lim[1], lim[2], lim[3]), g_max_us,
                         virtual)
@@ -140,24 +135,33 @@ class VisaDriver(RemoteDriverBase):
     def _write(self, command: str) -> None:
         self._exchange(command, lambda: self._inst.write(command))
 
-    def _query_text(self, command: str) -> str:
-        def run() -> str:
-            reply = self._inst.query(command).strip()
-            if reply.startswith("\x15"):
-                raise _GarbledReplyError(f"garbled reply {reply[:20]!r}")
-            return reply
+    def _query_fields(self, operation: str) -> dict[str, str]:
+        """A text query of the dialect, its reply's fields (a garbled reply is retried)."""
+        op = self.dialect[operation]
+        command = op.message()
 
-        reply = self._exchange(command, run)
-        if not reply:
+        def run() -> dict[str, str]:
+            reply = self._inst.query(command).strip()
+            fields = op.parse_reply(reply) if not reply.startswith("\x15") else None
+            if fields is None and reply:
+                raise _GarbledReplyError(f"reply {reply[:40]!r} to {command}")
+            return fields or {}
+
+        fields = self._exchange(command, run)
+        if not fields:
             self._raise_device_error(command)
-        return reply
+        return fields
 
     def _pop_error(self) -> tuple[int, str]:
-        reply = self._exchange(ERR, lambda: self._inst.query(ERR).strip())
-        m = _ERROR_REPLY.match(reply)
-        if not m:
-            raise TransportError(f"{self.resource_name}: unexpected reply {reply!r} to {ERR}")
-        return int(m.group(1)), m.group(2)
+        op = self.dialect["error"]
+        command = op.message()
+        reply = self._exchange(command, lambda: self._inst.query(command).strip())
+        fields = op.parse_reply(reply)
+        try:
+            return int(fields["code"]), fields["message"]  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            raise TransportError(f"{self.resource_name}: unexpected reply {reply!r} to "
+                                 f"{command}") from None
 
     def _raise_device_error(self, command: str) -> None:
         code, message = self._pop_error()
@@ -167,20 +171,26 @@ class VisaDriver(RemoteDriverBase):
     # -- the CrossbarDriver interface ------------------------------------------------------
     def _now(self) -> float:
         with self._lock:
-            return float(self._query_text(TIME))
+            try:
+                return float(self._query_fields("time")["time_s"])
+            except ValueError:
+                raise TransportError(f"{self.resource_name}: the chip's time is not a "
+                                     "number") from None
 
     def _advance(self, dt_s: float) -> None:
         with self._lock:
-            self._write(ADVANCE.format(dt=dt_s))
+            command = self.dialect["advance"].message(dt_s=dt_s)
+            self._write(command)
             code, message = self._pop_error()
             if code:
                 raise DeviceError(f"{self.resource_name}: clock advance failed: {code},"
-                                  f"\"{message}\"", command=ADVANCE.format(dt=dt_s), code=code)
+                                  f"\"{message}\"", command=command, code=code)
 
     def apply_pulses(self, cells: npt.ArrayLike, kind: PulseKind | str,
                      amplitude_ua: npt.ArrayLike, width_ns: float) -> int:
         kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
-        records = pulse_records(cell_arr, amp)
+        records = np.empty(cell_arr.size, dtype=self.dialect.record_dtype)
+        records["cell"], records["amp"] = cell_arr, amp
         applied = 0
         with self._lock:
             for start in range(0, records.size, self.max_records):
@@ -191,15 +201,20 @@ class VisaDriver(RemoteDriverBase):
 
     def _pulse_chunk(self, seq: int, kind: PulseKind, width: float,
                      chunk: np.ndarray) -> int:
-        header = PULSE.format(seq=seq, kind=kind.value, width=width)
+        op = self.dialect["pulse"]
+        header = op.message(seq=seq, kind=self.dialect.kinds[kind.value], width_ns=width)
 
         def run() -> int:
             self._inst.write_binary_values(header, chunk.view(np.uint8), datatype="B")
             reply = self._inst.read().strip()
-            m = _PULSE_REPLY.match(reply)
-            if not m or int(m.group(1)) != seq:
-                raise _GarbledReplyError(f"reply {reply[:40]!r} to PULS? seq {seq}")
-            n = int(m.group(2))
+            fields = op.parse_reply(reply)
+            try:
+                if fields is None or int(fields["seq"]) != seq:
+                    raise ValueError
+                n = int(fields["applied"])
+            except ValueError:
+                raise _GarbledReplyError(f"reply {reply[:40]!r} to {op.header} seq {seq}"
+                                         ) from None
             if n not in (0, chunk.size):
                 raise _GarbledReplyError(f"PULS? seq {seq} reports {n} of {chunk.size} pulses")
             return n
@@ -213,9 +228,10 @@ class VisaDriver(RemoteDriverBase):
     def read(self, cells: npt.ArrayLike | None = None) -> F32:
         with self._lock:
             if cells is None:
-                return self._read_block(READ_ARRAY, None)
+                return self._read_block(self.dialect["read_array"].message(), None)
             cell_arr = self.check_cells(cells)
-            parts = [self._read_block(READ, cell_arr[i:i + self.max_records])
+            command = self.dialect["read"].message()
+            parts = [self._read_block(command, cell_arr[i:i + self.max_records])
                      for i in range(0, max(cell_arr.size, 1), self.max_records)]
             return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
@@ -226,7 +242,8 @@ class VisaDriver(RemoteDriverBase):
             if cells is None:
                 self._inst.write(command)
             else:
-                self._inst.write_binary_values(command, cells, datatype="I")
+                block = cells.astype(self.dialect.cell_dtype).view(np.uint8)
+                self._inst.write_binary_values(command, block, datatype="B")
             raw = self._inst.read_raw()
             if raw in (b"\n", b"\r\n"):
                 return np.zeros(0, np.float32)  # refused: the error queue says why
@@ -236,7 +253,9 @@ class VisaDriver(RemoteDriverBase):
             missing = offset + length + 1 - len(raw)
             if missing > 0:
                 raw += self._inst.read_bytes(missing)
-            values = pyvisa.util.from_ieee_block(raw, "f", False, np.array)
+            d = self.dialect
+            values = pyvisa.util.from_ieee_block(
+                raw, d.conductance_dtype.char, d.byte_order == ">", np.array)
             if values.size != expected:
                 raise _GarbledReplyError(f"{values.size} values for {expected} cells")
             return values.astype(np.float32, copy=False)

@@ -1,9 +1,11 @@
 """The mock chip behind SCPI over TCP (what pyvisa opens as TCPIP0::host::port::SOCKET).
 
 One connection at a time; the next client waits until the first closes. Grammar and
-rules: DESIGN.md, "SCPI over VISA". A malformed message queues an error; where the byte
-stream can no longer be trusted (bad block header, oversized block, non-ASCII header) the
-connection is closed, and the server goes on with the next client, array intact.
+rules: docs/scpi-protocol.md. The words are a dialect (``pcmlab.scpi``): pcmlab's own by
+default, or any dialect file, the same one ``VisaDriver`` reads. A malformed message
+queues an error; where the byte stream can no longer be trusted (bad block header,
+oversized block, non-ASCII header) the connection is closed, and the server goes on with
+the next client, array intact.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import re
 import socket
 
 import numpy as np
+from pyvisa.util import to_ieee_block
 
 from mock_chip.controller import (
     BLOCK_DATA_ERROR,
+    DATA_OUT_OF_RANGE,
     DATA_TYPE_ERROR,
     MISSING_PARAMETER,
     TOO_MUCH_DATA,
@@ -25,7 +29,7 @@ from mock_chip.controller import (
 )
 from mock_chip.faults import FaultInjector, TransportFaults
 from mock_chip.serving import BackgroundServer
-from pcmlab.pulses import RECORD
+from pcmlab.scpi import DEFAULT, Dialect, Operation
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +91,11 @@ class ScpiServer(BackgroundServer):
     _thread_name = "scpi-server"
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 5025, *,
-                 faults: TransportFaults | None = None) -> None:
+                 faults: TransportFaults | None = None, dialect: Dialect | None = None) -> None:
         super().__init__()
         self.controller = controller
+        self.dialect = dialect or DEFAULT
+        self._ops = self.dialect.by_header()
         self.faults = FaultInjector(faults)
         self._sock = socket.create_server((host, port), backlog=8)
         self._sock.settimeout(0.2)
@@ -167,14 +173,15 @@ class ScpiServer(BackgroundServer):
             raise CommandError(UNDEFINED_HEADER, "Undefined header; not ASCII")
         header = raw.decode().strip().upper()
         at_end = stop == ord("\n")
-        if header in ("PULS?", "READ?"):
+        op = self._ops.get(header)
+        if op is not None and "block" in op.args:
             if at_end:
                 return self._fail(header, MISSING_PARAMETER, "Missing parameter")
             prefix, _ = r.until(b"#\n", MAX_LINE)
             block = self._block(r)
-            return self._with_block(header, prefix.decode("ascii", "replace"), block)
+            return self._with_block(op, prefix.decode("ascii", "replace"), block)
         args = "" if at_end else r.until(b"\n", MAX_LINE)[0].decode("ascii", "replace")
-        return self._text(header, args.strip())
+        return self._text(header, op, args.strip())
 
     def _block(self, r: _Reader) -> bytes:
         """An IEEE 488.2 definite-length block after its '#', then the message's newline."""
@@ -201,89 +208,122 @@ class ScpiServer(BackgroundServer):
         return b"\n" if header.endswith("?") else None
 
     # -- commands --------------------------------------------------------------------------
-    def _with_block(self, header: str, prefix: str, block: bytes) -> bytes | None:
-        c = self.controller
-        if header == "READ?":
-            if prefix.strip() or len(block) % 4:
+    def _with_block(self, op: Operation, prefix: str, block: bytes) -> bytes | None:
+        c, d = self.controller, self.dialect
+        header = op.header
+        if op.name == "read":
+            if prefix.strip() or len(block) % d.cell_dtype.itemsize:
                 return self._fail(header, BLOCK_DATA_ERROR, "Block data error; expected "
-                                  "uint32 cells")
+                                  f"{d.cell_dtype.itemsize}-byte cells")
             if self.faults.draw("drop_request"):
                 return None
             try:
-                g = c.read(np.frombuffer(block, "<u4"))
-            except CommandError as exc:
-                return self._fail(header, exc.code, exc.message)
-            return _block_reply(g)
-        # PULS? <seq>,<kind>,<width>,<block>
+                g = c.read(np.frombuffer(block, d.cell_dtype).astype(np.uint32))
+            except (CommandError, OverflowError, ValueError) as exc:
+                return self._fail(header, getattr(exc, "code", DATA_OUT_OF_RANGE),
+                                  getattr(exc, "message", str(exc)))
+            return self._block_reply(g)
+        # pulse: the arguments in the dialect's order, the block last
+        names = [a for a in op.args if a != "block"]
         parts = [p.strip() for p in prefix.split(",")]
-        if len(parts) != 4 or parts[3]:
-            c.errors.push(MISSING_PARAMETER, "Missing parameter; PULS? <seq>,<kind>,<width>,"
-                          "<block>")
-            seq_text = parts[0] if parts else ""
-            return (f"{seq_text},0\n".encode() if _SEQ.match(seq_text) else b"0,0\n")
-        seq_text, kind, width_text = parts[:3]
+        if len(parts) != len(names) + 1 or parts[-1]:
+            c.errors.push(MISSING_PARAMETER, f"Missing parameter; {op.header} takes "
+                          f"{','.join(op.args)}")
+            seq_text = dict(zip(names, parts, strict=False)).get("seq", "")
+            return self._pulse_reply(int(seq_text) if _SEQ.match(seq_text) else 0, 0)
+        args = dict(zip(names, parts[:-1], strict=True))
+        seq_text = args["seq"]
         if not _SEQ.match(seq_text) or int(seq_text) > 0xFFFFFFFF:
             c.errors.push(DATA_TYPE_ERROR, f"Data type error; sequence number '{seq_text}'")
-            return b"0,0\n"
+            return self._pulse_reply(0, 0)
         seq = int(seq_text)
         with c.lock:
             stored = c.scpi_replies.get(seq)
             if stored is not None:
-                log.info("PULS? seq %d repeated: stored reply sent, nothing applied", seq)
+                log.info("%s seq %d repeated: stored reply sent, nothing applied", op.header,
+                         seq)
                 return stored
             if self.faults.draw("drop_request"):
                 return None
-            reply = self._pulse(seq, kind, width_text, block)
+            reply = self._pulse(seq, args["kind"], args["width_ns"], block)
             c.scpi_replies.put(seq, reply)
             return reply
 
-    def _pulse(self, seq: int, kind: str, width_text: str, block: bytes) -> bytes:
-        c = self.controller
-        refused = f"{seq},0\n".encode()
-        if len(block) % RECORD.itemsize:
-            c.errors.push(BLOCK_DATA_ERROR, "Block data error; records are 8 bytes")
+    def _pulse_reply(self, seq: int, applied: int) -> bytes:
+        return (self.dialect["pulse"].format_reply(seq=seq, applied=applied) + "\n").encode()
+
+    def _pulse(self, seq: int, word: str, width_text: str, block: bytes) -> bytes:
+        c, d = self.controller, self.dialect
+        refused = self._pulse_reply(seq, 0)
+        record = d.record_dtype
+        if len(block) % record.itemsize:
+            c.errors.push(BLOCK_DATA_ERROR, f"Block data error; records are "
+                          f"{record.itemsize} bytes")
+            return refused
+        kind = d.kind_of(word)
+        if kind is None:
+            c.errors.push(DATA_TYPE_ERROR, f"Data type error; kind '{word}'")
             return refused
         try:
             width = float(width_text)
         except ValueError:
             c.errors.push(DATA_TYPE_ERROR, f"Data type error; width '{width_text}'")
             return refused
-        records = np.frombuffer(block, RECORD)
+        records = np.frombuffer(block, record)
+        cells = records["cell"]
+        if cells.size and (cells.min() < 0 or cells.max() > 0xFFFFFFFF):
+            c.errors.push(DATA_OUT_OF_RANGE, "Data out of range; cell index")
+            return refused
         try:
-            n = c.pulse(kind, width, records["cell"], records["amp"])
+            n = c.pulse(kind, width, cells.astype(np.uint32),
+                        records["amp"].astype(np.float32))
         except CommandError as exc:
             c.errors.push(exc.code, exc.message)
             return refused
-        return f"{seq},{n}\n".encode()
+        return self._pulse_reply(seq, n)
 
-    def _text(self, header: str, args: str) -> bytes | None:
-        c = self.controller
-        if header == "*IDN?":
-            return (c.identity() + "\n").encode()
+    def _block_reply(self, values: np.ndarray) -> bytes:
+        data = np.ascontiguousarray(values, dtype=self.dialect.conductance_dtype).tobytes()
+        return to_ieee_block(data, "B") + b"\n"
+
+    def _text(self, header: str, op: Operation | None, args: str) -> bytes | None:
+        c, d = self.controller, self.dialect
+        # IEEE 488.2 common commands every controller has
         if header == "*RST":
             c.reset()
             return None
-        if header == "*CLS":
-            c.errors.clear()
-            return None
         if header == "*OPC?":
             return b"1\n"
-        if header == "SYST:ERR?":
+        name = None if op is None else op.name
+
+        def reply(**values: object) -> bytes:
+            assert op is not None
+            return (op.format_reply(**values) + "\n").encode("ascii", errors="replace")
+
+        if name == "identify":
+            return reply(identity=c.identity())
+        if name == "clear_errors":
+            c.errors.clear()
+            return None
+        if name == "error":
             code, message = c.errors.pop()
             # SCPI strings are ASCII (a client decodes them so): "µA" goes as "uA"
             text = message.replace("µ", "u").replace('"', "'")
-            return f'{code},"{text}"\n'.encode("ascii", errors="replace")
-        if header == "ARR:SIZE?":
-            return "{},{}\n".format(*c.size()).encode()
-        if header == "ARR:LIM?":
-            return ",".join(f"{v:g}" for v in c.limits()).encode() + b"\n"
-        if header == "READ:ARR?":
+            return reply(code=d.errors[_ERROR_NAME.get(code, "none")] if code else
+                         d.errors["none"], message=text)
+        if name == "size":
+            rows, cols = c.size()
+            return reply(rows=rows, cols=cols)
+        if name == "limits":
+            keys = ("max_set_ua", "max_reset_ua", "min_width_ns", "max_width_ns")
+            return reply(**{k: f"{v:g}" for k, v in zip(keys, c.limits(), strict=True)})
+        if name == "read_array":
             if self.faults.draw("drop_request"):
                 return None
-            return _block_reply(c.read(None))
-        if header == "SYST:TIME?":
-            return f"{c.now():.6f}\n".encode()
-        if header == "SYST:TIME:ADV":
+            return self._block_reply(c.read(None))
+        if name == "time":
+            return reply(time_s=f"{c.now():.6f}")
+        if name == "advance":
             if not args:
                 return self._fail(header, MISSING_PARAMETER, "Missing parameter")
             try:
@@ -298,7 +338,7 @@ class ScpiServer(BackgroundServer):
         return self._fail(header, UNDEFINED_HEADER, f"Undefined header; '{header}'")
 
 
-def _block_reply(values: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(values, dtype="<f4").tobytes()
-    size = str(len(data))
-    return b"#" + str(len(size)).encode() + size.encode() + data + b"\n"
+# the controller's (standard SCPI) codes by name: a dialect may number them otherwise
+_ERROR_NAME = {-104: "data_type", -109: "missing_parameter", -113: "undefined_header",
+               -161: "block_data", -222: "data_out_of_range", -223: "too_much_data",
+               -350: "queue_overflow"}
