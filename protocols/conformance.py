@@ -397,6 +397,7 @@ def check_chip(driver: CrossbarDriver, cells: npt.ArrayLike, *, resource: str | 
 
     suite = ConformanceSuite(driver, cells, config)
     info = driver.info
+    dialect = getattr(driver, "dialect", None)  # an SCPI driver's words
     try:
         results = suite.run()
     finally:
@@ -407,7 +408,7 @@ def check_chip(driver: CrossbarDriver, cells: npt.ArrayLike, *, resource: str | 
     if kind is BUILT_INS[1]:  # SCPI over VISA
         from protocols.conformance_wire import scpi_wire_checks
 
-        results += scpi_wire_checks(str(resource), info, suite.cells, config)
+        results += scpi_wire_checks(str(resource), info, suite.cells, config, dialect)
     elif kind is BUILT_INS[2]:  # framed binary on a serial port
         from protocols.conformance_wire import serial_wire_checks
 

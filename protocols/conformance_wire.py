@@ -22,6 +22,7 @@ from pyvisa.util import to_ieee_block
 
 from drivers.base import ChipInfo
 from pcmlab.errors import TransportError
+from pcmlab.scpi import DEFAULT, Dialect
 from protocols.conformance import CheckConfig, CheckResult
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ _RECORD = np.dtype([("cell", "<u4"), ("amplitude_ua", "<f4")])
 class ScpiWire:
     """A raw SCPI session: text and block messages, nothing checked on this side."""
 
-    def __init__(self, resource: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, resource: str, timeout_s: float = 10.0,
+                 dialect: Dialect | None = None) -> None:
         self.resource = resource
+        self.d = dialect or DEFAULT
         self._rm = pyvisa.ResourceManager("@py")
         try:
             self._inst: Any = self._rm.open_resource(resource,
@@ -58,30 +61,46 @@ class ScpiWire:
 
     def pulse(self, seq: int, kind: str, width_ns: float, cells: npt.ArrayLike,
               amplitude_ua: npt.ArrayLike) -> str:
-        rec = np.zeros(np.size(cells), dtype=_RECORD)
+        """A pulse batch; the reply as "seq,applied" whatever the dialect's form."""
+        rec = np.zeros(np.size(cells), dtype=self.d.record_dtype)
         rec["cell"] = cells
-        rec["amplitude_ua"] = amplitude_ua
-        head = f"PULS? {seq},{kind},{width_ns:.6g},".encode()
-        self._inst.write_raw(head + to_ieee_block(rec.tobytes(), "B") + b"\n")
-        return str(self._inst.read()).strip()
+        rec["amp"] = amplitude_ua
+        op = self.d["pulse"]
+        head = op.message(seq=seq, kind=self.d.kinds[kind], width_ns=float(width_ns))
+        self._inst.write_raw(head.encode() + to_ieee_block(rec.tobytes(), "B") + b"\n")
+        reply = str(self._inst.read()).strip()
+        fields = op.parse_reply(reply)
+        return reply if not fields else f"{fields['seq']},{fields['applied']}"
 
     def read(self, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
-        self._inst.write_raw(b"READ? " + to_ieee_block(cells.astype("<u4").tobytes(), "B")
-                             + b"\n")
-        return np.asarray(self._inst.read_binary_values(datatype="f", is_big_endian=False,
-                                                         container=np.array),
-                          dtype=np.float64)
+        block = to_ieee_block(cells.astype(self.d.cell_dtype).tobytes(), "B")
+        self._inst.write_raw(self.d["read"].message().encode() + block + b"\n")
+        return np.asarray(self._inst.read_binary_values(
+            datatype=self.d.conductance_dtype.char, is_big_endian=self.d.byte_order == ">",
+            container=np.array), dtype=np.float64)
 
     def errors(self, n: int) -> list[int]:
-        return [int(self.query("SYST:ERR?").split(",", 1)[0]) for _ in range(n)]
+        """Error codes, oldest first, as pcmlab's names number them (the dialect's codes
+        translated back)."""
+        op = self.d["error"]
+        back = {v: k for k, v in self.d.errors.items()}
+        out = []
+        for _ in range(n):
+            fields = op.parse_reply(self.query(op.message())) or {"code": "nan"}
+            try:
+                code = int(fields["code"])
+            except ValueError:
+                code = 1  # not a code at all: never what a check expects
+            out.append(DEFAULT.errors[back[code]] if code in back else code)
+        return out
 
     def raw(self, data: bytes) -> None:
         self._inst.write_raw(data)
 
 
 @contextlib.contextmanager
-def _session(resource: str) -> Iterator[ScpiWire]:
-    wire = ScpiWire(resource)
+def _session(resource: str, dialect: Dialect | None = None) -> Iterator[ScpiWire]:
+    wire = ScpiWire(resource, dialect=dialect)
     try:
         yield wire
     finally:
@@ -89,8 +108,11 @@ def _session(resource: str) -> Iterator[ScpiWire]:
 
 
 def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
-                     config: CheckConfig | None = None) -> list[CheckResult]:
-    """The wire rules on ``cells`` of the SCPI chip at ``resource``."""
+                     config: CheckConfig | None = None, dialect: Dialect | None = None
+                     ) -> list[CheckResult]:
+    """The wire rules on ``cells`` of the SCPI chip at ``resource`` (speaking ``dialect``,
+    default pcmlab's)."""
+    d = dialect or DEFAULT
     cfg = config or CheckConfig()
     lim = info.limits
     set_ua, reset_ua = cfg.set_fraction * lim.max_set_ua, lim.max_reset_ua
@@ -108,8 +130,8 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
         wire.pulse(next_seq(), "RESET", reset_w, c, np.full(c.size, reset_ua))
 
     # the error queue: oldest first, then empty
-    with _session(resource) as wire:
-        wire.write("*CLS")
+    with _session(resource, d) as wire:
+        wire.write(d["clear_errors"].message())
         undefined = wire.query("PCMLAB:NO:SUCH:HEADER?")
         c = cells[:2]
         refused = wire.pulse(next_seq(), "SET", set_w, c, [set_ua, 2 * lim.max_set_ua])
@@ -124,7 +146,7 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
             "the driver reports the wrong error for a failed command"))
 
     # the firmware refuses an out-of-range batch whole
-    with _session(resource) as wire:
+    with _session(resource, d) as wire:
         c = cells[2:18]
         reset(wire, c)
         before = wire.read(c)
@@ -146,14 +168,14 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
     # exactly once: the same seq again, and again from a new connection
     c = cells[18:50]
     s = 0
-    with _session(resource) as wire:
+    with _session(resource, d) as wire:
         reset(wire, c)
         s = next_seq()
         first = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
         g1 = wire.read(c)
         again = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
         g2 = wire.read(c)
-    with _session(resource) as wire:
+    with _session(resource, d) as wire:
         third = wire.pulse(s, "SET", set_w, c, np.full(c.size, set_ua))
         g3 = wire.read(c)
     rise = float(np.median(g1))
@@ -168,13 +190,14 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
         "a retry pulses the devices again: a double pulse looks like device noise"))
 
     # a malformed block is refused and the chip keeps serving
-    with _session(resource) as wire:
-        wire.write("*CLS")
+    with _session(resource, d) as wire:
+        wire.write(d["clear_errors"].message())
         with contextlib.suppress(pyvisa.errors.Error, OSError):  # the chip may hang up
-            wire.raw(b"READ? #Z\n")  # not a digit after "#": a bad block header
-    with _session(resource) as wire:
+            # not a digit after "#": a bad block header
+            wire.raw(d["read"].message().encode() + b"#Z\n")
+    with _session(resource, d) as wire:
         code = wire.errors(1)[0]
-        ident = wire.query("*IDN?")
+        ident = wire.query(d["identify"].message())
     ok = code == -161 and ident == info.identity
     out.append(CheckResult(
         "wire-malformed", "a malformed block is refused (-161) and the chip keeps serving",

@@ -100,6 +100,8 @@ class RunConfig(StrictModel):
     """A run, as written in a TOML file for ``pcmlab run``."""
 
     resource: str = Field("mock", description="'mock' (in-process mock chip) or a resource")
+    dialect: str | None = Field(None, description="SCPI dialect file of the chip at "
+                                "'resource' (relative to this file); default pcmlab's")
     chip: dict[str, Any] = Field(default_factory=dict,
                                  description="mock chip settings (MockChipConfig)")
     targets: TargetSpec = TargetSpec()

@@ -33,6 +33,9 @@ def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
                    help="a chip (or mock server) to use instead of the in-process mock: "
                    "TCPIP0::host::5025::SOCKET, /dev/ttyUSB0, ...; several, comma-separated, "
                    "are one group of chips")
+    g.add_argument("--dialect", type=Path, metavar="FILE",
+                   help="the SCPI dialect file of a chip that speaks SCPI with other words "
+                   "(default: pcmlab's; see docs/writing-a-driver.md)")
     g.add_argument("--chips", type=int, default=1, metavar="N",
                    help="in-process mock chips (a group for a network larger than one chip; "
                    "seeds SEED, SEED+1, ...)")
@@ -54,7 +57,10 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
     from mock_chip import FaultRates, MockChipConfig
 
     if getattr(args, "resource", None):
-        return open_driver(args.resource)
+        return open_driver(args.resource, **dialect_option(args))
+    if getattr(args, "dialect", None) is not None:
+        raise ConfigError("--dialect is for a chip at --resource (the in-process mock chip "
+                          "has no wire); for a mock server: pcmlab mock-server --dialect FILE")
     chips = getattr(args, "chips", 1)
     if chips < 1:
         raise ConfigError(f"--chips {chips}: need at least one chip")
@@ -81,6 +87,15 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
             data["calibration"] = calibration_of(args)
         cfg = validate_model(MockChipConfig, data, "mock chip options")
     return MockDriver(config=cfg)
+
+
+def dialect_option(args: argparse.Namespace) -> dict[str, object]:
+    """``dialect=`` for open_driver when --dialect is given (checked when loaded)."""
+    if getattr(args, "dialect", None) is None:
+        return {}
+    from pcmlab.scpi import load_dialect
+
+    return {"dialect": load_dialect(args.dialect)}
 
 
 def calibration_of(args: argparse.Namespace):  # -> PCMCalibration

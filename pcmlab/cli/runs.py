@@ -37,6 +37,13 @@ def _driver_for_run(config, source: str):  # (RunConfig) -> CrossbarDriver
     if config.resource == "mock":
         return MockDriver(config=validate_model(MockChipConfig, config.chip,
                                                 f"{source} [chip]"))
+    if config.dialect is not None:
+        from pcmlab.scpi import load_dialect
+
+        path = Path(config.dialect)
+        if not path.is_absolute():  # relative to the configuration file
+            path = Path(source).resolve().parent / path
+        return open_driver(config.resource, dialect=load_dialect(path))
     return open_driver(config.resource)
 
 
@@ -221,6 +228,7 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
     from mock_chip.faults import TransportFaults
     from mock_chip.scpi_server import ScpiServer
     from mock_chip.serial_server import SerialServer
+    from pcmlab.scpi import load_dialect
 
     if (args.tcp is None) == (not args.pty):
         raise ConfigError("give exactly one of --tcp HOST:PORT or --pty")
@@ -234,12 +242,17 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
     controller = Controller(MockChip(cfg, clock=RealtimeClock()),
                             virtual_clock=not args.no_virtual_clock,
                             violations=frozenset(args.break_rule))
+    if args.dialect is not None and args.tcp is None:
+        raise ConfigError("--dialect is for the SCPI server (--tcp); the serial protocol has "
+                          "no dialects")
     if args.tcp is not None:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"--tcp {args.tcp!r}: expected HOST:PORT, e.g. 127.0.0.1:5025")
         try:
-            server = ScpiServer(controller, host, int(port), faults=faults)
+            server = ScpiServer(controller, host, int(port), faults=faults,
+                                dialect=None if args.dialect is None
+                                else load_dialect(args.dialect))
         except OSError as exc:
             raise ConfigError(f"cannot listen on {args.tcp}: {exc.strerror}") from None
         where = f"{server.resource}"

@@ -1,0 +1,101 @@
+"""SCPI dialect files: the driver and the mock server on a dialect that is not pcmlab's,
+and dialects refused when loaded, naming the key and the file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.visa import VisaDriver
+from mock_chip.scpi_server import ScpiServer
+from pcmlab.errors import ConfigError, DeviceError, PcmlabError
+from pcmlab.scpi import DEFAULT, DEFAULT_PATH, load_dialect
+from protocols.program_verify import program_and_verify
+from tests.drivers.conftest import make_controller
+
+OTHER = Path(__file__).resolve().parent.parent / "data" / "otherchip.toml"
+
+
+def test_the_default_dialect_is_pcmlabs_command_set() -> None:
+    assert DEFAULT["pulse"].message(seq=7, kind="SET", width_ns=500.0) == "PULS? 7,SET,500,"
+    assert DEFAULT["read"].message() == "READ? "
+    assert DEFAULT["advance"].message(dt_s=1.5) == "SYST:TIME:ADV 1.5"
+    assert DEFAULT["error"].parse_reply('-222,"Data out of range"') == {
+        "code": "-222", "message": "Data out of range"}
+    assert DEFAULT.record_dtype.itemsize == 8 and DEFAULT.byte_order == "<"
+    assert load_dialect(DEFAULT_PATH) == DEFAULT
+
+
+def test_driver_and_server_on_another_dialect() -> None:
+    other = load_dialect(OTHER)
+    assert other.byte_order == ">" and other.cell_dtype.itemsize == 8
+    with ScpiServer(make_controller(), "127.0.0.1", 0, dialect=other) as srv:
+        with VisaDriver(srv.resource, dialect=other) as chip:
+            assert chip.info.geometry.rows == 64 and chip.info.virtual_clock
+            cells = np.arange(200, dtype=np.uint32)
+            target = np.linspace(2, 20, cells.size).astype(np.float32)
+            result = program_and_verify(chip, cells, target)
+            assert result.converged.mean() > 0.95
+            g = chip.read(cells)
+            assert np.abs(g - target).mean() < 1.5
+            assert np.median(np.abs(chip.read(None)[cells] - g)) < 0.5  # same cells, same order
+            t = chip.clock.now()
+            assert chip.clock.sleep_until(t + 100) >= t + 100
+            # the chip's own error numbers come through
+            with pytest.raises(DeviceError) as err:
+                chip._pulse_chunk(99, __import__("pcmlab.pulses").pulses.PulseKind.SET, 500.0,
+                                  np.array([(0, 1e6)], dtype=other.record_dtype))
+            assert err.value.code == 222
+        # a driver that speaks pcmlab's words does not get through, and says so
+        with pytest.raises(PcmlabError):
+            VisaDriver(srv.resource, timeout_s=1.0, retries=0)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "d.toml"
+    p.write_text(text)
+    return p
+
+
+BASE = OTHER.read_text()
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    (lambda t: t.replace('time = { message = "CLOCK?", reply = "T={time_s}" }\n', ""),
+     "operations.time: missing"),
+    (lambda t: t.replace("XBAR:PULSE? {kind},{width_ns},{seq},{block}",
+                         "XBAR:PULSE? {kind},{width_ns},{block}"), "operations.pulse.message"),
+    (lambda t: t.replace('reply = "DONE {applied} SEQ {seq}"', 'reply = "DONE {applied}"'),
+     "operations.pulse.reply"),
+    (lambda t: t.replace('cell = "u8"', 'cell = "u3"'), "block.cell"),
+    (lambda t: t.replace('byte_order = "big"', 'byte_order = "middle"'), "block.byte_order"),
+    (lambda t: t.replace('RESET = "AMORPH"', 'RESET = "cryst"'), "kinds"),
+    (lambda t: t.replace("XBAR:GETALL?", "XBAR:GET?"), "operations: header"),
+    (lambda t: t.replace("queue_overflow = 350\n", ""), "errors.queue_overflow"),
+    (lambda t: t.replace("XBAR:DIM?", "XBAR:{rows}?"), "operations.size.message"),
+    (lambda t: t + "\n[operations.extra]\nmessage = 'X?'\n", "operations"),
+])
+def test_a_bad_dialect_is_refused_naming_the_key_and_the_file(tmp_path, change, key) -> None:
+    path = write(tmp_path, change(BASE))
+    with pytest.raises(ConfigError) as err:
+        load_dialect(path)
+    assert str(path) in str(err.value) and key in str(err.value), str(err.value)
+
+
+def test_check_and_mock_server_on_another_dialect_from_the_command_line(tmp_path) -> None:
+    other = load_dialect(OTHER)
+    with ScpiServer(make_controller(), "127.0.0.1", 0, dialect=other) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pcmlab.cli", "check", "--resource", srv.resource,
+             "--dialect", str(OTHER), "--yes", "--cells", "0:512"],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the chip keeps the contract" in proc.stdout
+    bad = write(tmp_path, BASE.replace('cell = "u8"', 'cell = "u3"'))
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "mock-server", "--tcp",
+                           "127.0.0.1:0", "--dialect", str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "block.cell" in proc.stderr
+    assert "Traceback" not in proc.stderr
