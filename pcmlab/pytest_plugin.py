@@ -1,6 +1,6 @@
 """The conformance checks as a pytest plugin, so a lab puts its chip into its own CI:
 
-    pytest --pcmlab-resource TCPIP0::10.0.0.5::5025::SOCKET --pcmlab-cells 0:1024
+    pytest --pcmlab-resource TCPIP0::chip.mylab.org::5025::SOCKET --pcmlab-cells 0:1024
 
 One test item per rule (``pcmlab-check[limits]``, ...); a failed rule fails its item with
 the figure. Without ``--pcmlab-resource`` one item is collected and skipped. Registered
