@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -29,11 +28,13 @@ from pcmlab.errors import ConfigError, LimitError, PcmlabError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.pulses import PulseKind
 from protocols.program_verify import ProgramVerifyConfig, program_and_verify
+from protocols.timing import measure_timing
 
 log = logging.getLogger(__name__)
 
 Status = Literal["pass", "fail", "info", "skip"]
 MIN_CELLS = 64
+CALL_BUDGET_S = 2.0  # a driver call this long is still well inside common timeouts
 
 
 @dataclass(frozen=True)
@@ -339,42 +340,11 @@ class ConformanceSuite:
         text = "; ".join(f"{name}: {f.latency_s * 1e3:.2f} ms + {f.per_cell_s * 1e6:.3f} µs "
                          f"per cell (latency-bound below {f.break_even_cells:.0f} cells)"
                          for name, f in fits.items())
+        batch = min(f.cells_within(CALL_BUDGET_S) for f in fits.values())
+        text += (f"; calls stay within {CALL_BUDGET_S:g} s up to {batch} cells "
+                 "(program-and-verify: max_batch_cells = \"auto\" measures and uses this)")
         return CheckResult("timing", "per-call cost against batch size", "info", text,
                            "batches larger than the break-even size use the chip well")
-
-
-@dataclass(frozen=True)
-class TimingFit:
-    latency_s: float
-    per_cell_s: float
-
-    @property
-    def break_even_cells(self) -> float:
-        return self.latency_s / self.per_cell_s if self.per_cell_s > 0 else math.inf
-
-
-def measure_timing(driver: CrossbarDriver, cells: npt.NDArray[np.uint32],
-                   pulse: Callable[..., int], width_ns: float,
-                   sizes: tuple[int, ...] = (1, 16, 256, 4096), repeats: int = 3
-                   ) -> dict[str, TimingFit]:
-    """Least-squares latency + per-cell cost of ``pulse`` (amplitude 0: no effect on the
-    devices) and of ``read`` at several batch sizes (cells repeated to fill a batch)."""
-    out = {}
-    for name, call in (("pulse", lambda c: pulse(c, PulseKind.SET, 0.0, width_ns)),
-                       ("read", driver.read)):
-        xs, ys = [], []
-        for n in sizes:
-            batch = np.resize(cells, n).astype(np.uint32)
-            best = math.inf
-            for _ in range(repeats):
-                t = time.perf_counter()
-                call(batch)
-                best = min(best, time.perf_counter() - t)
-            xs.append(n)
-            ys.append(best)
-        slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys), 1)
-        out[name] = TimingFit(max(float(intercept), 0.0), max(float(slope), 0.0))
-    return out
 
 
 def parse_cells(text: str, n_cells: int) -> npt.NDArray[np.uint32]:

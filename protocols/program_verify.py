@@ -10,6 +10,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +65,11 @@ class ProgramVerifyConfig(StrictModel):
     reset_amplitude_ua: float = Field(470.0, gt=0)
     reset_width_ns: float = Field(50.0, gt=0)
     record_traces: bool = False
+    max_batch_cells: int | Literal["auto"] | None = Field(
+        None, description="most cells in one driver call: None sends all active cells at "
+        "once; \"auto\" measures the chip's per-call cost first and keeps every call within "
+        "call_budget_s ('pcmlab check' reports the same figures)")
+    call_budget_s: float = Field(2.0, gt=0, description="with max_batch_cells = \"auto\"")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProgramVerifyConfig:
@@ -72,6 +78,9 @@ class ProgramVerifyConfig(StrictModel):
                              "ever converge; give a positive tolerance")
         if self.max_set_ua is not None and self.min_set_ua > self.max_set_ua:
             raise ValueError(f"min_set_ua={self.min_set_ua} is above max_set_ua={self.max_set_ua}")
+        if isinstance(self.max_batch_cells, int) and self.max_batch_cells < 1:
+            raise ValueError(f"max_batch_cells={self.max_batch_cells}: at least 1 cell per "
+                             "call, \"auto\", or leave it out")
         return self
 
     def check_against(self, info: ChipInfo) -> None:
@@ -145,6 +154,55 @@ def differential_targets(
     return cells, targets.astype(np.float32)
 
 
+class BatchedDriver:
+    """A driver whose calls carry at most ``max_cells`` cells each (split in order)."""
+
+    def __init__(self, driver: CrossbarDriver, max_cells: int) -> None:
+        self.driver, self.max_cells = driver, max_cells
+        self.info, self.clock = driver.info, driver.clock
+        self.calls = 0
+
+    def apply_pulses(self, cells, kind, amplitude_ua, width_ns) -> int:
+        cells = np.asarray(cells)
+        amps = np.broadcast_to(np.asarray(amplitude_ua, dtype=np.float32), cells.shape)
+        applied = 0
+        for i in range(0, cells.size, self.max_cells):
+            applied += self.driver.apply_pulses(cells[i:i + self.max_cells], kind,
+                                                amps[i:i + self.max_cells], width_ns)
+            self.calls += 1
+        return applied
+
+    def read(self, cells=None):
+        if cells is None:
+            self.calls += 1
+            return self.driver.read(None)
+        cells = np.asarray(cells)
+        parts = []
+        for i in range(0, max(cells.size, 1), self.max_cells):
+            parts.append(self.driver.read(cells[i:i + self.max_cells]))
+            self.calls += 1
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def batch_cells(driver: CrossbarDriver, cells: npt.NDArray[np.uint32],
+                cfg: ProgramVerifyConfig) -> int | None:
+    """How many cells one driver call carries: as configured, or (``"auto"``) the largest
+    batch that the chip's measured latency and per-cell cost keep within the budget."""
+    if cfg.max_batch_cells != "auto":
+        return cfg.max_batch_cells
+    from protocols.timing import measure_timing
+
+    probe = cells[:min(cells.size, 4096)]
+    fits = measure_timing(driver, probe, driver.apply_pulses, cfg.set_width_ns,
+                          sizes=(1, 64, 1024), repeats=2)  # amplitude 0: no effect
+    batch = min(f.cells_within(cfg.call_budget_s) for f in fits.values())
+    log.info("program-and-verify: %d cells per call (pulse %.2f ms + %.3f us/cell, read "
+             "%.2f ms + %.3f us/cell, budget %.2f s)", batch, fits["pulse"].latency_s * 1e3,
+             fits["pulse"].per_cell_s * 1e6, fits["read"].latency_s * 1e3,
+             fits["read"].per_cell_s * 1e6, cfg.call_budget_s)
+    return batch
+
+
 def _float32_at_most(x: float) -> np.float32:
     """The largest float32 not above ``x``: amplitudes travel as float32, and rounding
     must never carry one over a limit."""
@@ -191,6 +249,9 @@ def program_and_verify(
     info = driver.info
     cfg.check_against(info)
     cells_arr, target = _check_targets(info, cells, target_us)
+    batch = batch_cells(driver, cells_arr, cfg)
+    if batch is not None and batch < cells_arr.size:
+        driver = BatchedDriver(driver, batch)
     stop = stop or StopToken()
     n = cells_arr.size
     tol = cfg.tolerance_us(target)

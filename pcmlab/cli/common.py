@@ -113,7 +113,8 @@ def program_config(args: argparse.Namespace):  # -> ProgramVerifyConfig
     if args.pv_config is not None:
         data = load_model(ProgramVerifyConfig, args.pv_config).model_dump()
     for opt, name in (("tolerance_abs", "tolerance_abs_us"), ("tolerance_rel", "tolerance_rel"),
-                      ("max_iterations", "max_iterations"), ("gain", "gain_ua_per_us")):
+                      ("max_iterations", "max_iterations"), ("gain", "gain_ua_per_us"),
+                      ("max_batch_cells", "max_batch_cells")):
         value = getattr(args, opt)
         if value is not None:
             data[name] = value
@@ -128,6 +129,19 @@ def add_program_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tolerance-rel", type=float, metavar="FRAC", help="window, share of G_T")
     g.add_argument("--max-iterations", type=int, metavar="N")
     g.add_argument("--gain", type=float, metavar="UA_PER_US", help="feedback gain (µA/µS)")
+    g.add_argument("--max-batch-cells", type=_batch_option, metavar="N|auto",
+                   help="most cells per driver call; 'auto' measures the chip's per-call "
+                   "cost and keeps each call within 2 s (default: all cells in one call)")
+
+
+def _batch_option(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of cells, or auto"
+                                         ) from None
 
 
 def run_program(driver, cells, targets, cfg):  # -> ProgramResult

@@ -232,3 +232,51 @@ def test_ctrl_c_waits_for_the_driver_call_to_finish() -> None:
     assert np.isfinite(r.g_us).all()
     # the handler is restored afterwards
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _Recording:
+    """A driver that records the size of every call, and costs latency + per-cell time."""
+
+    def __init__(self, driver, latency_s: float = 0.0, per_cell_s: float = 0.0) -> None:
+        self.driver, self.latency_s, self.per_cell_s = driver, latency_s, per_cell_s
+        self.info, self.clock = driver.info, driver.clock
+        self.sizes: list[int] = []
+
+    def _cost(self, n: int) -> None:
+        import time
+
+        self.sizes.append(n)
+        if self.latency_s or self.per_cell_s:
+            time.sleep(self.latency_s + self.per_cell_s * n)
+
+    def apply_pulses(self, cells, kind, amplitude_ua, width_ns):
+        self._cost(np.size(cells))
+        return self.driver.apply_pulses(cells, kind, amplitude_ua, width_ns)
+
+    def read(self, cells=None):
+        self._cost(self.info.n_cells if cells is None else np.size(cells))
+        return self.driver.read(cells)
+
+
+def test_batches_as_configured_and_as_measured() -> None:
+    from drivers import MockDriver
+    from mock_chip import FaultRates, MockChipConfig
+
+    def chip():
+        return MockDriver(config=MockChipConfig(geometry={"rows": 64, "cols": 256}, seed=4,
+                                                faults=FaultRates.none()))
+
+    cells = np.arange(10_000, dtype=np.uint32)
+    target = np.random.default_rng(0).uniform(0, 25, cells.size).astype(np.float32)
+    rec = _Recording(chip())
+    r = program_and_verify(rec, cells, target, ProgramVerifyConfig(max_batch_cells=700))
+    assert max(rec.sizes) == 700 and r.converged_fraction_nonzero > 0.99
+    # "auto": 1 ms + 20 us per cell, a budget of 50 ms -> about 2 450 cells per call
+    rec = _Recording(chip(), latency_s=1e-3, per_cell_s=2e-5)
+    r = program_and_verify(rec, cells, target,
+                           ProgramVerifyConfig(max_batch_cells="auto", call_budget_s=0.05))
+    big = max(rec.sizes)
+    assert 1000 < big < 5000, big
+    assert r.converged_fraction_nonzero > 0.99
+    with pytest.raises(ValueError, match="max_batch_cells=0"):
+        ProgramVerifyConfig(max_batch_cells=0)
