@@ -38,6 +38,8 @@ VIOLATIONS = {
     "error-order": "the error queue answers newest first",
     "limits": "out-of-range amplitudes are clipped to the limit and applied",
     "all-or-nothing": "a batch with a bad record applies its good records",
+    "stale-reads": "serial: a repeated READ frame is answered from the replay memory",
+    "silent-malformed": "SCPI: a malformed block is dropped without an error",
 }
 
 

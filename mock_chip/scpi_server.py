@@ -139,7 +139,8 @@ class ScpiServer(BackgroundServer):
             except (_ClosedError, ConnectionError):
                 return
             except CommandError as exc:  # the stream cannot be trusted any more
-                self.controller.errors.push(exc.code, exc.message)
+                if "silent-malformed" not in self.controller.violations:
+                    self.controller.errors.push(exc.code, exc.message)
                 log.warning("closing connection: %s", exc.message)
                 return
             if reply is None:

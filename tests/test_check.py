@@ -34,10 +34,11 @@ def check(resource: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("violation", [None, "replay", "error-order", "limits",
-                                       "all-or-nothing"])
+                                       "all-or-nothing", "silent-malformed"])
 def test_check_over_scpi(violation, tmp_path: Path) -> None:
     broken = {"replay": "wire-exactly-once", "error-order": "wire-error-queue",
-              "limits": "wire-limits", "all-or-nothing": "wire-limits"}
+              "limits": "wire-limits", "all-or-nothing": "wire-limits",
+              "silent-malformed": "wire-malformed"}
     with ScpiServer(controller(*([violation] if violation else [])), "127.0.0.1", 0) as srv:
         proc = check(srv.resource, "--json", str(tmp_path / "c.json"))
     report = json.loads((tmp_path / "c.json").read_text())
@@ -54,14 +55,16 @@ def test_check_over_scpi(violation, tmp_path: Path) -> None:
             or broken[violation] in proc.stderr
 
 
-@pytest.mark.parametrize("violation", [None, "replay"])
-def test_check_over_serial(violation) -> None:
+@pytest.mark.parametrize(("violation", "rule"), [(None, None), ("replay", "wire-exactly-once"),
+                                                 ("stale-reads", "wire-reads-fresh"),
+                                                 ("limits", "wire-limits")])
+def test_check_over_serial(violation, rule) -> None:
     with SerialServer(controller(*([violation] if violation else []))) as srv:
         proc = check(srv.path)
     if violation is None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     else:
-        assert proc.returncode == 1 and "wire-exactly-once" in proc.stderr
+        assert proc.returncode == 1 and rule in proc.stderr, proc.stdout + proc.stderr
 
 
 def test_check_asks_before_it_overwrites_cells() -> None:
