@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.base import CrossbarDriver
+from pcmlab.config import ChipLimits
 from pcmlab.errors import ConfigError, LimitError, PcmlabError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.pulses import PulseKind
@@ -97,6 +98,14 @@ class CheckConfig:
     reset_width_ns: float = ProgramVerifyConfig().reset_width_ns
     level_us: float = 10.0  # for the programmed-spread figure
 
+    def pulses(self, limits: ChipLimits) -> tuple[float, float, float, float]:
+        """(SET µA, RESET µA, SET width ns, RESET width ns) within the chip's limits."""
+        def width(w: float) -> float:
+            return min(max(w, limits.min_width_ns), limits.max_width_ns)
+
+        return (self.set_fraction * limits.max_set_ua, limits.max_reset_ua,
+                width(self.set_width_ns), width(self.reset_width_ns))
+
 
 class ConformanceSuite:
     """The driver-level checks on ``cells`` of ``driver``."""
@@ -115,11 +124,7 @@ class ConformanceSuite:
         self.cells = c.astype(np.uint32)
         self.cfg = config or CheckConfig()
         self.guard = _Guard(driver, self.cells)
-        lim = info.limits
-        self.set_ua = self.cfg.set_fraction * lim.max_set_ua
-        self.reset_ua = lim.max_reset_ua
-        self.set_w = min(max(self.cfg.set_width_ns, lim.min_width_ns), lim.max_width_ns)
-        self.reset_w = min(max(self.cfg.reset_width_ns, lim.min_width_ns), lim.max_width_ns)
+        self.set_ua, self.reset_ua, self.set_w, self.reset_w = self.cfg.pulses(info.limits)
         self.region = _Region(self.cells)
 
     # -- helpers ---------------------------------------------------------------------------

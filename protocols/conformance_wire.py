@@ -113,11 +113,8 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
     """The wire rules on ``cells`` of the SCPI chip at ``resource`` (speaking ``dialect``,
     default pcmlab's)."""
     d = dialect or DEFAULT
-    cfg = config or CheckConfig()
     lim = info.limits
-    set_ua, reset_ua = cfg.set_fraction * lim.max_set_ua, lim.max_reset_ua
-    set_w = min(max(cfg.set_width_ns, lim.min_width_ns), lim.max_width_ns)
-    reset_w = min(max(cfg.reset_width_ns, lim.min_width_ns), lim.max_width_ns)
+    set_ua, reset_ua, set_w, reset_w = (config or CheckConfig()).pulses(lim)
     seq = random.SystemRandom().randrange(1, 2**31)
     out: list[CheckResult] = []
 
@@ -254,11 +251,8 @@ def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
     from pcmlab import framing
     from pcmlab.framing import Opcode
 
-    cfg = config or CheckConfig()
     lim = info.limits
-    set_ua, reset_ua = cfg.set_fraction * lim.max_set_ua, lim.max_reset_ua
-    set_w = min(max(cfg.set_width_ns, lim.min_width_ns), lim.max_width_ns)
-    reset_w = min(max(cfg.reset_width_ns, lim.min_width_ns), lim.max_width_ns)
+    set_ua, reset_ua, set_w, reset_w = (config or CheckConfig()).pulses(lim)
     seq = random.SystemRandom().randrange(1, 2**16)
     out: list[CheckResult] = []
 
