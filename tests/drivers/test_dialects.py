@@ -99,3 +99,34 @@ def test_check_and_mock_server_on_another_dialect_from_the_command_line(tmp_path
                           text=True, timeout=60)
     assert proc.returncode == 2 and "block.cell" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_plugin_claims_a_visa_resource_by_its_identity() -> None:
+    from drivers import DriverPlugin, open_driver
+    from drivers.plugins import resolve, unregister
+
+    opened: list[str] = []
+
+    def open_claimed(resource: str, **options: object) -> VisaDriver:
+        opened.append(resource)
+        return VisaDriver(resource, timeout_s=2.0, **options)  # e.g. its own settings
+
+    with ScpiServer(make_controller(), "127.0.0.1", 0) as srv:
+        assert resolve(srv.resource).name == "visa"
+        register_plugin = DriverPlugin("mocklab", open_claimed,
+                                       identities=(("pcmlab", "MockPCM"),))
+        from drivers import register
+
+        register(register_plugin)
+        try:
+            assert resolve(srv.resource).name == "mocklab"
+            with open_driver(srv.resource) as chip:
+                assert chip.info.identity.startswith("pcmlab,MockPCM")
+            assert opened == [srv.resource]
+            other = DriverPlugin("elsewhere", open_claimed, identities=(("Keysight", ""),))
+            register(other)
+            assert resolve(srv.resource).name == "mocklab"  # a claim of another maker: no
+        finally:
+            unregister("mocklab")
+            unregister("elsewhere")
+        assert resolve(srv.resource).name == "visa"
