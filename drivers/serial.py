@@ -135,7 +135,12 @@ class SerialDriver(RemoteDriverBase):
             for start in range(0, records.size, self.max_records):
                 chunk = records[start:start + self.max_records]
                 reply = self._transact(Opcode.PULSE, head + chunk.tobytes(), 4)
-                n = struct.unpack("<I", reply)[0]
+                n = struct.unpack("<I", reply)[0] if len(reply) == 4 else None
+                if n != chunk.size:
+                    raise TransportError(f"{self.port}: PULSE of {chunk.size} records "
+                                         f"acknowledged {n if n is not None else reply!r} "
+                                         "pulses; the chip and the driver disagree on what "
+                                         "was applied")
                 np.add.at(self.pulses_acknowledged, chunk["cell"], 1)
                 applied += n
         return applied
@@ -144,15 +149,22 @@ class SerialDriver(RemoteDriverBase):
         with self._lock:
             if cells is None:
                 raw = self._transact(Opcode.READ_ARRAY, b"", 4 * self._info.n_cells)
-                return np.frombuffer(raw, "<f4").astype(np.float32)
+                return self._values(raw, self._info.n_cells, "READ_ARRAY")
             cell_arr = self.check_cells(cells)
             parts = []
             for i in range(0, cell_arr.size, self.max_records):
                 chunk = cell_arr[i:i + self.max_records].astype("<u4")
                 raw = self._transact(Opcode.READ, chunk.tobytes(), 4 * chunk.size)
-                parts.append(np.frombuffer(raw, "<f4"))
+                parts.append(self._values(raw, chunk.size, "READ"))
             return (np.concatenate(parts).astype(np.float32) if parts
                     else np.zeros(0, np.float32))
+
+    def _values(self, raw: bytes, n: int, what: str) -> F32:
+        """n float32 conductances, or TransportError: a short reply is never returned."""
+        if len(raw) != 4 * n:
+            raise TransportError(f"{self.port}: {what} of {n} cells answered {len(raw)} "
+                                 f"bytes, not {4 * n}")
+        return np.frombuffer(raw, "<f4").astype(np.float32)
 
     def close(self) -> None:
         with self._lock:

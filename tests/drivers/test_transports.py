@@ -236,3 +236,24 @@ def test_serial_replay_memory_is_exactly_once_and_not_fooled_by_a_new_session(
     assert exchange(other).opcode == framing.Opcode.PULSE | framing.ACK_BIT
     assert chip.pulse_count[5] == 2
     port.close()
+
+
+def test_serial_short_replies_and_wrong_counts_raise(serial_server) -> None:
+    """A reply with fewer values than cells, or an applied count that is not the batch's,
+    is a TransportError, never a short array or a silent success."""
+    from pcmlab.errors import TransportError
+
+    c = serial_server.controller
+    real_read, real_pulse = c.read, c.pulse
+    with SerialDriver(serial_server.path, timeout_s=0.5) as d:
+        c.read = lambda cells: real_read(cells)[:-1]
+        with pytest.raises(TransportError, match="READ of 10 cells answered 36 bytes"):
+            d.read(np.arange(10))
+        with pytest.raises(TransportError, match="READ_ARRAY"):
+            d.read(None)
+        c.read = real_read
+        c.pulse = lambda *a: real_pulse(*a) - 1
+        with pytest.raises(TransportError, match="acknowledged 4 pulses"):
+            d.apply_pulses(np.arange(5), "SET", 100.0, 500.0)
+        c.pulse = real_pulse
+        assert d.read(np.arange(10)).size == 10
