@@ -91,8 +91,15 @@ def load_model(cls: type[ModelT], path: str | Path) -> ModelT:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
-    text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ConfigError(f"{path}: expected a .toml or .json configuration file, got "
+                          f"'{suffix or 'no suffix'}'")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a configuration is .toml or .json "
+                          "text)") from None
     try:
         if suffix == ".toml":
             data = tomllib.loads(text)

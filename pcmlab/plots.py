@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pcmlab.analysis import level_of
+from pcmlab.errors import ConfigError
 from pcmlab.pcm_model import ACCURACY_TIME_LABELS, ACCURACY_TIMES_S
 
 
@@ -162,3 +163,15 @@ def plot_fit(path: str | Path, levels, fitted, prior) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """A figure file name pcmlab writes (.png, .pdf, .svg), or ConfigError saying so."""
+    p = Path(path)
+    if p.suffix.lower() not in FIGURE_SUFFIXES:
+        raise ConfigError(f"{p}: a figure is written as {', '.join(FIGURE_SUFFIXES)}; choose "
+                          "a file name with one of these suffixes")
+    return p

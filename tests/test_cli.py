@@ -69,3 +69,35 @@ def test_targets_file_of_wrong_shape(tmp_path: Path) -> None:
     proc = run_cli("program", "--targets", str(bad))
     assert proc.returncode == 2 and "not a numpy .npy array" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["mock-server", "--tcp", "127.0.0.1:99999"], "port 99999 is outside 0..65535"),
+    (["plot", "RUN", "-o", "x.h5"], "a figure is written as .png, .pdf, .svg"),
+    (["plot", "RUN", "-o", "x.txt"], "a figure is written as .png, .pdf, .svg"),
+    (["fit", "RUN", "-o", "c.h5"], "the calibration is written as .toml or .json"),
+    (["run", "MODEL"], "expected a .toml or .json configuration file, got '.pt'"),
+    (["train", "-o", "m.pt", "--data", "nothere.npz"], "nothere.npz: no such data file"),
+])
+def test_user_mistakes_end_in_one_line_before_any_work(tmp_path: Path, args, expect) -> None:
+    run = tmp_path / "run.h5"
+    run.write_bytes(b"not used: the check comes first")
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"\x80\x04binary")
+    args = [str(run) if a == "RUN" else str(model) if a == "MODEL" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", *args], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "c.h5").exists()
+
+
+def test_demo_checks_its_options_before_training(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    for bad in (["--rows", "0"], ["--runs", "0"], ["--calibration", "nothere.toml"]):
+        proc = run_cli("demo", "--output-dir", str(out), *bad)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert not out.exists()  # nothing trained, nothing written
+    proc = run_cli("deploy", "MODEL.pt", "-o", str(tmp_path / "d.h5"), "--runs", "0")
+    assert proc.returncode == 2 and "--runs 0" in proc.stderr
+    assert "(default: 25)" in run_cli("demo", "--help").stdout

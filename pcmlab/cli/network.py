@@ -56,22 +56,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from protocols.deploy import DeployConfig, deploy_network
 
     out_dir = args.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    model, data = _train_reference(args)
-    model_path = save_model_file(model, out_dir / "demo-model.pt",
-                                 input_shape=DIGITS_INPUT_SHAPE)
+    # every option is checked, and the chip reached, before the training
     periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
                                "--bits")
-    evaluator = AnalogEvaluator(model, data.x_train, periphery)
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery}, "demo options")
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: need at least one simulated run per point")
+    pcm = PCMModel(calibration_of(args))
     driver = make_driver(args)
-    run_path = out_dir / "demo-run.h5"
-    with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
-        result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path, cfg,
-                                pcm=PCMModel(calibration_of(args)), overwrite=True,
-                                on_wait=on_wait, record=record_of(args, driver))
+    with driver:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model, data = _train_reference(args)
+        model_path = save_model_file(model, out_dir / "demo-model.pt",
+                                     input_shape=DIGITS_INPUT_SHAPE)
+        evaluator = AnalogEvaluator(model, data.x_train, periphery)
+        run_path = out_dir / "demo-run.h5"
+        with readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
+            result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path,
+                                    cfg, pcm=pcm, overwrite=True, on_wait=on_wait,
+                                    record=record_of(args, driver))
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
     console.print(layers_table(evaluator, result.mapping))
     console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
@@ -182,6 +187,9 @@ def layers_table(evaluator, mapping=None) -> Table:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from protocols.deploy import DeployConfig, deploy_network
 
+    if args.runs < 1:
+        raise ConfigError(f"--runs {args.runs}: need at least one simulated run per time "
+                          "point (the simulated column of the table)")
     loaded, data = _model_and_data(args.model, args.weights, args.data)
     evaluator = _evaluator_for(loaded, data, args.bits, args.keep_digital)
     periphery = evaluator.periphery

@@ -201,9 +201,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from pcmlab.plots import plot_run
+    from pcmlab.plots import check_figure_path, plot_run
     from pcmlab.store import RunReader
 
+    if args.output is not None:
+        check_figure_path(args.output)
     with RunReader(args.run) as run:
         targets = run.targets()
         prog = run.programming()
@@ -247,8 +249,11 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
                           "no dialects")
     if args.tcp is not None:
         host, _, port = args.tcp.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
+        if not host or not port.isdigit():
             raise ConfigError(f"--tcp {args.tcp!r}: expected HOST:PORT, e.g. 127.0.0.1:5025")
+        if int(port) > 65535:
+            raise ConfigError(f"--tcp {args.tcp!r}: port {port} is outside 0..65535 (0: any "
+                              "free port)")
         try:
             server = ScpiServer(controller, host, int(port), faults=faults,
                                 dialect=None if args.dialect is None
@@ -302,8 +307,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit the statistical PCM model to a characterization file."""
     from pcmlab.config import save_model
     from pcmlab.fitting import fit_file
-    from pcmlab.plots import plot_fit
+    from pcmlab.plots import check_figure_path, plot_fit
 
+    if args.output.suffix.lower() not in (".toml", ".json"):
+        raise ConfigError(f"{args.output}: the calibration is written as .toml or .json; "
+                          "choose a file name with one of these suffixes")
+    check_figure_path(args.plot or args.output.with_suffix(".png"))
     prior_cal = calibration_of(args)
     result = fit_file(args.run, prior_cal)
     fitted, prior = PCMModel(result.calibration), PCMModel(prior_cal)
