@@ -101,3 +101,31 @@ def test_demo_checks_its_options_before_training(tmp_path: Path) -> None:
     proc = run_cli("deploy", "MODEL.pt", "-o", str(tmp_path / "d.h5"), "--runs", "0")
     assert proc.returncode == 2 and "--runs 0" in proc.stderr
     assert "(default: 25)" in run_cli("demo", "--help").stdout
+
+
+def test_an_interrupted_command_does_not_exit_0(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C between driver calls ends program and run with 130, saying what is left."""
+    import pcmlab.cli.runs as runs
+    import protocols.experiment as experiment
+    from protocols.interrupt import StopToken
+    from protocols.program_verify import program_and_verify
+
+    def stopped(driver, cells, targets, cfg, **kw):
+        stop = StopToken()
+        stop.request()  # as Ctrl-C does
+        return program_and_verify(driver, cells, targets, cfg, stop=stop)
+
+    monkeypatch.setattr(runs, "run_program", stopped)
+    assert main(["program", "--rows", "32", "--cols", "32"]) == 130
+
+    real = experiment.measure_run
+
+    def measure_stopped(*a, **kw):
+        stop = StopToken()
+        stop.request()
+        return real(*a, **{**kw, "stop": stop})
+
+    monkeypatch.setattr(experiment, "measure_run", measure_stopped)
+    config = tmp_path / "run.toml"
+    config.write_text('[chip.geometry]\nrows = 16\ncols = 16\n[schedule]\nn_readouts = 3\n')
+    assert main(["run", str(config), "-o", str(tmp_path / "r.h5")]) == 130

@@ -16,6 +16,7 @@ from pcmlab.cli.common import (
     calibration_of,
     console,
     convergence_table,
+    err_console,
     fmt_s,
     make_driver,
     program_config,
@@ -79,6 +80,10 @@ def cmd_program(args: argparse.Namespace) -> int:
     console.print(f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero cells converged"
                   f" in {wall_s:.2f} s wall, {result.n_driver_calls} driver calls"
                   + ("  [yellow](interrupted)[/]" if result.interrupted else ""))
+    if result.interrupted:
+        err_console.print("[yellow]interrupted[/]: program-and-verify stopped between driver "
+                          "calls; the table shows the cells as they were left")
+        return 130
     return 0
 
 
@@ -99,13 +104,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         result, taken = run_experiment(driver, config, output, config_dir=args.config.parent,
                                        program_progress=on_program, on_wait=on_wait)
+    if result.interrupted:
+        err_console.print(
+            f"[yellow]interrupted[/] during programming ({result.cells.size} cells, "
+            f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero converged so far): "
+            f"{output} keeps the programming state but no readouts, and a run resumes only "
+            "after complete programming; start the run again (pcmlab run ... -o NEW.h5)")
+        return 130
     console.print(f"programmed {result.cells.size} cells on {driver.info.identity}: "
                   f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero converged")
     state = "complete" if taken == n else f"stopped after {taken}; continue with " \
         f"'pcmlab resume {output}'"
     console.print(f"readouts: {taken} of {n} ({state})")
     console.print(f"wrote [bold]{output}[/]")
-    return 0
+    return 0 if taken == n else 130
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
