@@ -21,6 +21,7 @@ from protocols.program_verify import (
     ProgramResult,
     ProgramVerifyConfig,
     ProgressCallback,
+    check_targets,
     program_and_verify,
     program_pairs,
 )
@@ -62,6 +63,10 @@ class TargetSpec(StrictModel):
         cells = np.arange(n, dtype=np.uint32)
         if self.kind == "levels":
             levels = np.asarray(self.levels_us, dtype=np.float32)
+            bad = [float(v) for v in levels if not 0 <= v <= info.g_max_us]
+            if bad:
+                raise ConfigError(f"targets.levels_us: {', '.join(f'{v:g}' for v in bad)} "
+                                  f"µS outside the chip's range 0..{info.g_max_us:g} µS")
             return cells, levels[np.arange(n) % levels.size]
         rng = np.random.default_rng(self.seed)
         return cells, rng.uniform(0, info.g_max_us, n).astype(np.float32)
@@ -89,11 +94,18 @@ def load_targets_file(path: Path, info: ChipInfo
                           f"got {arr.ndim}-D")
     if arr.size > info.n_cells:
         raise ConfigError(f"{path}: {arr.size} targets for an array of {info.n_cells} cells")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ConfigError(f"{path}: targets must be numbers (µS), got dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ConfigError(f"{path}: targets must be real numbers (µS), got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    inf = np.flatnonzero(np.isinf(arr))
+    if inf.size:
+        raise ConfigError(f"{path}: {inf.size} infinite target(s), the first at cell "
+                          f"{int(inf[0])}; give µS values (NaN leaves a cell alone)")
     cells = np.flatnonzero(~np.isnan(arr)).astype(np.uint32)
-    return cells, arr[cells]
+    if cells.size == 0:
+        raise ConfigError(f"{path}: no target to program ({arr.size} values"
+                          f"{', all NaN' if arr.size else ''})")
+    return cells, arr[cells].astype(np.float32)
 
 
 class RunConfig(StrictModel):
@@ -140,6 +152,7 @@ def measure_run(
     of readouts taken (fewer than planned if stopped)."""
     info = driver.info
     program.check_against(info)
+    check_targets(info, cells, target_us)  # before the file exists: nothing half-made
     stop = stop or StopToken()
     writer = RunWriter.create(
         path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,

@@ -210,8 +210,10 @@ def _float32_at_most(x: float) -> np.float32:
     return np.nextafter(y, np.float32(-np.inf)) if float(y) > x else y
 
 
-def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
-                   ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+def check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
+                  ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+    """Cells and targets as program-and-verify takes them, or ConfigError naming the first
+    bad value and how many there are."""
     cell_arr = np.asarray(cells)
     tgt = np.asarray(target_us, dtype=np.float32)
     if cell_arr.ndim != 1 or tgt.shape != cell_arr.shape:
@@ -222,12 +224,24 @@ def _check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLik
     seen[cell_arr] = True
     if np.count_nonzero(seen) != cell_arr.size:
         raise ConfigError("a cell appears twice in the targets: give each cell one target")
-    if not np.isfinite(tgt).all():
-        raise ConfigError("targets contain NaN or infinity")
-    if tgt.size and (tgt.min() < 0 or tgt.max() > info.g_max_us):
-        bad = float(tgt.min()) if tgt.min() < 0 else float(tgt.max())
-        raise ConfigError(f"target {bad} µS is outside the chip's range 0..{info.g_max_us} µS"
-                          "; a negative weight goes on the minus device of its pair")
+    if cell_arr.size == 0:
+        raise ConfigError("no cells to program: give at least one cell and its target")
+    bad = np.flatnonzero(~np.isfinite(tgt))
+    if bad.size:
+        raise ConfigError(f"{bad.size} target(s) are NaN or infinite, the first "
+                          f"{float(tgt[bad[0]])} for cell {int(cell_arr[bad[0]])}; give µS "
+                          "values in 0..G_max")
+    low, high = np.flatnonzero(tgt < 0), np.flatnonzero(tgt > info.g_max_us)
+    if low.size:
+        raise ConfigError(f"{low.size} target(s) are negative, the first {float(tgt[low[0]])} "
+                          f"µS for cell {int(cell_arr[low[0]])}; conductances are 0.."
+                          f"{info.g_max_us} µS (a negative weight goes on the minus device of "
+                          "its differential pair)")
+    if high.size:
+        raise ConfigError(f"{high.size} target(s) are above the chip's {info.g_max_us} µS, "
+                          f"the first {float(tgt[high[0]])} µS for cell "
+                          f"{int(cell_arr[high[0]])}; lower them (or map weights with a "
+                          "larger W_max)")
     return cell_arr, tgt
 
 
@@ -248,7 +262,7 @@ def program_and_verify(
     cfg = config or ProgramVerifyConfig()
     info = driver.info
     cfg.check_against(info)
-    cells_arr, target = _check_targets(info, cells, target_us)
+    cells_arr, target = check_targets(info, cells, target_us)
     batch = batch_cells(driver, cells_arr, cfg)
     if batch is not None and batch < cells_arr.size:
         driver = BatchedDriver(driver, batch)

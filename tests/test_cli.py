@@ -129,3 +129,30 @@ def test_an_interrupted_command_does_not_exit_0(tmp_path: Path, monkeypatch) -> 
     config = tmp_path / "run.toml"
     config.write_text('[chip.geometry]\nrows = 16\ncols = 16\n[schedule]\nn_readouts = 3\n')
     assert main(["run", str(config), "-o", str(tmp_path / "r.h5")]) == 130
+
+
+@pytest.mark.parametrize(("values", "expect"), [
+    (np.array([1 + 2j, 3]), "must be real numbers (µS), got dtype complex128"),
+    (np.array([]), "no target to program (0 values)"),
+    (np.full(5, np.nan), "no target to program (5 values, all NaN)"),
+    (np.array([1.0, np.inf, 2.0]), "1 infinite target(s), the first at cell 1"),
+    (np.array([1.0, 30.0, 31.0]), "2 target(s) are above the chip's 25.0 µS, the first 30.0"),
+    (np.array([1.0, -3.0]), "1 target(s) are negative, the first -3.0 µS for cell 1"),
+])
+def test_bad_targets_are_refused_naming_the_value_and_the_cell(tmp_path: Path, values,
+                                                              expect) -> None:
+    path = tmp_path / "t.npy"
+    np.save(path, values)
+    proc = run_cli("program", "--targets", str(path), "--rows", "16", "--cols", "16")
+    assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+    assert "converged" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_out_of_range_levels_are_refused_before_the_file_exists(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[chip.geometry]\nrows = 16\ncols = 16\n[targets]\n"
+                      "levels_us = [1.0, 30.0, 40.0]\n[schedule]\nn_readouts = 2\n")
+    proc = run_cli("run", str(config), "-o", str(tmp_path / "bad.h5"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{config}: targets.levels_us: 30, 40 µS outside" in proc.stderr
+    assert not (tmp_path / "bad.h5").exists()

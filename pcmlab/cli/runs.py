@@ -94,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_model(RunConfig, args.config)
     output = args.output or Path(time.strftime("run-%Y%m%d-%H%M%S.h5"))
     driver = _driver_for_run(config, str(args.config))
+    try:  # every target checked against the chip before any work
+        config.targets.resolve(driver.info, args.config.parent)
+    except ConfigError as exc:
+        driver.close()
+        raise ConfigError(f"{args.config}: {exc}") from None
     n = config.schedule.times_s().size
     with driver, readout_progress(n) as (bar, on_wait):
         pv = bar.add_task("program-and-verify", total=config.program.max_iterations, next="")
