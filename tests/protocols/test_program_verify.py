@@ -191,7 +191,7 @@ def test_settings_beyond_the_chip_are_refused_before_any_pulse(kwargs, match) ->
     ("cells", "targets", "match"),
     [(np.arange(3), np.ones(2), "3 cells but 2 targets"),
      (np.array([1, 1]), np.ones(2), "appears twice"),
-     (np.arange(2), np.array([1.0, 30.0]), r"30.0 µS is outside the chip's range"),
+     (np.arange(2), np.array([1.0, 30.0]), r"above the chip's 25.0 µS, the first 30.0 µS"),
      (np.arange(2), np.array([1.0, -2.0]), "minus device"),
      (np.arange(2), np.array([1.0, np.nan]), "NaN"),
      (np.array([0, 64]), np.ones(2), "cell index 64")],
