@@ -77,7 +77,7 @@ def test_targets_file_of_wrong_shape(tmp_path: Path) -> None:
     (["plot", "RUN", "-o", "x.txt"], "a figure is written as .png, .pdf, .svg"),
     (["fit", "RUN", "-o", "c.h5"], "the calibration is written as .toml or .json"),
     (["run", "MODEL"], "expected a .toml or .json configuration file, got '.pt'"),
-    (["train", "-o", "m.pt", "--data", "nothere.npz"], "nothere.npz: no such data file"),
+    (["train", "-o", "out.pt", "--data", "nothere.npz"], "nothere.npz: no such data file"),
 ])
 def test_user_mistakes_end_in_one_line_before_any_work(tmp_path: Path, args, expect) -> None:
     run = tmp_path / "run.h5"
@@ -156,3 +156,21 @@ def test_out_of_range_levels_are_refused_before_the_file_exists(tmp_path: Path) 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{config}: targets.levels_us: 30, 40 µS outside" in proc.stderr
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_outputs_are_never_replaced_without_force(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"my notes")
+    config = tmp_path / "r.toml"
+    config.write_text("[chip.geometry]\nrows = 16\ncols = 16\n[schedule]\nn_readouts = 3\n")
+    run = tmp_path / "r.h5"
+    assert run_cli("run", str(config), "-o", str(run)).returncode == 0
+    for args in (["plot", str(run), "-o", str(notes)],
+                 ["train", "-o", str(notes)],
+                 ["check", "--yes", "--json", str(notes)],
+                 ["fit", str(run), "-o", str(tmp_path / "c.toml"), "--plot", str(notes)]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "pass --force to replace it" in proc.stderr, args
+        assert notes.read_bytes() == b"my notes"
+    proc = run_cli("plot", str(run), "-o", str(notes), "--force")
+    assert proc.returncode == 0 and notes.read_bytes()[:4] == b"\x89PNG"

@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant-noise", type=float, default=0.0,
                    help="share of values left unquantized in stage 2")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ablation", help="off-the-shelf vs noise injection vs full method "
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs1", type=int, default=30)
     p.add_argument("--epochs2", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=output_file,
                    help="PNG of data against fit (default: beside -o)")
     p.add_argument("--calibration", type=Path, help="prior constants (default: published)")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("mock-server", help="serve a mock chip over TCP (SCPI) or a "
@@ -200,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "cells (for scripts)")
     p.add_argument("--no-wire", action="store_true", help="driver-level checks only")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("program", help="program targets on the mock chip with program-and-verify")
@@ -231,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="PNG: drift per level and programming-error histogram")
     p.add_argument("run", type=Path)
     p.add_argument("-o", "--output", type=output_file, help="PNG file (default: RUN.png)")
+    p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_plot)
     return parser
 

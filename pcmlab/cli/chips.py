@@ -7,7 +7,7 @@ import sys
 
 from rich.table import Table
 
-from pcmlab.cli.common import console, err_console, make_driver
+from pcmlab.cli.common import console, err_console, make_driver, refuse_overwrite
 from pcmlab.errors import ConfigError
 
 _STYLE = {"pass": "green", "fail": "bold red", "info": "cyan", "skip": "yellow"}
@@ -35,6 +35,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Run the conformance checks on a chip (or driver) inside the cells given."""
     from protocols.conformance import check_chip, parse_cells, results_json
 
+    refuse_overwrite(args, args.json)
     driver = make_driver(args)
     try:
         info = driver.info

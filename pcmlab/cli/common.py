@@ -89,6 +89,17 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
     return MockDriver(config=cfg)
 
 
+def refuse_overwrite(args: argparse.Namespace, *paths: Path | None) -> None:
+    """Outputs are never replaced silently: an existing file needs --force (checked
+    before any work)."""
+    if getattr(args, "force", False):
+        return
+    for path in paths:
+        if path is not None and Path(path).exists():
+            raise ConfigError(f"{path} exists; choose another file name, or pass --force to "
+                              "replace it")
+
+
 def dialect_option(args: argparse.Namespace) -> dict[str, object]:
     """``dialect=`` for open_driver when --dialect is given (checked when loaded)."""
     if getattr(args, "dialect", None) is None:

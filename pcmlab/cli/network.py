@@ -20,6 +20,7 @@ from pcmlab.cli.common import (
     make_driver,
     readout_progress,
     record_of,
+    refuse_overwrite,
 )
 from pcmlab.config import validate_model
 from pcmlab.errors import ConfigError
@@ -258,6 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     from pcmlab.training import TrainingConfig, train_analognets
 
+    refuse_overwrite(args, args.output)
     cfg = validate_model(TrainingConfig, {
         "stage1_epochs": args.epochs1, "stage2_epochs": args.epochs2, "eta": args.eta,
         "alpha": args.alpha, "adc_bits": args.bits, "quant_noise": args.quant_noise,
@@ -316,6 +318,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                          "training options")
     if args.runs < 1:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run")
+    refuse_overwrite(args, args.output_dir / "ablation.md", args.output_dir / "ablation.png")
     model = None
     if args.model is not None:
         loaded, data = _model_and_data(args.model, None, args.data, need_weights=False)

@@ -22,6 +22,7 @@ from pcmlab.cli.common import (
     program_config,
     readout_progress,
     record_of,
+    refuse_overwrite,
     run_program,
 )
 from pcmlab.config import load_model, validate_model
@@ -223,6 +224,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if args.output is not None:
         check_figure_path(args.output)
+    refuse_overwrite(args, args.output or args.run.with_suffix(".png"))
     with RunReader(args.run) as run:
         targets = run.targets()
         prog = run.programming()
@@ -330,6 +332,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.output}: the calibration is written as .toml or .json; "
                           "choose a file name with one of these suffixes")
     check_figure_path(args.plot or args.output.with_suffix(".png"))
+    if not args.run.is_file():
+        raise ConfigError(f"{args.run}: no such file (a characterization from 'pcmlab "
+                          "characterize')")
+    refuse_overwrite(args, args.output, args.plot or args.output.with_suffix(".png"))
     prior_cal = calibration_of(args)
     result = fit_file(args.run, prior_cal)
     fitted, prior = PCMModel(result.calibration), PCMModel(prior_cal)
