@@ -12,9 +12,11 @@ a reader, or a resume after SIGKILL, never takes a half-written row for a measur
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,11 @@ class RunWriter:
         from pcmlab.store.reader import RunReader
 
         path = Path(path)
+        # the copy of a resume that was killed while copying: only ever ours, never whole
+        for stale in path.parent.glob(f"{glob.escape(path.name)}.*.resume"):
+            log.warning("removing %s, left by a resume that did not finish", stale)
+            stale.unlink(missing_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
         with RunReader(path) as old:
             prog = old.programming()
             if prog is None:
@@ -271,6 +278,8 @@ class RunWriter:
                 writer.close()
                 tmp.unlink(missing_ok=True)
                 raise
+        if mode is not None:
+            os.chmod(tmp, mode)  # the file keeps its permission bits (mkstemp made 0600)
         os.replace(tmp, path)
         writer.path = path
         log.info("resumed %s with %d completed readouts", path, readouts.n)

@@ -187,3 +187,18 @@ def test_second_process_sees_readouts_arrive(tmp_path: Path) -> None:
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+def test_resume_keeps_permissions_and_clears_a_killed_resume(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    path = tmp_path / "run.h5"
+    make_run(path, rows=2)
+    os.chmod(path, 0o644)
+    stale = tmp_path / "run.h5.abc123.resume"  # what a resume killed while copying leaves
+    stale.write_bytes(b"half a copy")
+    writer, _ = RunWriter.resume(path, {"reason": "test"})
+    writer.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
