@@ -23,6 +23,7 @@ from pcmlab import framing
 from pcmlab.errors import DeviceError, TransportError
 from pcmlab.framing import Opcode
 from pcmlab.pulses import PulseKind, pulse_records
+from pcmlab.scpi import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class SerialDriver(RemoteDriverBase):
                 self._transact(Opcode.ADVANCE, struct.pack("<d", 0.0))
                 virtual = True
             except DeviceError as exc:
-                if exc.code != -113:
+                if exc.code != DEFAULT.errors["undefined_header"]:  # no virtual clock
                     raise
                 virtual = False
         except BaseException:

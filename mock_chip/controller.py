@@ -17,16 +17,18 @@ import numpy.typing as npt
 from mock_chip.chip import MockChip
 from pcmlab.errors import ConfigError
 from pcmlab.pulses import PulseKind, check_cells
+from pcmlab.scpi import DEFAULT
 
-# SCPI error codes (IEEE 488.2 / SCPI-99)
-NO_ERROR = 0
-DATA_TYPE_ERROR = -104
-MISSING_PARAMETER = -109
-UNDEFINED_HEADER = -113
-BLOCK_DATA_ERROR = -161
-DATA_OUT_OF_RANGE = -222
-TOO_MUCH_DATA = -223
-QUEUE_OVERFLOW = -350
+# SCPI error codes (IEEE 488.2 / SCPI-99), from their one home: the default dialect
+_E = DEFAULT.errors
+NO_ERROR = _E["none"]
+DATA_TYPE_ERROR = _E["data_type"]
+MISSING_PARAMETER = _E["missing_parameter"]
+UNDEFINED_HEADER = _E["undefined_header"]
+BLOCK_DATA_ERROR = _E["block_data"]
+DATA_OUT_OF_RANGE = _E["data_out_of_range"]
+TOO_MUCH_DATA = _E["too_much_data"]
+QUEUE_OVERFLOW = _E["queue_overflow"]
 
 QUEUE_DEPTH = 32
 REPLAY_DEPTH = 1024

@@ -340,6 +340,4 @@ class ScpiServer(BackgroundServer):
 
 
 # the controller's (standard SCPI) codes by name: a dialect may number them otherwise
-_ERROR_NAME = {-104: "data_type", -109: "missing_parameter", -113: "undefined_header",
-               -161: "block_data", -222: "data_out_of_range", -223: "too_much_data",
-               -350: "queue_overflow"}
+_ERROR_NAME = {code: name for name, code in DEFAULT.errors.items()}

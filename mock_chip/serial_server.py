@@ -18,7 +18,15 @@ import zlib
 
 import numpy as np
 
-from mock_chip.controller import DATA_OUT_OF_RANGE, UNDEFINED_HEADER, CommandError, Controller
+from mock_chip.controller import (
+    BLOCK_DATA_ERROR,
+    DATA_OUT_OF_RANGE,
+    DATA_TYPE_ERROR,
+    MISSING_PARAMETER,
+    UNDEFINED_HEADER,
+    CommandError,
+    Controller,
+)
 from mock_chip.faults import FaultInjector, TransportFaults
 from mock_chip.serving import BackgroundServer
 from pcmlab import framing
@@ -129,16 +137,16 @@ class SerialServer(BackgroundServer):
             if op == Opcode.PULSE:
                 head = framing.PULSE_HEAD
                 if len(p) < head.size or (len(p) - head.size) % RECORD.itemsize:
-                    raise CommandError(-161, "Block data error; PULSE payload length")
+                    raise CommandError(BLOCK_DATA_ERROR, "Block data error; PULSE payload length")
                 kind_code, width = head.unpack_from(p)
                 if kind_code not in _KINDS:
-                    raise CommandError(-104, f"Data type error; kind code {kind_code}")
+                    raise CommandError(DATA_TYPE_ERROR, f"Data type error; kind code {kind_code}")
                 rec = np.frombuffer(p, RECORD, offset=head.size)
                 n = c.pulse(_KINDS[kind_code], width, rec["cell"], rec["amp"])
                 return framing.encode(seq, ack, struct.pack("<I", n))
             if op == Opcode.READ:
                 if len(p) % 4:
-                    raise CommandError(-161, "Block data error; cells are uint32")
+                    raise CommandError(BLOCK_DATA_ERROR, "Block data error; cells are uint32")
                 g = c.read(np.frombuffer(p, "<u4"))
                 return framing.encode(seq, ack, g.astype("<f4").tobytes())
             if op == Opcode.READ_ARRAY:
@@ -147,7 +155,8 @@ class SerialServer(BackgroundServer):
                 return framing.encode(seq, ack, struct.pack("<d", c.now()))
             if op == Opcode.ADVANCE:
                 if len(p) != 8:
-                    raise CommandError(-109, "Missing parameter; ADVANCE takes f64 seconds")
+                    raise CommandError(MISSING_PARAMETER,
+                                       "Missing parameter; ADVANCE takes f64 seconds")
                 c.advance(struct.unpack("<d", p)[0])
                 return framing.encode(seq, ack)
             raise CommandError(UNDEFINED_HEADER, f"Undefined header; opcode 0x{op:02X}")

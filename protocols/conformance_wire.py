@@ -133,12 +133,13 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
         c = cells[:2]
         refused = wire.pulse(next_seq(), "SET", set_w, c, [set_ua, 2 * lim.max_set_ua])
         codes = wire.errors(3)
-        ok = undefined == "" and codes == [-113, -222, 0]
+        want = [DEFAULT.errors[k] for k in ("undefined_header", "data_out_of_range", "none")]
+        ok = undefined == "" and codes == want
         out.append(CheckResult(
             "wire-error-queue", "the error queue is oldest first and clears",
             "pass" if ok else "fail",
             f"undefined header replied {undefined!r}, bad PULS? replied {refused!r}; "
-            f"SYST:ERR? x3 gave {codes} (expected [-113, -222, 0])",
+            f"the error query x3 gave {codes} (expected {want})",
             "errors come back in the order they happened" if ok else
             "the driver reports the wrong error for a failed command"))
 
@@ -154,7 +155,7 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
         after = wire.read(c)
         moved = float(np.max(after[:-1] - before[:-1]))
         code = wire.errors(1)[0]
-        ok = reply == f"{s},0" and code == -222 and moved < 1.5
+        ok = reply == f"{s},0" and code == DEFAULT.errors["data_out_of_range"] and moved < 1.5
         out.append(CheckResult(
             "wire-limits", "the firmware refuses an out-of-range batch whole (-222)",
             "pass" if ok else "fail",
@@ -195,7 +196,7 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
     with _session(resource, d) as wire:
         code = wire.errors(1)[0]
         ident = wire.query(d["identify"].message())
-    ok = code == -161 and ident == info.identity
+    ok = code == DEFAULT.errors["block_data"] and ident == info.identity
     out.append(CheckResult(
         "wire-malformed", "a malformed block is refused (-161) and the chip keeps serving",
         "pass" if ok else "fail", f"error {code}; *IDN? afterwards {ident!r}",
@@ -285,7 +286,7 @@ def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
         after = read(wire, c)
         moved = float(np.max(after[:-1] - before[:-1]))
         code = reply.nak()[0] if reply is not None and reply.is_nak else None
-        ok = code == -222 and moved < 1.5
+        ok = code == DEFAULT.errors["data_out_of_range"] and moved < 1.5
         out.append(CheckResult(
             "wire-limits", "the firmware refuses an out-of-range batch whole (NAK -222)",
             "pass" if ok else "fail", f"reply NAK {code}; largest change of a good record "
