@@ -8,6 +8,7 @@ refuses (empty reply) raises DeviceError with the chip's error queue entry and t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -22,7 +23,7 @@ import pyvisa.constants
 import pyvisa.errors
 
 from drivers.base import F32, RemoteDriverBase
-from pcmlab.errors import DeviceError, TransportError
+from pcmlab.errors import DeviceError, PcmlabError, TransportError
 from pcmlab.pulses import PulseKind
 from pcmlab.scpi import DEFAULT, Dialect, load_dialect
 
@@ -65,34 +66,64 @@ class VisaDriver(RemoteDriverBase):
             raise TransportError(f"VISA backend '{backend}' is not available: {exc}") from None
         self._inst: Any = None
         self._seq = random.SystemRandom().randrange(1, 2**31)  # fresh per session
-        with self._lock:
-            self._connect()
-            d = self.dialect
-            idn = d["identify"].header
-            identity = d["identify"].parse_reply(
-                self._exchange(idn, lambda: self._inst.query(idn).strip()))["identity"]
-            size = self._query_fields("size")
-            rows, cols = int(size["rows"]), int(size["cols"])
-            got = self._query_fields("limits")
-            lim = [float(got[k]) for k in ("max_set_ua", "max_reset_ua", "min_width_ns",
-                                           "max_width_ns")]
-            self._write(d["clear_errors"].message())
-            self._write(d["advance"].message(dt_s=0.0))
-            code, _ = self._pop_error()
-            no_clock = d.errors["undefined_header"]
-            virtual = code != no_clock
-            if code not in (d.errors["none"], no_clock):
-                log.warning("%s: unexpected error %d after probing the clock", resource, code)
+        try:
+            with self._lock:
+                identity, rows, cols, lim, virtual = self._handshake(resource)
+        except BaseException as exc:
+            # a failed open must not keep the connection: a one-connection controller
+            # would serve nobody else
+            self._close_quietly()
+            if isinstance(exc, PcmlabError | KeyboardInterrupt):
+                raise
+            raise TransportError(f"{resource}: opening failed ({type(exc).__name__}: "
+                                 f"{exc})") from None
         self._connected(identity, rows, cols, (lim[0], lim[1], lim[2], lim[3]), g_max_us,
                         virtual)
         log.info("connected to %s: %s (%d x %d, %s clock)", resource, identity, rows, cols,
                  "virtual" if virtual else "wall")
 
+    def _handshake(self, resource: str) -> tuple[str, int, int, list[float], bool]:
+        """Identity, shape, limits and the kind of clock, asked of the chip."""
+        self._connect()
+        d = self.dialect
+        identity = self._query_fields("identify")["identity"]
+        if len([f for f in identity.split(",") if f.strip()]) != 4 or not identity.isprintable():
+            raise TransportError(f"{resource}: identity {identity!r} is not "
+                                 "maker,model,serial,firmware")
+        size = self._query_fields("size")
+        rows, cols = int(size["rows"]), int(size["cols"])
+        got = self._query_fields("limits")
+        lim = [float(got[k]) for k in ("max_set_ua", "max_reset_ua", "min_width_ns",
+                                       "max_width_ns")]
+        no_clock = d.errors["undefined_header"]
+        for attempt in range(self.retries + 1):  # a garbled error reply: probe again
+            self._write(d["clear_errors"].message())
+            self._write(d["advance"].message(dt_s=0.0))
+            try:
+                code, _ = self._pop_error()
+                break
+            except _GarbledReplyError as exc:
+                if attempt == self.retries:
+                    raise TransportError(f"{resource}: no valid reply while probing the "
+                                         f"clock ({exc})") from None
+        if code not in (d.errors["none"], no_clock):
+            log.warning("%s: unexpected error %d after probing the clock", resource, code)
+        return identity, rows, cols, lim, code != no_clock
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken session: nothing more to do
+            if self._inst is not None:
+                self._inst.close()
+        self._inst = None
+        if self._own_rm:
+            with contextlib.suppress(Exception):
+                self._rm.close()
+
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> None:
         try:
             inst = self._rm.open_resource(self.resource_name)
-        except (pyvisa.errors.VisaIOError, OSError, ValueError) as exc:
+        except Exception as exc:  # pyvisa-py raises bare Exception("could not connect")
             raise TransportError(f"{self.resource_name}: cannot connect ({exc})") from None
         inst.timeout = int(self.timeout_s * 1000)
         inst.read_termination = "\n"
@@ -153,18 +184,28 @@ class VisaDriver(RemoteDriverBase):
         return fields
 
     def _pop_error(self) -> tuple[int, str]:
+        """The oldest queued error. A garbled reply is not asked again (the chip popped the
+        entry already: a second ask would return the next one): it raises."""
         op = self.dialect["error"]
         command = op.message()
         reply = self._exchange(command, lambda: self._inst.query(command).strip())
-        fields = op.parse_reply(reply)
+        fields = None if reply.startswith("\x15") else op.parse_reply(reply)
         try:
             return int(fields["code"]), fields["message"]  # type: ignore[index]
         except (TypeError, KeyError, ValueError):
-            raise TransportError(f"{self.resource_name}: unexpected reply {reply!r} to "
-                                 f"{command}") from None
+            raise _GarbledReplyError(f"{self.resource_name}: unexpected reply {reply!r} to "
+                                     f"{command}") from None
+
+    def _checked_error(self, command: str) -> tuple[int, str]:
+        """The error a command left, or TransportError if its reply came garbled."""
+        try:
+            return self._pop_error()
+        except _GarbledReplyError as exc:
+            raise TransportError(f"{self.resource_name}: the error of "
+                                 f"'{command.split(' ')[0]}' is unknown: {exc}") from None
 
     def _raise_device_error(self, command: str) -> None:
-        code, message = self._pop_error()
+        code, message = self._checked_error(command)
         raise DeviceError(f"{self.resource_name}: '{command.split(' ')[0]}' failed: "
                           f"{code},\"{message}\"", command=command, code=code)
 
@@ -181,7 +222,7 @@ class VisaDriver(RemoteDriverBase):
         with self._lock:
             command = self.dialect["advance"].message(dt_s=dt_s)
             self._write(command)
-            code, message = self._pop_error()
+            code, message = self._checked_error(command)
             if code:
                 raise DeviceError(f"{self.resource_name}: clock advance failed: {code},"
                                   f"\"{message}\"", command=command, code=code)

@@ -257,3 +257,32 @@ def test_serial_short_replies_and_wrong_counts_raise(serial_server) -> None:
             d.apply_pulses(np.arange(5), "SET", 100.0, 500.0)
         c.pulse = real_pulse
         assert d.read(np.arange(10)).size == 10
+
+
+def test_every_open_on_a_garbling_link_is_clean_or_a_transport_error() -> None:
+    """With 30 % of replies garbled, an open either gets the chip's true identity or
+    raises TransportError, and a failed open never keeps the one connection the mock
+    serves: the next client is answered within a second."""
+    from drivers.visa import VisaDriver
+    from mock_chip.faults import TransportFaults
+    from mock_chip.scpi_server import ScpiServer
+    from pcmlab.errors import TransportError
+    from tests.drivers.conftest import make_controller
+
+    controller = make_controller()
+    faults = TransportFaults(corrupt_reply=0.3, seed=11)
+    opened = failed = 0
+    with ScpiServer(controller, "127.0.0.1", 0, faults=faults) as srv:
+        for _ in range(20):
+            try:
+                with VisaDriver(srv.resource, timeout_s=1.0, retries=1) as d:
+                    assert d.info.identity == controller.identity()
+                    opened += 1
+            except TransportError:
+                failed += 1
+                t = time.monotonic()
+                with socket.create_connection(srv.address, timeout=2.0) as s:
+                    s.sendall(b"*IDN?\n")
+                    assert s.recv(256)  # served (the reply may be garbled: it is a test)
+                assert time.monotonic() - t < 1.0
+    assert opened + failed == 20 and opened > 0
