@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 
 import numpy as np
 from pyvisa.util import to_ieee_block
@@ -91,13 +92,17 @@ class ScpiServer(BackgroundServer):
     _thread_name = "scpi-server"
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 5025, *,
-                 faults: TransportFaults | None = None, dialect: Dialect | None = None) -> None:
+                 faults: TransportFaults | None = None, dialect: Dialect | None = None,
+                 idle_timeout_s: float = 30.0) -> None:
         super().__init__()
         self.controller = controller
+        self.idle_timeout_s = idle_timeout_s  # a client silent this long is let go
         self.dialect = dialect or DEFAULT
         self._ops = self.dialect.by_header()
         self.faults = FaultInjector(faults)
-        self._sock = socket.create_server((host, port), backlog=8)
+        # a deep backlog: many short connections must not overflow it (each overflow costs
+        # the client a SYN retransmission, about 1 s)
+        self._sock = socket.create_server((host, port), backlog=socket.SOMAXCONN)
         self._sock.settimeout(0.2)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self.connections = 0
@@ -131,10 +136,16 @@ class ScpiServer(BackgroundServer):
         conn.settimeout(0.5)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies go out whole
         reader = _Reader(conn)
+        last = time.monotonic()
         while not self._stop.is_set():
             try:
                 reply = self._message(reader)
+                last = time.monotonic()
             except TimeoutError:
+                if time.monotonic() - last > self.idle_timeout_s and not reader.buf:
+                    log.warning("closing a connection idle for %.1f s: the next client is "
+                                "waiting", self.idle_timeout_s)
+                    return
                 continue
             except (_ClosedError, ConnectionError):
                 return

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(prints its path)")
     p.add_argument("--no-virtual-clock", action="store_true",
                    help="refuse clock advances, like a real chip")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="SCPI: close a connection silent this long, so the next client is "
+                   "served (the mock serves one connection at a time)")
     g = p.add_argument_group("fault injection (rates per request, seeded by --seed)")
     for name in ("drop-request", "drop-reply", "corrupt-reply", "delay-reply", "disconnect"):
         g.add_argument(f"--{name}", type=float, default=0.0, metavar="RATE")

@@ -263,6 +263,9 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
     controller = Controller(MockChip(cfg, clock=RealtimeClock()),
                             virtual_clock=not args.no_virtual_clock,
                             violations=frozenset(args.break_rule))
+    if args.idle_timeout <= 0:
+        raise ConfigError(f"--idle-timeout {args.idle_timeout}: give a positive number of "
+                          "seconds")
     if args.dialect is not None and args.tcp is None:
         raise ConfigError("--dialect is for the SCPI server (--tcp); the serial protocol has "
                           "no dialects")
@@ -276,7 +279,8 @@ def cmd_mock_server(args: argparse.Namespace) -> int:
         try:
             server = ScpiServer(controller, host, int(port), faults=faults,
                                 dialect=None if args.dialect is None
-                                else load_dialect(args.dialect))
+                                else load_dialect(args.dialect),
+                                idle_timeout_s=args.idle_timeout)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {args.tcp}: {exc.strerror}") from None
         where = f"{server.resource}"

@@ -213,3 +213,19 @@ def test_error_messages_are_ascii_so_a_client_can_read_them(scpi_server) -> None
     with VisaDriver(scpi_server.resource) as d, pytest.raises(DeviceError, match="-222"):
         d._pulse_chunk(99, PulseKind.SET, 100.0, records.view(pulse_records(
             np.zeros(1, np.uint32), np.zeros(1, np.float32)).dtype))
+
+
+def test_a_silent_client_does_not_block_the_next_one() -> None:
+    """Without the idle timeout the second client's recv times out: nobody answers it."""
+    with ScpiServer(make_controller(), "127.0.0.1", 0, idle_timeout_s=0.5) as srv:
+        silent = socket.create_connection(srv.address, timeout=5)  # connects, says nothing
+        try:
+            with socket.create_connection(srv.address, timeout=5) as s:
+                s.sendall(b"*IDN?\n")
+                assert s.recv(256).startswith(b"pcmlab,")
+        finally:
+            silent.close()
+        for _ in range(200):  # many short connections in a row: every one is served
+            with socket.create_connection(srv.address, timeout=5) as s:
+                s.sendall(b"ARR:SIZE?\n")
+                assert s.recv(64) == b"64,128\n"
