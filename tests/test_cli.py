@@ -174,3 +174,19 @@ def test_outputs_are_never_replaced_without_force(tmp_path: Path) -> None:
         assert notes.read_bytes() == b"my notes"
     proc = run_cli("plot", str(run), "-o", str(notes), "--force")
     assert proc.returncode == 0 and notes.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_convergence_footnote_describes_only_the_columns_shown() -> None:
+    from rich.console import Console
+
+    from pcmlab.analysis import LevelStats
+    from pcmlab.cli.common import convergence_table
+
+    def render(t0: float | None) -> str:
+        row = LevelStats(10.0, 5, 1.0, 3, 4, 0.01, 0.2, 0.5, t0, None if t0 is None else 0.6)
+        console = Console(width=200, record=True)
+        console.print(convergence_table([row], "t"))
+        return console.export_text()
+
+    assert "@t0" not in render(None)
+    assert "@t0" in render(0.55) and "beside the model" in render(0.55)

@@ -171,12 +171,15 @@ def run_program(driver, cells, targets, cfg):  # -> ProgramResult
 
 
 def convergence_table(rows: list[LevelStats], title: str) -> Table:
-    table = Table(title=title, caption="err: verify reading - target (µS, converged cells); "
-                  "@t0: RMS spread of a read at t0 around the target, beside the model")
+    with_t0 = any(r.t0_std_us is not None for r in rows)
+    caption = ("err: verify reading - target (µS, converged cells); σ_prog: the model's "
+               "programming spread at the target")
+    if with_t0:  # the footnote describes the columns the table has, no more
+        caption += "; @t0: RMS spread of a read at t0 around the target, beside the model"
+    table = Table(title=title, caption=caption)
     for col in ("G_T µS", "cells", "conv %", "it p50", "it p90", "err mean", "err std",
                 "σ_prog"):
         table.add_column(col, justify="right")
-    with_t0 = any(r.t0_std_us is not None for r in rows)
     if with_t0:
         table.add_column("@t0", justify="right")
         table.add_column("model", justify="right")
