@@ -25,9 +25,11 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every pcmlab configuration: unknown fields are rejected, values are frozen."""
+    """Base for every pcmlab configuration: unknown fields are rejected, values are frozen,
+    NaN and infinity are refused as such (not as "should be >= 0")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
 
 
 class ArrayGeometry(StrictModel):

@@ -50,3 +50,12 @@ def test_cross_field_checks() -> None:
         validate_model(ChipLimits, {"min_width_ns": 100, "max_width_ns": 10})
     with pytest.raises(ConfigError, match="drift_mu_range"):
         validate_model(PCMCalibration, {"drift_mu_range": [0.2, 0.1]})
+
+
+def test_nan_and_infinity_are_refused_as_such() -> None:
+    from pcmlab.errors import ConfigError
+    from protocols.program_verify import ProgramVerifyConfig
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="should be a finite number"):
+            validate_model(ProgramVerifyConfig, {"tolerance_abs_us": bad}, "settings")
