@@ -109,15 +109,7 @@ class SerialDriver(RemoteDriverBase):
                              f"after {self.retries + 1} attempts of {wait_s:.2f} s")
 
     def _await(self, seq: int, deadline: float) -> framing.Frame | None:
-        while time.monotonic() < deadline:
-            data = self._ser.read(max(1, self._ser.in_waiting))
-            if data:
-                self._decoder.feed(data)
-                for frame in self._decoder.frames():
-                    if frame.seq == seq:
-                        return frame
-                    log.debug("%s: stale frame seq %d ignored", self.port, frame.seq)
-        return None
+        return framing.await_reply(self._ser, self._decoder, seq, deadline)
 
     # -- the CrossbarDriver interface ------------------------------------------------------
     def _now(self) -> float:

@@ -14,9 +14,12 @@ bytes up to the next 0xA5 whose frame checks out. Payloads are those of the SCPI
 from __future__ import annotations
 
 import enum
+import logging
 import struct
+import time
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 START = 0xA5
 HEADER = struct.Struct("<IHB")  # length, seq, opcode
@@ -24,6 +27,9 @@ CRC = struct.Struct("<I")
 MAX_PAYLOAD = 1 << 26  # 64 MiB, the SCPI block limit
 OVERHEAD = 1 + HEADER.size + CRC.size
 ACK_BIT = 0x80
+
+
+log = logging.getLogger(__name__)
 
 
 class Opcode(enum.IntEnum):
@@ -133,3 +139,17 @@ class Decoder:
                 continue
             del buf[:total]
             return Frame(seq, opcode, body[HEADER.size:])
+
+
+def await_reply(port: Any, decoder: Decoder, seq: int, deadline: float) -> Frame | None:
+    """Read a pyserial ``port`` into ``decoder`` until the frame with ``seq`` arrives (other
+    frames are stale: dropped) or ``deadline`` (time.monotonic) passes."""
+    while time.monotonic() < deadline:
+        data = port.read(max(1, port.in_waiting))
+        if data:
+            decoder.feed(data)
+            for frame in decoder.frames():
+                if frame.seq == seq:
+                    return frame
+                log.debug("stale frame seq %d ignored", frame.seq)
+    return None

@@ -233,15 +233,8 @@ class SerialWire:
         seq = self._framing.HEADER.unpack_from(frame, 1)[1]
         self._ser.write(frame)
         self._ser.flush()
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            data = self._ser.read(max(1, self._ser.in_waiting))
-            if data:
-                self._decoder.feed(data)
-                for f in self._decoder.frames():
-                    if f.seq == seq:
-                        return f
-        return None
+        return self._framing.await_reply(self._ser, self._decoder, seq,
+                                         time.monotonic() + self.timeout_s)
 
 
 def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
