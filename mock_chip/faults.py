@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Literal
 
 from pydantic import Field
 
@@ -20,6 +21,9 @@ class TransportFaults(StrictModel):
     delay_reply: float = Field(0.0, ge=0, le=1, description="runs, reply comes late")
     delay_s: float = Field(0.5, ge=0, le=60)
     disconnect: float = Field(0.0, ge=0, le=1, description="runs, then the link drops")
+    only: Literal["all", "pulses"] = Field(
+        "all", description="which requests the faults hit: all, or pulse batches only (to "
+        "test exactly-once delivery where it matters)")
     seed: int = 0
 
 
@@ -32,10 +36,15 @@ class FaultInjector:
         self._lock = threading.Lock()
         self.counts = {"drop_request": 0, "drop_reply": 0, "corrupt_reply": 0,
                        "delay_reply": 0, "disconnect": 0}
+        self._eligible = True
+
+    def scope(self, is_pulse: bool) -> None:
+        """Say what the request being served is (the servers call it per request)."""
+        self._eligible = self.faults.only == "all" or is_pulse
 
     def draw(self, name: str) -> bool:
         rate = getattr(self.faults, name)
-        if rate <= 0:
+        if rate <= 0 or not self._eligible:
             return False
         with self._lock:
             hit = self._rng.random() < rate

@@ -186,6 +186,7 @@ class ScpiServer(BackgroundServer):
         header = raw.decode().strip().upper()
         at_end = stop == ord("\n")
         op = self._ops.get(header)
+        self.faults.scope(op is not None and op.name == "pulse")
         if op is not None and "block" in op.args:
             if at_end:
                 return self._fail(header, MISSING_PARAMETER, "Missing parameter")

@@ -98,6 +98,7 @@ class SerialServer(BackgroundServer):
         self.frames_handled += 1
         c = self.controller
         f = self.faults
+        f.scope(frame.opcode == Opcode.PULSE)
         # A retry is the same frame byte for byte, so the memory is keyed by seq and the
         # request's content: a new session whose (random) seq meets a remembered one with
         # another command runs it instead of getting a stale reply.

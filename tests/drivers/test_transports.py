@@ -82,6 +82,41 @@ def test_exactly_once_with_two_percent_faults(transport) -> None:
     assert hit["drop_reply"] + hit["corrupt_reply"] >= 1, hit
 
 
+@pytest.mark.parametrize("transport", ["visa", "serial"])
+@pytest.mark.parametrize("replay", [True, False])
+def test_faults_on_pulses_are_survived_exactly_once_only_with_the_replay_memory(
+        transport, replay) -> None:
+    """Faults that hit pulse batches (lost and garbled replies after the pulses ran): with
+    the chip's replay memory every cell gets exactly the acknowledged pulses; without it
+    (the contract broken on purpose) the retries pulse cells again, and this test sees it."""
+    from mock_chip.controller import Controller
+    from mock_chip.faults import TransportFaults
+
+    base = make_controller(seed=3)
+    controller = Controller(base.chip, violations=frozenset() if replay else {"replay"})
+    faults = TransportFaults(drop_reply=0.15, corrupt_reply=0.15, only="pulses", seed=5)
+    if transport == "visa":
+        server = ScpiServer(controller, "127.0.0.1", 0, faults=faults)
+        make = lambda: VisaDriver(server.resource, timeout_s=0.3, retries=8)  # noqa: E731
+    else:
+        server = SerialServer(controller, faults=faults)
+        make = lambda: SerialDriver(server.path, timeout_s=0.2, retries=8,  # noqa: E731
+                                    bytes_per_s=5e6)
+    cells = np.arange(2000, dtype=np.uint32)
+    with server, make() as driver:
+        for _ in range(20):
+            driver.apply_pulses(cells, "SET", 0.0, 500.0)  # amplitude 0: counted, no effect
+        counts = controller.chip.pulse_count[cells]
+        acked = driver.pulses_acknowledged[cells]
+    hit = server.faults.counts
+    assert hit["drop_reply"] + hit["corrupt_reply"] >= 3, hit  # the faults hit pulses
+    assert (acked == 20).all()
+    if replay:
+        np.testing.assert_array_equal(counts, acked)
+    else:
+        assert (counts > acked).any()  # re-sent batches were applied again
+
+
 def test_device_errors_carry_the_command(serial_server, scpi_server) -> None:
     with SerialDriver(serial_server.path, timeout_s=2) as driver:
         with pytest.raises(DeviceError, match=r"READ failed: -222") as info:
