@@ -28,11 +28,24 @@ def test_read_whole_array_and_cells(driver: MockDriver) -> None:
     assert driver.read([5, 1]).shape == (2,)
 
 
-def test_limits_checked_before_the_chip_sees_anything(driver: MockDriver) -> None:
+def test_limits_checked_before_the_chip_sees_anything(driver: MockDriver,
+                                                      monkeypatch) -> None:
+    """The driver's own check refuses: the chip is never called (it would refuse with the
+    same words, so only counting its calls tells the two apart)."""
     counts = driver.chip.pulse_count.copy()
-    with pytest.raises(LimitError, match="above the chip's limit"):
-        driver.apply_pulses([0, 1], "SET", [100.0, 300.0], 500)
+    calls = []
+    real = driver.chip.apply_pulses
+    monkeypatch.setattr(driver.chip, "apply_pulses",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    for args in (([0, 1], "SET", [100.0, 300.0], 500), ([0], "RESET", 900.0, 50),
+                 ([0], "SET", float("nan"), 500), ([0], "SET", 100.0, 1e9),
+                 ([10**7], "SET", 100.0, 500)):
+        with pytest.raises(LimitError):
+            driver.apply_pulses(*args)
+    assert calls == []
     np.testing.assert_array_equal(counts, driver.chip.pulse_count)
+    driver.apply_pulses([0], "SET", 100.0, 500)
+    assert len(calls) == 1  # the chip is called once the request is within limits
 
 
 def test_virtual_clock_jumps(driver: MockDriver) -> None:

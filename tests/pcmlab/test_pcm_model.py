@@ -111,3 +111,6 @@ def test_global_drift_compensation_undoes_uniform_decay() -> None:
     y0 = np.array([1.0, -2.0, 3.0])
     assert global_drift_compensation(y0, 0.8 * y0) == pytest.approx(1.25)
     assert global_drift_compensation(y0, np.zeros(3)) == 1.0
+    # responses of both signs decaying unequally: the factor sums magnitudes
+    # (|2| + |-1|) / (|1.6| + |-0.9|) = 1.2, where signed sums would give 1 / 0.7
+    assert global_drift_compensation([2.0, -1.0], [1.6, -0.9]) == pytest.approx(1.2)
