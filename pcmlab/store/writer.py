@@ -194,18 +194,19 @@ class RunWriter:
                               f"{self._g.shape[1]} cells")
         i = self._n_rows
         r = self._readouts
-        self._g.resize(i + 1, axis=0)
-        self._g.write_direct(g.reshape(1, -1), dest_sel=np.s_[i:i + 1])
-        self._g.flush()
-        for name, value in ((S.CHIP_TIME, chip_time_s), (S.WALL_TIME, wall_time)):
-            ds = r[name]
+        times = [r[S.TIME], r[S.CHIP_TIME], r[S.WALL_TIME]]
+        # every dataset grows by the row first (time_s NaN: "being written"), in one
+        # flush, so a reader never sees the conductances a row ahead of the times
+        for ds in times:
             ds.resize((i + 1,))
-            ds[i] = value
-            ds.flush()
-        ds = r[S.TIME]  # last: its value marks the row complete
-        ds.resize((i + 1,))
-        ds[i] = time_s
-        ds.flush()
+        self._g.resize(i + 1, axis=0)
+        self._f.flush()
+        self._g.write_direct(g.reshape(1, -1), dest_sel=np.s_[i:i + 1])
+        times[1][i] = chip_time_s
+        times[2][i] = wall_time
+        self._f.flush()
+        times[0][i] = time_s  # last: its value marks the row complete
+        times[0].flush()
         self._n_rows = i + 1
         return i
 

@@ -77,12 +77,47 @@ def test_xarray_view(tmp_path: Path) -> None:
 def test_half_written_row_is_not_a_readout(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     make_run(path)
-    with h5py.File(path, "r+") as f:  # as if killed after the conductance row was flushed
-        g = f["readouts/conductance_us"]
-        g.resize(4, axis=0)
-        g[3] = 9.0
+    with h5py.File(path, "r+") as f:  # as a writer killed before time_s leaves a row:
+        for name in ("time_s", "chip_time_s", "wall_time"):  # every dataset one longer
+            f["readouts"][name].resize((4,))
+        f["readouts/conductance_us"].resize(4, axis=0)
+        f["readouts/conductance_us"][3] = 9.0
+        f["readouts/chip_time_s"][3] = 99.0
+        assert np.isnan(f["readouts/time_s"][3])  # the fill value marks the row
     with RunReader(path) as run:
         assert run.n_readouts == 3
+        assert run.readouts().conductance_us.shape == (3, 8)
+
+
+def test_a_row_grows_in_every_dataset_at_once(tmp_path: Path, monkeypatch) -> None:
+    """Whenever the writer flushes, the readout datasets have one length (the row being
+    written has NaN time_s); checked at every flush of a real append."""
+    path = tmp_path / "run.h5"
+    make_run(path, rows=1)
+    writer, _ = RunWriter.resume(path, {"reason": "test"})
+    seen = []
+    real_file, real_dataset = h5py.File.flush, h5py.Dataset.flush
+
+    def lengths(f: h5py.File) -> None:
+        r = f["readouts"]
+        seen.append({k: r[k].shape[0] for k in ("time_s", "chip_time_s", "wall_time",
+                                                "conductance_us")})
+
+    def flush_file(f):
+        real_file(f)
+        lengths(f)
+
+    def flush_dataset(ds):
+        real_dataset(ds)
+        lengths(ds.file)
+
+    monkeypatch.setattr(h5py.File, "flush", flush_file)
+    monkeypatch.setattr(h5py.Dataset, "flush", flush_dataset)
+    writer.append_readout(60.0, 65.0, 1.7e9, np.full(8, 5, np.float32))
+    monkeypatch.setattr(h5py.File, "flush", real_file)
+    monkeypatch.setattr(h5py.Dataset, "flush", real_dataset)
+    writer.close()
+    assert seen and all(len(set(s.values())) == 1 for s in seen), seen
 
 
 def test_existing_file_is_never_overwritten(tmp_path: Path) -> None:
