@@ -133,8 +133,10 @@ class RunWriter:
         g = r.create_dataset(S.CONDUCTANCE, shape=(0, n), maxshape=(None, n),
                              chunks=(1, row_chunk), dtype="f4", fillvalue=np.nan)
         cell_ds = r.create_dataset(S.CELL, data=cells)
-        r.create_dataset(S.SCHEDULE, data=schedule)
-        # dimension scales: xarray (h5netcdf engine) sees dims time_s x cell
+        schedule_ds = r.create_dataset(S.SCHEDULE, data=schedule)
+        # dimension scales: xarray (h5netcdf engine) sees dims time_s x cell, and the
+        # planned times on a dimension of their own (not a phony one)
+        schedule_ds.make_scale(S.SCHEDULE)
         time_ds.make_scale(S.TIME)
         cell_ds.make_scale(S.CELL)
         g.dims[0].attach_scale(time_ds)

@@ -237,3 +237,17 @@ def test_resume_keeps_permissions_and_clears_a_killed_resume(tmp_path: Path) -> 
     writer.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5"]
+
+
+def test_xarray_opens_the_readouts_without_phony_dimensions(tmp_path: Path) -> None:
+    import warnings
+
+    xarray = pytest.importorskip("xarray")
+    path = tmp_path / "run.h5"
+    make_run(path, rows=2)  # 2 readouts of 4 planned: the schedule is longer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a phony dimension would warn
+        ds = xarray.open_dataset(path, group="readouts", engine="h5netcdf")
+    with ds:
+        assert dict(ds.sizes) == {"time_s": 2, "cell": 8, "schedule_time_s": 4}
+        assert ds["conductance_us"].dims == ("time_s", "cell")
