@@ -28,10 +28,22 @@ F32 = npt.NDArray[np.float32]
 _BLOCK = 1 << 16  # cells per block of elementwise work
 
 
+class OperationTimes(StrictModel):
+    """How long the chip's operations take on its virtual clock, as a real controller's
+    do (latency per call + time per cell). Zero by default: the clock moves only when
+    told; a wall clock (mock servers) runs anyway."""
+
+    pulse_call_s: float = Field(0.0, ge=0)
+    pulse_per_cell_s: float = Field(0.0, ge=0)
+    read_call_s: float = Field(0.0, ge=0)
+    read_per_cell_s: float = Field(0.0, ge=0)
+
+
 class MockChipConfig(StrictModel):
     """Everything that defines a mock chip; the same seed gives the same chip and results."""
 
     geometry: ArrayGeometry = ArrayGeometry()
+    timing: OperationTimes = OperationTimes()
     limits: ChipLimits = ChipLimits()
     physics: DevicePhysics = DevicePhysics()
     faults: FaultRates = FaultRates()
@@ -143,7 +155,14 @@ class MockChip:
             for sub, part in self._blocks(batch):
                 apply(sub, batch_amp[part], t, self.rng)
                 self.pulse_count[sub] += np.uint32(1)
+        timing = self.config.timing
+        self._spend(timing.pulse_call_s + timing.pulse_per_cell_s * cell_arr.size)
         return int(cell_arr.size)
+
+    def _spend(self, dt_s: float) -> None:
+        """An operation's duration on the virtual clock (a wall clock runs by itself)."""
+        if dt_s > 0 and isinstance(self.clock, VirtualClock):
+            self.clock.advance(dt_s)
 
     def read(self, cells: npt.ArrayLike | None = None) -> F32:
         """Conductances in µS (drift plus correlated 1/f noise, never negative)."""
@@ -159,6 +178,8 @@ class MockChip:
         out = np.empty(n, dtype=np.float32)
         for sub, part in self._blocks(idx):
             out[part] = self._read_block(sub)
+        timing = self.config.timing
+        self._spend(timing.read_call_s + timing.read_per_cell_s * n)
         return out
 
     def _read_block(self, idx: slice | npt.NDArray[np.uint32]) -> F32:

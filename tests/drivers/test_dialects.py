@@ -40,7 +40,9 @@ def test_driver_and_server_on_another_dialect() -> None:
             assert result.converged.mean() > 0.95
             g = chip.read(cells)
             assert np.abs(g - target).mean() < 1.5
-            assert np.median(np.abs(chip.read(None)[cells] - g)) < 0.5  # same cells, same order
+            noise = np.median(np.abs(chip.read(cells) - g))  # read-to-read, on a real clock
+            # same cells, same order: the full read differs from the cell read by noise only
+            assert np.median(np.abs(chip.read(None)[cells] - g)) < 3 * noise + 0.1
             t = chip.clock.now()
             assert chip.clock.sleep_until(t + 100) >= t + 100
             # the chip's own error numbers come through

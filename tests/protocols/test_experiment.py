@@ -226,3 +226,30 @@ def test_inspect_a_run_too_short_for_a_drift_fit(tmp_path: Path) -> None:
     proc = pcmlab("inspect", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "the fit needs two" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_readout_times_are_anchored_to_the_end_of_programming(tmp_path: Path) -> None:
+    """With pulses and reads taking time on the mock's clock, programming ends well after
+    the chip's start: every readout's time is its chip time minus that end (a schedule
+    anchored to the chip's start, or to the first pulse, fails here)."""
+    from drivers import MockDriver
+    from mock_chip import FaultRates, MockChipConfig
+    from protocols.experiment import measure_run
+    from protocols.program_verify import ProgramVerifyConfig
+
+    cfg = MockChipConfig(geometry={"rows": 32, "cols": 64}, seed=2, faults=FaultRates.none(),
+                         timing={"pulse_call_s": 0.5, "pulse_per_cell_s": 1e-3,
+                                 "read_call_s": 0.2, "read_per_cell_s": 5e-4})
+    driver = MockDriver(config=cfg)
+    cells = np.arange(1000, dtype=np.uint32)
+    target = np.linspace(1, 20, cells.size).astype(np.float32)
+    times = np.array([20.0, 100.0, 1000.0])
+    result, taken = measure_run(driver, tmp_path / "r.h5", cells=cells, target_us=target,
+                                program=ProgramVerifyConfig(), times_s=times, config={})
+    assert taken == 3 and result.end_s > 10.0  # programming took time on the chip's clock
+    with RunReader(tmp_path / "r.h5") as run:
+        ro = run.readouts()
+        end = run.programming().end_chip_time_s
+    assert end == pytest.approx(result.end_s)
+    np.testing.assert_allclose(ro.time_s, ro.chip_time_s - end, rtol=0, atol=1e-9)
+    assert (ro.time_s >= times).all() and (ro.time_s - times < 1.0).all()
