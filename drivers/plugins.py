@@ -150,6 +150,9 @@ BUILT_INS = (
 )
 
 
+_BUILT_IN = {p.name: p for p in BUILT_INS}
+
+
 def _is_visa(resource: str) -> bool:
     return resource.split("::", 1)[0].upper().startswith(_VISA_HEADS) and "::" in resource
 
@@ -195,9 +198,9 @@ def resolve(resource: str) -> DriverPlugin:
                     log.info("%s: '%s' is claimed by driver plugin %s", resource, identity,
                              p.name)
                     return p
-        return BUILT_INS[1]
+        return _BUILT_IN["visa"]
     if (resource.startswith(("/dev/", "serial:")) or resource.upper().startswith("COM")):
-        return BUILT_INS[2]
+        return _BUILT_IN["serial"]
     raise ConfigError(f"resource '{resource}' is neither a VISA resource (TCPIP0::host::port::"
                       "SOCKET, GPIB0::..., USB0::...), a serial port (/dev/..., serial:PATH, "
                       "socket://host:port), mock://..., nor a scheme of an installed driver "

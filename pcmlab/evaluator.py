@@ -31,7 +31,7 @@ from pcmlab.analog import (
 )
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
-from pcmlab.mapping import NetworkMapping, weight_from_matrices
+from pcmlab.mapping import NetworkMapping
 from pcmlab.pcm_model import PCMModel, global_drift_compensation
 
 log = logging.getLogger(__name__)
@@ -254,18 +254,9 @@ class AnalogEvaluator:
                                   npt.NDArray[np.int16]]:
         return mapping.targets([w.cpu().numpy() for w in self.weights])
 
-    def weights_from_devices(self, mapping: NetworkMapping, g_us: npt.ArrayLike
-                             ) -> tuple[list[torch.Tensor], list[npt.NDArray[np.float64]]]:
-        """Weights (torch, layer shapes) and (groups, in, out) crossbar matrices from a
-        vector of device conductances in ``mapping.targets`` order."""
-        matrices = mapping.device_matrices(g_us)
-        weights = [torch.from_numpy(weight_from_matrices(mat, lm.weight_shape)
-                                    .astype(np.float32, copy=False)).to(self.device)
-                   for lm, mat in zip(mapping.layers, matrices, strict=True)]
-        return weights, matrices
-
     def _torch_weights(self, mapping: NetworkMapping, g: torch.Tensor) -> list[torch.Tensor]:
-        """``weights_from_devices`` on a torch vector of conductances (no matrices)."""
+        """Weights (layer shapes) from device conductances in ``mapping.targets`` order:
+        W = (G+ - G-) W_max / G_max."""
         out, off = [], 0
         for lm in mapping.layers:
             m = lm.n_weights

@@ -90,12 +90,6 @@ def group_matrices(weight: npt.ArrayLike, groups: int = 1) -> npt.NDArray[np.flo
     return w.reshape(groups, out // groups, -1).transpose(0, 2, 1)
 
 
-def weight_from_matrices(mats: npt.NDArray[np.float64], shape: tuple[int, ...]
-                         ) -> npt.NDArray[np.float64]:
-    """The inverse of ``group_matrices``: a weight tensor of ``shape``."""
-    return np.ascontiguousarray(mats.transpose(0, 2, 1)).reshape(shape)
-
-
 @dataclass(frozen=True)
 class NetworkMapping:
     """Where every weight of a network lives on the array, and at what scale."""
@@ -234,25 +228,6 @@ class NetworkMapping:
             diff = g_of_cell[plus].astype(np.float64) - g_of_cell[minus]
             diff *= layer.w_max / self.g_max_us
             out.append(diff[0] if layer.groups == 1 else diff)
-        return out
-
-    def device_matrices(self, g_us: npt.ArrayLike) -> list[npt.NDArray[np.float64]]:
-        """Per layer the (groups, in_dim, out_dim) weight matrices from a vector of device
-        conductances in ``targets`` order: W = (G+ - G-) W_max / G_max (float32 in, float32
-        out; else float64)."""
-        g = np.asarray(g_us)
-        g = g if g.dtype == np.float32 else g.astype(np.float64)
-        need = sum(lm.n_cells for lm in self.layers)
-        if g.size < need:
-            raise ConfigError(f"{g.size} conductances are too few for the network "
-                              f"({need} devices)")
-        out, off = [], 0
-        for lm in self.layers:
-            m = lm.n_weights
-            mat = (g[off:off + m] - g[off + m:off + 2 * m])
-            mat *= g.dtype.type(lm.w_max / self.g_max_us)
-            out.append(mat.reshape(lm.groups, lm.in_dim, lm.out_dim))
-            off += 2 * m
         return out
 
     # -- reporting and files ---------------------------------------------------------------

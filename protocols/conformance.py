@@ -368,7 +368,7 @@ def check_chip(driver: CrossbarDriver, cells: npt.ArrayLike, *, resource: str | 
                wire: bool = True, config: CheckConfig | None = None) -> list[CheckResult]:
     """Every check: through ``driver``, then (``wire``, and ``resource`` an SCPI chip) on
     the wire, with the driver closed. The driver is closed when this returns."""
-    from drivers.plugins import BUILT_INS, resolve
+    from drivers.plugins import resolve
 
     suite = ConformanceSuite(driver, cells, config)
     info = driver.info
@@ -379,18 +379,18 @@ def check_chip(driver: CrossbarDriver, cells: npt.ArrayLike, *, resource: str | 
         driver.close()
     if not wire:
         return results
-    kind = resolve(resource) if resource else None
-    if kind is BUILT_INS[1]:  # SCPI over VISA
+    kind = resolve(resource).name if resource else None
+    if kind == "visa":  # SCPI over VISA
         from protocols.conformance_wire import scpi_wire_checks
 
         results += scpi_wire_checks(str(resource), info, suite.cells, config, dialect)
-    elif kind is BUILT_INS[2]:  # framed binary on a serial port
+    elif kind == "serial":  # framed binary on a serial port
         from protocols.conformance_wire import serial_wire_checks
 
         port = str(resource).removeprefix("serial:")
         results += serial_wire_checks(port, info, suite.cells, config)
     else:
-        why = ("the in-process mock has no wire" if resource is None or kind is BUILT_INS[0]
+        why = ("the in-process mock has no wire" if kind in (None, "mock")
                else "wire checks are for the built-in SCPI and serial protocols; this driver "
                "is checked through its API")
         results.append(CheckResult("wire", "the chip's firmware on the raw wire", "skip", why,

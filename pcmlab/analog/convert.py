@@ -260,15 +260,12 @@ def convert_to_analog(model: nn.Module, periphery: Periphery | None = None, *,
                           "Conv2d, LSTM, GRU, MultiheadAttention), or all are kept digital")
     placed = {n: twins[i] for i, n in names.items()
               if isinstance(twins.get(i), _ANALOG_TWINS)}
-    network = AnalogNetwork(net, state, sorted(report, key=lambda r: _order(r.name, names)),
+    order = {n: i for i, n in enumerate(names.values())}
+    network = AnalogNetwork(net, state,
+                            sorted(report, key=lambda r: order.get(r.name, len(order))),
                             base, placed)
     log.info("%d weight matrices on the chip", len(network.layers))
     return network
-
-
-def _order(name: str, names: dict[int, str]) -> int:
-    order = {n: i for i, n in enumerate(names.values())}
-    return order.get(name, len(order))
 
 
 def _inside_twin(name: str, twins: dict[int, nn.Module], names: dict[int, str]) -> bool:

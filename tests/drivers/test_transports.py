@@ -60,17 +60,21 @@ def test_program_and_readouts_end_to_end(transport, scpi_server, serial_server,
         assert run.driver_identity.startswith("pcmlab,MockPCM-64x128")
 
 
+def served(transport: str, controller, faults):
+    """A mock server on ``transport`` and a function that opens a retrying driver to it."""
+    if transport == "visa":
+        server = ScpiServer(controller, "127.0.0.1", 0, faults=faults)
+        return server, lambda: VisaDriver(server.resource, timeout_s=0.3, retries=8)
+    server = SerialServer(controller, faults=faults)
+    return server, lambda: SerialDriver(server.path, timeout_s=0.2, retries=8,
+                                        bytes_per_s=5e6)
+
+
 @pytest.mark.parametrize("transport", ["visa", "serial"])
 def test_exactly_once_with_two_percent_faults(transport) -> None:
     controller = make_controller(seed=3)
     faults = faulty(0.02, seed=11)
-    if transport == "visa":
-        server = ScpiServer(controller, "127.0.0.1", 0, faults=faults)
-        make = lambda: VisaDriver(server.resource, timeout_s=0.3, retries=8)  # noqa: E731
-    else:
-        server = SerialServer(controller, faults=faults)
-        make = lambda: SerialDriver(server.path, timeout_s=0.2, retries=8,  # noqa: E731
-                                    bytes_per_s=5e6)
+    server, make = served(transport, controller, faults)
     with server, make() as driver:
         result = program_and_verify(driver, np.arange(TARGETS.size), TARGETS)
         chip = controller.chip
@@ -95,13 +99,7 @@ def test_faults_on_pulses_are_survived_exactly_once_only_with_the_replay_memory(
     base = make_controller(seed=3)
     controller = Controller(base.chip, violations=frozenset() if replay else {"replay"})
     faults = TransportFaults(drop_reply=0.15, corrupt_reply=0.15, only="pulses", seed=5)
-    if transport == "visa":
-        server = ScpiServer(controller, "127.0.0.1", 0, faults=faults)
-        make = lambda: VisaDriver(server.resource, timeout_s=0.3, retries=8)  # noqa: E731
-    else:
-        server = SerialServer(controller, faults=faults)
-        make = lambda: SerialDriver(server.path, timeout_s=0.2, retries=8,  # noqa: E731
-                                    bytes_per_s=5e6)
+    server, make = served(transport, controller, faults)
     cells = np.arange(2000, dtype=np.uint32)
     with server, make() as driver:
         for _ in range(20):
