@@ -57,6 +57,7 @@ class SerialDriver(RemoteDriverBase):
         except (serial.SerialException, OSError, ValueError) as exc:
             raise TransportError(f"{port}: cannot open serial port ({exc})") from None
         try:
+            self._open_session()
             identity = self._transact(Opcode.IDENTIFY).decode("utf-8", "replace")
             rows, cols = struct.unpack("<II", self._transact(Opcode.SIZE))
             lim = struct.unpack("<4f", self._transact(Opcode.LIMITS))
@@ -72,6 +73,18 @@ class SerialDriver(RemoteDriverBase):
             raise
         self._connected(identity, rows, cols, lim, g_max_us, virtual)
         log.info("connected to %s: %s (%d x %d)", port, identity, rows, cols)
+
+    def _open_session(self) -> None:
+        """Tell the device this is a new session, so that its replay memory never answers
+        this session with an earlier one's replies (the session id is part of its key)."""
+        self.session_id = random.SystemRandom().randrange(1, 1 << 64)
+        reply = self._transact(Opcode.SESSION, framing.SESSION_REQUEST.pack(self.session_id))
+        version, echoed = (framing.SESSION_REPLY.unpack(reply)
+                           if len(reply) == framing.SESSION_REPLY.size else (None, None))
+        if echoed != self.session_id:
+            raise TransportError(f"{self.port}: SESSION answered {reply!r}, not the "
+                                 f"session id {self.session_id:016x}")
+        self.protocol_version = version
 
     # -- frames ----------------------------------------------------------------------------
     def _transact(self, opcode: Opcode, payload: bytes = b"", reply_bytes: int = 0) -> bytes:

@@ -41,6 +41,7 @@ VIOLATIONS = {
     "limits": "out-of-range amplitudes are clipped to the limit and applied",
     "all-or-nothing": "a batch with a bad record applies its good records",
     "stale-reads": "serial: a repeated READ frame is answered from the replay memory",
+    "shared-sessions": "serial: the replay memory ignores the session id",
     "silent-malformed": "SCPI: a malformed block is dropped without an error",
 }
 

@@ -1,9 +1,9 @@
 """The mock chip behind the framed binary protocol, on a pseudo-terminal.
 
 Clients open the printed device path with pyserial as they would a USB-serial board.
-A repeated sequence number gets the stored reply without running again; a partial frame
-whose bytes stop coming is given up after ``inter_byte_timeout_s`` and the stream searched
-for the next frame start.
+A repeated pulse or clock-advance frame (same session, seq and content) gets the stored
+reply without running again; a partial frame whose bytes stop coming is given up after
+``inter_byte_timeout_s`` and the stream searched for the next frame start.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class SerialServer(BackgroundServer):
         self.path = os.ttyname(self._slave)
         self._decoder = framing.Decoder()
         self.frames_handled = 0
+        self.session_id = 0  # set by the host's SESSION frame; 0 before any handshake
 
     # -- lifecycle -------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -99,12 +100,13 @@ class SerialServer(BackgroundServer):
         c = self.controller
         f = self.faults
         f.scope(frame.opcode == Opcode.PULSE)
-        # A retry is the same frame byte for byte, so the memory is keyed by seq and the
-        # request's content: a new session whose (random) seq meets a remembered one with
-        # another command runs it instead of getting a stale reply.
+        # A retry is the same frame byte for byte in the same session, so the memory is
+        # keyed by the session the host opened (SESSION), seq and the request's content:
+        # a new session never gets an earlier session's replies, even on the same seq.
         # Only what changes the chip is exactly-once (pulses, clock advances); reads, time
         # and identity are executed every time: a stored reply would be stale.
-        key = (frame.seq, frame.opcode, zlib.crc32(frame.payload))
+        session = 0 if "shared-sessions" in c.violations else self.session_id
+        key = (session, frame.seq, frame.opcode, zlib.crc32(frame.payload))
         once = frame.opcode in _EXACTLY_ONCE or "stale-reads" in c.violations
         with c.lock:
             reply = c.frame_replies.get(key) if once else None
@@ -154,6 +156,14 @@ class SerialServer(BackgroundServer):
                 return framing.encode(seq, ack, c.read(None).astype("<f4").tobytes())
             if op == Opcode.TIME:
                 return framing.encode(seq, ack, struct.pack("<d", c.now()))
+            if op == Opcode.SESSION:
+                if len(p) != framing.SESSION_REQUEST.size:
+                    raise CommandError(MISSING_PARAMETER,
+                                       "Missing parameter; SESSION takes a u64 session id")
+                (self.session_id,) = framing.SESSION_REQUEST.unpack(p)
+                log.info("serial session %016x opened", self.session_id)
+                return framing.encode(seq, ack, framing.SESSION_REPLY.pack(
+                    framing.PROTOCOL_VERSION, self.session_id))
             if op == Opcode.ADVANCE:
                 if len(p) != 8:
                     raise CommandError(MISSING_PARAMETER,

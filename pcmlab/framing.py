@@ -1,14 +1,17 @@
 """Framed binary protocol of serial chip controllers (MCU / FPGA boards): one codec and
 one opcode table for the device (mock chip server) and the host (``SerialDriver``).
 
-Frame, all integers little-endian::
+Frame (protocol version 2), all integers little-endian::
 
-    0xA5 | length u32 (payload bytes) | seq u16 | opcode u8 | payload | CRC-32 u32
+    0xA5 | length u32 (payload bytes) | seq u16 | opcode u8 | header CRC-32 u32
+         | payload | CRC-32 u32
 
-The CRC (zlib.crc32) covers length, seq, opcode and payload. The device answers every
-frame with the same seq: an ACK (the request's opcode | 0x80) with the result, or a NAK
-(0xFF) with an error code (int16) and a UTF-8 message. A receiver that loses sync discards
-bytes up to the next 0xA5 whose frame checks out. Payloads are those of the SCPI blocks.
+The header CRC (zlib.crc32) covers length, seq and opcode: a 0xA5 in line noise is
+rejected after 12 bytes instead of waiting for the payload it claims. The frame CRC
+covers everything between 0xA5 and itself. The device answers every frame with the same
+seq: an ACK (the request's opcode | 0x80) with the result, or a NAK (0xFF) with an error
+code (int16) and a UTF-8 message. A receiver that loses sync discards bytes up to the next
+0xA5 whose frame checks out. Payloads are those of the SCPI blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ START = 0xA5
 HEADER = struct.Struct("<IHB")  # length, seq, opcode
 CRC = struct.Struct("<I")
 MAX_PAYLOAD = 1 << 26  # 64 MiB, the SCPI block limit
-OVERHEAD = 1 + HEADER.size + CRC.size
+HEAD = 1 + HEADER.size + CRC.size  # start byte, header, header CRC
+OVERHEAD = HEAD + CRC.size
+PROTOCOL_VERSION = 2
 ACK_BIT = 0x80
 
 
@@ -43,10 +48,13 @@ class Opcode(enum.IntEnum):
     READ_ARRAY = 0x06  # -> rows*cols x f32 µS, row-major
     TIME = 0x07  # -> seconds since the chip started, f64
     ADVANCE = 0x08  # dt_s f64 -> (empty); NAK -113 on chips without a virtual clock
+    SESSION = 0x09  # session id u64 -> protocol version u16, session id u64
     NAK = 0xFF  # <- error code i16, UTF-8 message
 
 
 PULSE_HEAD = struct.Struct("<Bf")
+SESSION_REQUEST = struct.Struct("<Q")
+SESSION_REPLY = struct.Struct("<HQ")
 NAK_HEAD = struct.Struct("<h")
 KIND_CODES = {"SET": 0, "RESET": 1}
 
@@ -69,7 +77,8 @@ class Frame:
 def encode(seq: int, opcode: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    body = HEADER.pack(len(payload), seq & 0xFFFF, opcode) + payload
+    header = HEADER.pack(len(payload), seq & 0xFFFF, opcode)
+    body = header + CRC.pack(zlib.crc32(header)) + payload
     return bytes([START]) + body + CRC.pack(zlib.crc32(body))
 
 
@@ -97,7 +106,8 @@ class Decoder:
         return len(self._buf)
 
     def skip_start(self) -> None:
-        """Give up on the frame at the front (e.g. its claimed length never arrives)."""
+        """Give up on the frame at the front (its claimed bytes stopped coming); the frames
+        behind it, if any, come out of the next ``frames()``."""
         if self._buf:
             del self._buf[:1]
             self.discarded += 1
@@ -121,24 +131,26 @@ class Decoder:
             if start:
                 self.discarded += start
                 del buf[:start]
-            if len(buf) < 1 + HEADER.size:
+            if len(buf) < HEAD:
                 return None
             length, seq, opcode = HEADER.unpack_from(buf, 1)
-            if length > self.max_payload:
-                del buf[:1]  # cannot be a frame of ours: hunt on
+            (head_crc,) = CRC.unpack_from(buf, 1 + HEADER.size)
+            if (length > self.max_payload
+                    or zlib.crc32(buf[1:1 + HEADER.size]) != head_crc):
+                del buf[:1]  # noise, not a frame of ours: hunt on at once
                 self.discarded += 1
                 continue
             total = OVERHEAD + length
             if len(buf) < total:
                 return None
-            body = bytes(buf[1:total - CRC.size])
             (crc,) = CRC.unpack_from(buf, total - CRC.size)
-            if zlib.crc32(body) != crc:
+            if zlib.crc32(buf[1:total - CRC.size]) != crc:
                 del buf[:1]
                 self.discarded += 1
                 continue
+            payload = bytes(buf[HEAD:total - CRC.size])
             del buf[:total]
-            return Frame(seq, opcode, body[HEADER.size:])
+            return Frame(seq, opcode, payload)
 
 
 def await_reply(port: Any, decoder: Decoder, seq: int, deadline: float) -> Frame | None:

@@ -266,8 +266,15 @@ def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
             raise TransportError(f"{port}: READ got {reply}")
         return np.frombuffer(reply.payload, "<f4").astype(np.float64)
 
+    def session(wire: SerialWire) -> bool:
+        sid = random.SystemRandom().randrange(1, 1 << 64)
+        reply = wire.send(frame(Opcode.SESSION, framing.SESSION_REQUEST.pack(sid)))
+        return (reply is not None and not reply.is_nak
+                and reply.payload == framing.SESSION_REPLY.pack(framing.PROTOCOL_VERSION, sid))
+
     wire = SerialWire(port)
     try:
+        opened = session(wire)
         # the firmware refuses an out-of-range batch whole
         c = cells[:16]
         wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
@@ -316,6 +323,27 @@ def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
             f"the same READ frame after a RESET: median {np.median(g3):.2f} µS (before the "
             f"RESET {rise:.2f})", "every readout is a new measurement" if fresh else
             "a repeated read returns an old measurement: stale conductances in the file"))
+
+        # a new session never gets an earlier session's reply: the first session's pulse
+        # frame, byte for byte, sent again in a new session runs
+        c = cells[48:80]
+        wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
+                                                    np.full(c.size, reset_ua))))
+        pulse = frame(Opcode.PULSE, pulse_payload("SET", set_w, c, np.full(c.size, set_ua)))
+        wire.send(pulse)
+        rise = float(np.median(read(wire, c)))
+        wire.send(frame(Opcode.PULSE, pulse_payload("RESET", reset_w, c,
+                                                    np.full(c.size, reset_ua))))
+        reopened = session(wire)
+        wire.send(pulse)
+        again = float(np.median(read(wire, c)))
+        ok = opened and reopened and again > 0.5 * rise
+        out.append(CheckResult(
+            "wire-sessions", "a new session (SESSION) never gets an earlier session's "
+            "replies", "pass" if ok else "fail", f"SESSION answered: {opened and reopened}; "
+            f"the first session's SET frame in a new session: median {again:.2f} µS "
+            f"(first time {rise:.2f})", "a new session's commands always run" if ok else
+            "a new session was answered from an earlier session's memory"))
 
         # a corrupted frame is dropped and the link keeps answering
         bad = bytearray(frame(Opcode.IDENTIFY))

@@ -57,6 +57,7 @@ def test_check_over_scpi(violation, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("violation", "rule"), [(None, None), ("replay", "wire-exactly-once"),
                                                  ("stale-reads", "wire-reads-fresh"),
+                                                 ("shared-sessions", "wire-sessions"),
                                                  ("limits", "wire-limits")])
 def test_check_over_serial(violation, rule) -> None:
     with SerialServer(controller(*([violation] if violation else []))) as srv:

@@ -256,19 +256,70 @@ def test_serial_replay_memory_is_exactly_once_and_not_fooled_by_a_new_session(
                 return got[0]
         raise AssertionError("no reply")
 
+    def session(session_id: int) -> None:
+        reply = exchange(framing.encode(1, framing.Opcode.SESSION,
+                                        framing.SESSION_REQUEST.pack(session_id)))
+        assert framing.SESSION_REPLY.unpack(reply.payload) == (framing.PROTOCOL_VERSION,
+                                                               session_id)
+
     rec = np.array([(5, 150.0)], dtype=[("cell", "<u4"), ("amp", "<f4")])
     pulse = framing.encode(77, framing.Opcode.PULSE,
                            framing.PULSE_HEAD.pack(0, 500.0) + rec.tobytes())
+    session(0xA11CE)
     assert exchange(pulse).payload == (1).to_bytes(4, "little")
     assert exchange(pulse).payload == (1).to_bytes(4, "little")  # a retry: not run again
     assert chip.pulse_count[5] == 1
-    # the same seq with another command (a new session) runs
+    # the same seq with another command runs
     other = framing.encode(77, framing.Opcode.PULSE,
                            framing.PULSE_HEAD.pack(0, 500.0) + rec.tobytes()[:4]
                            + np.float32(120.0).tobytes())
     assert exchange(other).opcode == framing.Opcode.PULSE | framing.ACK_BIT
     assert chip.pulse_count[5] == 2
+    # a new session that lands on the earlier session's seq with the very same frame is
+    # a new command, not a retry: it runs
+    session(0xB0B)
+    assert exchange(pulse).payload == (1).to_bytes(4, "little")
+    assert chip.pulse_count[5] == 3
     port.close()
+
+
+def test_serial_sessions_never_see_each_others_replies(serial_server) -> None:
+    """A driver opens its own session: forced onto the sequence numbers of the session
+    before it, it still gets fresh answers and its pulses run."""
+    chip = serial_server.controller.chip
+    with SerialDriver(serial_server.path, timeout_s=0.5) as first:
+        start = first._seq
+        first.apply_pulses([9], "SET", 150.0, 500.0)
+    with SerialDriver(serial_server.path, timeout_s=0.5) as second:
+        assert second.session_id != first.session_id
+        second._seq = start  # the next frame is the first session's pulse, byte for byte
+        second.apply_pulses([9], "SET", 150.0, 500.0)
+    assert chip.pulse_count[9] == 2
+
+
+def test_line_noise_of_any_amount_costs_no_waiting() -> None:
+    """A 0xA5 in noise claims a payload that never comes; its header CRC rejects it at
+    once, so a frame right behind 16 MiB of noise comes out of the same ``frames()``."""
+    noise = np.random.default_rng(5).integers(0, 256, 16 << 20, dtype=np.uint8).tobytes()
+    frame = framing.encode(42, framing.Opcode.TIME)
+    decoder = framing.Decoder()
+    for i in range(0, len(noise), 1 << 20):
+        decoder.feed(noise[i:i + (1 << 20)])
+        assert decoder.frames() == []
+    decoder.feed(frame)
+    assert decoder.frames() == [framing.Frame(42, framing.Opcode.TIME, b"")]
+
+
+def test_serial_link_answers_at_once_after_line_noise(serial_server) -> None:
+    """4 MiB of noise on the line to the device, then a read: answered on the first try
+    within the driver's 2 s timeout (it used to stall 0.2 s per false frame start)."""
+    with SerialDriver(serial_server.path, timeout_s=2.0, retries=0) as driver:
+        noise = np.random.default_rng(6).integers(0, 256, 4 << 20, dtype=np.uint8)
+        driver._ser.write(noise.tobytes())
+        driver._ser.flush()
+        assert driver.read(np.arange(4)).shape == (4,)
+        assert driver.retransmissions == 0
+        assert driver.read(None).size == driver.info.n_cells
 
 
 def test_serial_short_replies_and_wrong_counts_raise(serial_server) -> None:
