@@ -27,6 +27,7 @@ from pcmlab.cli.runs import (
     cmd_mock_server,
     cmd_plot,
     cmd_program,
+    cmd_recover,
     cmd_resume,
     cmd_run,
 )
@@ -230,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="measurement file of the run")
     p.add_argument("--resource", help="reach the chip here (default: as the file says)")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("recover", help="close the file of a run whose writer was killed, so "
+                       "that plain h5py and xarray open it (changes no measured value)")
+    p.add_argument("run", type=Path, help="measurement file of the run")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("inspect", help="summary tables of a measurement file")
     p.add_argument("run", type=Path)

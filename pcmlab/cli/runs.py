@@ -131,10 +131,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from drivers.mock import MockDriver
     from mock_chip import MockChipConfig
     from pcmlab.store import RunReader
+    from pcmlab.store.writer import refuse_if_written
     from protocols.experiment import RunConfig, replay_programming, resume_experiment
     from protocols.program_verify import ProgramVerifyConfig
 
     source = f"{args.run} (stored configuration)"
+    refuse_if_written(args.run)
     with RunReader(args.run) as run:
         stored = run.config
         n = run.schedule_time_s.size
@@ -167,6 +169,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         with readout_progress(n) as (_, on_wait):
             before, after = resume_experiment(driver, args.run, on_wait=on_wait)
     console.print(f"{args.run}: {before} readouts were there, {after} of {n} now")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from pcmlab.store import RunWriter
+
+    kept = RunWriter.recover(args.run)
+    if kept is None:
+        console.print(f"{args.run} is closed already; nothing changed")
+    else:
+        console.print(f"{args.run}: closed, with {kept} complete readouts; any HDF5 tool "
+                      "opens it now ('pcmlab resume' still continues the run)")
     return 0
 
 

@@ -60,7 +60,7 @@ class Readouts:
         return int(self.time_s.size)
 
 
-def _open(path: Path) -> h5py.File:
+def _check_hdf5(path: Path) -> None:
     if not path.exists():
         raise SchemaError(f"{path}: no such file")
     if path.is_dir():
@@ -71,14 +71,39 @@ def _open(path: Path) -> h5py.File:
         is_hdf5 = False
     if not is_hdf5:
         raise SchemaError(f"{path}: not an HDF5 file (expected a pcmlab measurement file)")
-    # A plain open first: it checks the file against truncation. A file a writer has open
-    # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
+
+
+def _open_plain(path: Path) -> h5py.File | None:
+    """The file opened as any HDF5 tool opens it, or None if HDF5 marks it open for
+    writing (a live writer, or a killed one: then ``pcmlab recover`` closes it)."""
     try:
         return h5py.File(path, "r")
     except OSError as exc:
         if "already open for write" not in str(exc):
             raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
                               f"({exc})") from None
+    return None
+
+
+def opens_closed(path: str | Path) -> bool:
+    """Whether plain h5py (and so h5netcdf and xarray) opens the file: False while a writer
+    has it open, or after a writer was killed."""
+    path = Path(path)
+    _check_hdf5(path)
+    f = _open_plain(path)
+    if f is None:
+        return False
+    f.close()
+    return True
+
+
+def _open(path: Path) -> h5py.File:
+    _check_hdf5(path)
+    # A plain open first: it checks the file against truncation. A file a writer has open
+    # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
+    f = _open_plain(path)
+    if f is not None:
+        return f
     try:
         return h5py.File(path, "r", swmr=True)
     except OSError as exc:

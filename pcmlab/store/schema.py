@@ -12,13 +12,14 @@ ATTR_VERSION = "pcmlab_version"
 ATTR_CREATED = "created"
 ATTR_CONFIG = "config"
 ATTR_DRIVER = "driver"
-ATTR_INTERRUPTIONS = "interruptions"  # JSON list, one entry per resume
+ATTR_INTERRUPTIONS = "interruptions"  # JSON list, one entry per resume or recover
 
 TARGETS = "targets"
 PROGRAMMING = "programming"
 READOUTS = "readouts"
 NETWORK = "network"
 EVALUATION = "evaluation"
+GROUPS = (TARGETS, PROGRAMMING, READOUTS, NETWORK)  # what RunWriter.create lays out
 
 CELL = "cell"
 CONDUCTANCE = "conductance_us"

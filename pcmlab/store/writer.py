@@ -12,6 +12,7 @@ a reader, or a resume after SIGKILL, never takes a half-written row for a measur
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import glob
 import json
 import logging
@@ -36,6 +37,21 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def refuse_if_written(path: Path) -> None:
+    """SchemaError if a live RunWriter (any process on this machine) has ``path`` open."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # RunReader says what is wrong with the path
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SchemaError(f"{path}: a run is still writing this file; wait for it to end "
+                          "(resume and recover are for a run that stopped)") from None
+    finally:
+        os.close(fd)
+
+
 class RunWriter:
     """The one process that writes a run's file."""
 
@@ -45,6 +61,10 @@ class RunWriter:
         self._readouts = file[S.READOUTS]
         self._g = self._readouts[S.CONDUCTANCE]
         self._n_rows = 0
+        # A shared lock for as long as this writer lives (the kernel drops it if the
+        # process dies): resume and recover refuse a file whose writer is alive.
+        self._lock_fd: int | None = os.open(path, os.O_RDONLY)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
     # -- creation --------------------------------------------------------------------------
     @classmethod
@@ -215,6 +235,9 @@ class RunWriter:
     def close(self) -> None:
         if self._f.id.valid:
             self._f.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def __enter__(self) -> RunWriter:
         return self
@@ -222,7 +245,7 @@ class RunWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- resume ----------------------------------------------------------------------------
+    # -- resume and recover ----------------------------------------------------------------
     @classmethod
     def resume(cls, path: str | Path, entry: dict[str, Any]) -> tuple[RunWriter, int]:
         """Reopen an interrupted run for appending.
@@ -233,9 +256,38 @@ class RunWriter:
         original stays untouched until its copy is whole. Returns the writer and the
         number of completed readouts kept.
         """
+        return cls._rewrite(Path(path), entry, resuming=True)
+
+    @classmethod
+    def recover(cls, path: str | Path) -> int | None:
+        """Close the file of a writer that was killed, so that any HDF5 tool opens it.
+
+        HDF5 marks a file open for (SWMR) writing; a writer that dies leaves the mark, and
+        plain ``h5py.File(path, "r")``, h5netcdf and xarray refuse the file. The file is
+        rewritten as ``resume`` does, bit for bit: the targets, programming, every complete
+        readout (a row whose ``time_s`` was written) and any other group; a row still being
+        written is left out, as every reader leaves it out. The interruption is recorded.
+        The run can still be resumed afterwards. Returns the readouts kept, or None if the
+        file was closed already (then it is not touched).
+        """
+        path = Path(path)
+        from pcmlab.store.reader import opens_closed
+
+        if opens_closed(path):
+            return None
+        entry = {"recovered_at": utc_now_iso(),
+                 "reason": "the writer stopped without closing the file; closed by "
+                           "'pcmlab recover'"}
+        writer, n = cls._rewrite(path, entry, resuming=False)
+        writer.close()
+        return n
+
+    @classmethod
+    def _rewrite(cls, path: Path, entry: dict[str, Any], *,
+                 resuming: bool) -> tuple[RunWriter, int]:
         from pcmlab.store.reader import RunReader
 
-        path = Path(path)
+        refuse_if_written(path)
         # the copy of a resume that was killed while copying: only ever ours, never whole
         for stale in path.parent.glob(f"{glob.escape(path.name)}.*.resume"):
             log.warning("removing %s, left by a resume that did not finish", stale)
@@ -243,13 +295,13 @@ class RunWriter:
         mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
         with RunReader(path) as old:
             prog = old.programming()
-            if prog is None:
+            if prog is None and resuming:
                 raise SchemaError(f"{path}: programming never finished, so there is nothing "
                                   "to resume; start a new run")
             targets = old.targets()
             readouts = old.readouts()
-            trace_iterations = (next(iter(prog.traces.values())).shape[0] if prog.traces
-                                else 0)
+            trace_iterations = (next(iter(prog.traces.values())).shape[0]
+                                if prog is not None and prog.traces else 0)
             fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".resume",
                                             dir=path.parent)
             os.close(fd)
@@ -267,16 +319,26 @@ class RunWriter:
                 tmp.unlink(missing_ok=True)
                 raise
             try:
-                writer.write_programming(
-                    conductance_us=prog.conductance_us, iterations=prog.iterations,
-                    converged=prog.converged, last_pulse_s=prog.last_pulse_s,
-                    end_chip_time_s=prog.end_chip_time_s, interrupted=prog.interrupted,
-                    traces=prog.traces)
+                if prog is not None:
+                    writer.write_programming(
+                        conductance_us=prog.conductance_us, iterations=prog.iterations,
+                        converged=prog.converged, last_pulse_s=prog.last_pulse_s,
+                        end_chip_time_s=prog.end_chip_time_s, interrupted=prog.interrupted,
+                        traces=prog.traces)
                 for i in range(readouts.n):
                     writer.append_readout(float(readouts.time_s[i]),
                                           float(readouts.chip_time_s[i]),
                                           float(readouts.wall_time[i]),
                                           readouts.conductance_us[i])
+                extra = [name for name in old.file if name not in S.GROUPS]
+                extra_attrs = {k: v for k, v in old.file.attrs.items()
+                               if k not in writer._f.attrs}
+                if extra or extra_attrs:  # e.g. an evaluation: SWMR cannot add objects
+                    writer.close()
+                    with h5py.File(tmp, "a") as new:
+                        for name in extra:
+                            old.file.copy(old.file[name], new, name)
+                        new.attrs.update(extra_attrs)
             except BaseException:
                 writer.close()
                 tmp.unlink(missing_ok=True)
@@ -285,5 +347,5 @@ class RunWriter:
             os.chmod(tmp, mode)  # the file keeps its permission bits (mkstemp made 0600)
         os.replace(tmp, path)
         writer.path = path
-        log.info("resumed %s with %d completed readouts", path, readouts.n)
+        log.info("rewrote %s with %d completed readouts", path, readouts.n)
         return writer, readouts.n

@@ -251,3 +251,33 @@ def test_xarray_opens_the_readouts_without_phony_dimensions(tmp_path: Path) -> N
     with ds:
         assert dict(ds.sizes) == {"time_s": 2, "cell": 8, "schedule_time_s": 4}
         assert ds["conductance_us"].dims == ("time_s", "cell")
+
+
+def test_recover_keeps_every_group_and_attribute_of_a_killed_file(tmp_path: Path) -> None:
+    """An /evaluation group (and a root attribute a user added) in a file a writer left
+    marked open survive recover, value for value."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.h5"
+    with RunWriter.create(path, config={"a": 1}, driver_identity="x", cells=[0, 1, 2],
+                          target_us=[1.0, 2.0, 3.0], schedule_time_s=[20.0, 40.0]) as w:
+        w.append_readout(20.0, 120.0, 1.7e9, np.array([1.5, 2.5, 3.5], np.float32))
+    with h5py.File(path, "a") as f:
+        f.create_group("evaluation").create_dataset("measured_accuracy", data=[0.97])
+        f.attrs["operator"] = "jd"
+    # a writer that dies with the file in SWMR write mode
+    script = ("import h5py, os, signal, sys\n"
+              "f = h5py.File(sys.argv[1], 'a', libver='latest')\n"
+              "f.swmr_mode = True\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], timeout=60)
+    assert proc.returncode == -9
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r")
+    assert RunWriter.recover(path) == 1
+    with h5py.File(path, "r") as f:
+        assert f["evaluation/measured_accuracy"][()].tolist() == [0.97]
+        assert f.attrs["operator"] == "jd"
+        assert f["readouts/conductance_us"][0].tolist() == [1.5, 2.5, 3.5]
+    assert RunWriter.recover(path) is None

@@ -1,5 +1,6 @@
 """Whole runs: schedule, file, crash safety under SIGKILL, resume, drift on the mock chip."""
 
+import json
 import os
 import subprocess
 import sys
@@ -253,3 +254,72 @@ def test_readout_times_are_anchored_to_the_end_of_programming(tmp_path: Path) ->
     assert end == pytest.approx(result.end_s)
     np.testing.assert_allclose(ro.time_s, ro.chip_time_s - end, rtol=0, atol=1e-9)
     assert (ro.time_s >= times).all() and (ro.time_s - times < 1.0).all()
+
+
+@pytest.mark.parametrize("kill_at", [3, 20])  # during programming; between readouts
+def test_a_killed_file_opens_in_plain_h5py_and_xarray_after_recover(tmp_path: Path,
+                                                                     kill_at: int) -> None:
+    import warnings
+
+    import h5py
+    import xarray as xr
+
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    out = tmp_path / "killed.h5"
+    proc = subprocess.run([sys.executable, str(killer), str(config), str(out), str(kill_at)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    out.chmod(0o640)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(out, "r")
+    with RunReader(out) as run:  # what pcmlab reads from the killed file (SWMR)
+        before = run.readouts()
+        targets = run.targets()
+        prog = run.programming()
+    proc = pcmlab("recover", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"closed, with {before.n} complete readouts" in " ".join(proc.stdout.split())
+    assert out.stat().st_mode & 0o777 == 0o640
+    with h5py.File(out, "r") as f:  # plain h5py, no SWMR
+        n = before.n
+        np.testing.assert_array_equal(f["readouts/conductance_us"][:n], before.conductance_us)
+        np.testing.assert_array_equal(f["readouts/time_s"][:n], before.time_s)
+        np.testing.assert_array_equal(f["readouts/chip_time_s"][:n], before.chip_time_s)
+        np.testing.assert_array_equal(f["targets/conductance_us"][:], targets.conductance_us)
+        assert f["readouts/time_s"].shape == (n,)  # no half-written row
+        if prog is not None:
+            np.testing.assert_array_equal(f["programming/conductance_us"][:],
+                                          prog.conductance_us)
+            assert f["programming/end_chip_time_s"][()] == prog.end_chip_time_s
+        assert json.loads(f.attrs["interruptions"])[-1]["completed_readouts"] == n
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no phony-dims warning either
+        ds = xr.open_dataset(out, group="readouts", engine="h5netcdf")
+        np.testing.assert_array_equal(ds["conductance_us"].values, before.conductance_us)
+        ds.close()
+    proc = pcmlab("recover", str(out))
+    assert proc.returncode == 0 and "closed already; nothing changed" in proc.stdout
+    if prog is not None:  # the recovered run still resumes to the end of its schedule
+        proc = pcmlab("resume", str(out))
+        assert proc.returncode == 0, proc.stderr
+        with RunReader(out) as run:
+            assert run.n_readouts == 12
+            np.testing.assert_array_equal(run.readouts().conductance_us[:n],
+                                          before.conductance_us)
+
+
+def test_recover_and_resume_refuse_a_file_a_live_run_is_writing(tmp_path: Path) -> None:
+    from pcmlab.store import RunWriter
+
+    path = tmp_path / "live.h5"
+    with RunWriter.create(path, config={}, driver_identity="x", cells=[0, 1],
+                          target_us=[1.0, 2.0], schedule_time_s=[20.0, 40.0]):
+        for command in ("recover", "resume"):
+            proc = pcmlab(command, str(path))
+            assert proc.returncode == 2 and "a run is still writing this file" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    proc = pcmlab("recover", str(path))
+    assert proc.returncode == 0 and "closed already" in proc.stdout
