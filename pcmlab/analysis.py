@@ -15,23 +15,96 @@ from pcmlab.pcm_model import PCMModel
 class LevelStats:
     """Programming outcome of the cells that share one target level."""
 
-    target_us: float
+    target_us: float  # the group's mean target (the level itself for exact levels)
     cells: int
     converged_fraction: float
     iterations_p50: float
     iterations_p90: float
     error_mean_us: float  # final verify reading minus target, converged cells
     error_std_us: float
-    sigma_prog_us: float  # what the statistical model says
+    sigma_prog_us: float  # what the statistical model says (RMS over the group's targets)
     t0_std_us: float | None = None  # spread of a read at t0 around the target, if taken
     t0_model_std_us: float | None = None
+    label: str = ""  # the target as tables and legends show it
 
 
-def level_of(target_us: npt.NDArray[np.floating], step_us: float = 2.5
-             ) -> npt.NDArray[np.float32]:
-    """Group continuous targets into levels ``step_us`` apart (exact levels stay as they are)."""
-    t = np.asarray(target_us, dtype=np.float64)
-    return (np.round(t / step_us) * step_us).astype(np.float32)
+EXACT_LEVELS_MAX = 64  # more distinct targets than this are continuous (a network's)
+CONTINUOUS_BINS = 10
+
+
+@dataclass(frozen=True)
+class LevelGroups:
+    """Which target level every cell belongs to.
+
+    Exact levels (at most ``EXACT_LEVELS_MAX`` distinct targets, as a characterization or
+    a levels run programs them) are the targets themselves. Continuous targets (a
+    network's weights) are binned: exact zero (the RESET device of every differential
+    pair) is a group of its own, the rest are split at quantiles into bins of equal cell
+    counts; ``edges_us`` records those edges. Every group reports its own mean target.
+    """
+
+    index: npt.NDArray[np.intp]  # per cell, its group; -1 for a cell without a finite target
+    mean_target_us: npt.NDArray[np.float64]  # per group
+    low_us: npt.NDArray[np.float64]  # smallest target in the group
+    high_us: npt.NDArray[np.float64]  # largest target in the group
+    edges_us: npt.NDArray[np.float64] | None  # bin edges; None: exact levels
+
+    @property
+    def binned(self) -> bool:
+        return self.edges_us is not None
+
+    def __len__(self) -> int:
+        return int(self.mean_target_us.size)
+
+    def label(self, k: int) -> str:
+        """The group's target as a table or legend shows it (µS)."""
+        mean, lo, hi = self.mean_target_us[k], self.low_us[k], self.high_us[k]
+        if lo == hi:
+            return f"{mean:.4g}"
+        return f"{mean:.3g} ({lo:.3g}-{hi:.3g})"
+
+    def describe(self) -> str:
+        """One line on how the rows were formed."""
+        if self.edges_us is None:
+            return f"{len(self)} exact target levels, as programmed"
+        edges = ", ".join(f"{e:.3g}" for e in self.edges_us)
+        return (f"continuous targets: exact 0 apart, the rest in {self.edges_us.size - 1} "
+                f"bins of equal cell count, edges {edges} µS; each row is its bin's mean "
+                "target (range)")
+
+
+def group_levels(target_us: npt.ArrayLike, *, max_exact: int = EXACT_LEVELS_MAX,
+                 bins: int = CONTINUOUS_BINS) -> LevelGroups:
+    """Group cells by their target level (see ``LevelGroups``)."""
+    t = np.asarray(target_us, dtype=np.float64).ravel()
+    finite = np.isfinite(t)
+    index = np.full(t.shape, -1, dtype=np.intp)
+    uniq = np.unique(t[finite])
+    edges = None
+    if uniq.size <= max_exact:
+        index[finite] = np.searchsorted(uniq, t[finite])
+    else:
+        nonzero = finite & (t != 0)
+        edges = np.unique(np.quantile(t[nonzero], np.linspace(0, 1, bins + 1)))
+        offset = int((finite & (t == 0)).any())  # exact zero first, as group 0
+        index[finite & (t == 0)] = 0
+        index[nonzero] = offset + np.clip(
+            np.searchsorted(edges, t[nonzero], side="right") - 1, 0, edges.size - 2)
+    n = int(index.max()) + 1 if index.size and index.max() >= 0 else 0
+    counts = np.bincount(index[finite], minlength=n)
+    mean = np.bincount(index[finite], weights=t[finite], minlength=n) / np.maximum(counts, 1)
+    low = np.full(n, np.inf)
+    high = np.full(n, -np.inf)
+    np.minimum.at(low, index[finite], t[finite])
+    np.maximum.at(high, index[finite], t[finite])
+    keep = counts > 0  # a quantile bin may be empty when many targets are equal
+    remap = np.cumsum(keep) - 1
+    index[finite] = remap[index[finite]]
+    return LevelGroups(index, mean[keep], low[keep], high[keep], edges)
+
+
+def _rms(x: npt.NDArray[np.float64]) -> float:
+    return float(np.sqrt(np.mean(np.square(x))))
 
 
 def convergence_by_level(
@@ -43,9 +116,9 @@ def convergence_by_level(
     g_t0_us: npt.ArrayLike | None = None,
     t0_s: float | None = None,
     model: PCMModel | None = None,
-    step_us: float = 2.5,
+    groups: LevelGroups | None = None,
 ) -> list[LevelStats]:
-    """One row per target level (targets grouped ``step_us`` apart)."""
+    """One row per target level (``group_levels`` of the targets unless given)."""
     model = model or PCMModel()
     target = np.asarray(target_us, dtype=np.float32)
     g = np.asarray(g_verify_us, dtype=np.float32)
@@ -53,27 +126,28 @@ def convergence_by_level(
     its = np.asarray(iterations)
     g_t0 = None if g_t0_us is None else np.asarray(g_t0_us, dtype=np.float32)
     t0 = t0_s if t0_s is not None else model.calibration.t0_s
-    levels = level_of(target, step_us)
+    groups = groups or group_levels(target)
     rows = []
-    for level in np.unique(levels):
-        sel = levels == level
+    for k in range(len(groups)):
+        sel = groups.index == k
         ok = sel & conv
         err = (g - target)[ok]
         t0_std = t0_model = None
         if g_t0 is not None and ok.any():
             t0_std = float(np.sqrt(np.mean((g_t0 - target)[ok] ** 2)))
-            t0_model = float(model.total_sigma_us(level, t0))
+            t0_model = _rms(model.total_sigma_us(target[ok], t0))
         rows.append(LevelStats(
-            target_us=float(level),
+            target_us=float(groups.mean_target_us[k]),
             cells=int(sel.sum()),
             converged_fraction=float(conv[sel].mean()),
             iterations_p50=float(np.percentile(its[sel], 50)),
             iterations_p90=float(np.percentile(its[sel], 90)),
             error_mean_us=float(err.mean()) if err.size else float("nan"),
             error_std_us=float(err.std()) if err.size else float("nan"),
-            sigma_prog_us=float(model.prog_noise_sigma_us(level)),
+            sigma_prog_us=_rms(model.prog_noise_sigma_us(target[sel])),
             t0_std_us=t0_std,
             t0_model_std_us=t0_model,
+            label=groups.label(k),
         ))
     return rows
 
@@ -90,8 +164,9 @@ class DriftStats:
     nu_mean: float  # fitted per device, then averaged
     nu_std: float
     nu_median: float
-    model_nu_mean: float
-    model_nu_std: float
+    model_nu_mean: float  # mean of mu_nu over the group's targets
+    model_nu_std: float  # spread of nu over the group: sigma_nu and the spread of mu_nu
+    label: str = ""
 
 
 def fit_drift_exponents(
@@ -135,28 +210,32 @@ def fit_drift(
 
 def drift_by_level(
     target_us: npt.ArrayLike, time_s: npt.ArrayLike, g_us: npt.ArrayLike, *,
-    mask: npt.ArrayLike | None = None, model: PCMModel | None = None, step_us: float = 2.5,
+    mask: npt.ArrayLike | None = None, model: PCMModel | None = None,
+    groups: LevelGroups | None = None,
 ) -> list[DriftStats]:
-    """Per non-zero target level: conductance at the first and last readout and the fitted
-    drift exponents, beside the model's mu_nu and sigma_nu."""
+    """Per non-zero target level (``group_levels``): conductance at the first and last
+    readout and the fitted drift exponents, beside the model's mu_nu and sigma_nu."""
     model = model or PCMModel()
     target = np.asarray(target_us, dtype=np.float32)
     g = np.asarray(g_us, dtype=np.float32)
     keep = np.ones(target.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     nu = fit_drift_exponents(time_s, g, t_min_s=model.calibration.t0_s)
-    levels = level_of(target, step_us)
+    groups = groups or group_levels(target)
     rows = []
-    for level in np.unique(levels[levels > 0]):
-        sel = (levels == level) & keep & np.isfinite(nu)
-        if not sel.any():
+    for k in range(len(groups)):
+        sel = (groups.index == k) & keep & np.isfinite(nu)
+        if groups.high_us[k] <= 0 or not sel.any():
             continue
+        mu = model.drift_nu_mean(target[sel])
         rows.append(DriftStats(
-            target_us=float(level), cells=int(sel.sum()),
+            target_us=float(groups.mean_target_us[k]), cells=int(sel.sum()),
             g_first_mean_us=float(g[0, sel].mean()), g_first_std_us=float(g[0, sel].std()),
             g_last_mean_us=float(g[-1, sel].mean()),
             nu_mean=float(nu[sel].mean()), nu_std=float(nu[sel].std()),
             nu_median=float(np.median(nu[sel])),
-            model_nu_mean=float(model.drift_nu_mean(level)),
-            model_nu_std=float(model.drift_nu_std(level)),
+            model_nu_mean=float(mu.mean()),
+            model_nu_std=float(np.sqrt(np.mean(model.drift_nu_std(target[sel]) ** 2)
+                                       + mu.var())),
+            label=groups.label(k),
         ))
     return rows

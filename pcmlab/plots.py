@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from pcmlab.analysis import level_of
+from pcmlab.analysis import group_levels
 from pcmlab.errors import ConfigError
 from pcmlab.pcm_model import ACCURACY_TIME_LABELS, ACCURACY_TIMES_S
 
@@ -30,6 +30,24 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def drift_curves(target_us: npt.ArrayLike, converged: npt.ArrayLike, g_us: npt.ArrayLike
+                 ) -> list[tuple[str, npt.NDArray[np.float32], npt.NDArray[np.float32],
+                                 npt.NDArray[np.float32]]]:
+    """Per non-zero target level (``group_levels``), over the converged cells: the legend
+    label (µS), and the median, 10th and 90th percentile of G at every readout."""
+    groups = group_levels(target_us)
+    conv = np.asarray(converged, dtype=bool)
+    g = np.asarray(g_us)
+    out = []
+    for k in range(len(groups)):
+        sel = (groups.index == k) & conv
+        if groups.high_us[k] <= 0 or not sel.any():
+            continue
+        out.append((f"{groups.label(k)} µS", np.median(g[:, sel], axis=1),
+                    np.percentile(g[:, sel], 10, axis=1), np.percentile(g[:, sel], 90, axis=1)))
+    return out
+
+
 def plot_run(
     path: str | Path,
     target_us: npt.NDArray[np.float32],
@@ -43,20 +61,14 @@ def plot_run(
     programming-error histogram."""
     plt = _pyplot()
     path = Path(path)
-    levels = level_of(target_us)
     fig, (ax_t, ax_h) = plt.subplots(1, 2, figsize=(12, 4.8))
     if time_s.size:
         cmap = plt.get_cmap("viridis")
-        uniq = np.unique(levels[levels > 0])
-        for k, level in enumerate(uniq):
-            sel = (levels == level) & converged
-            if not sel.any():
-                continue
-            g = g_us[:, sel]
-            color = cmap(k / max(len(uniq) - 1, 1))
-            ax_t.plot(time_s, np.median(g, axis=1), color=color, label=f"{level:g} µS")
-            ax_t.fill_between(time_s, np.percentile(g, 10, axis=1),
-                              np.percentile(g, 90, axis=1), color=color, alpha=0.2)
+        curves = drift_curves(target_us, converged, g_us)
+        for k, (label, median, p10, p90) in enumerate(curves):
+            color = cmap(k / max(len(curves) - 1, 1))
+            ax_t.plot(time_s, median, color=color, label=label)
+            ax_t.fill_between(time_s, p10, p90, color=color, alpha=0.2)
         ax_t.set_xscale("log")
         ax_t.set_yscale("log")
         ax_t.legend(fontsize="small", ncol=2)

@@ -173,7 +173,7 @@ def run_program(driver, cells, targets, cfg):  # -> ProgramResult
 def convergence_table(rows: list[LevelStats], title: str) -> Table:
     with_t0 = any(r.t0_std_us is not None for r in rows)
     caption = ("err: verify reading - target (µS, converged cells); σ_prog: the model's "
-               "programming spread at the target")
+               "programming spread at the targets (RMS)")
     if with_t0:  # the footnote describes the columns the table has, no more
         caption += "; @t0: RMS spread of a read at t0 around the target, beside the model"
     table = Table(title=title, caption=caption)
@@ -184,7 +184,7 @@ def convergence_table(rows: list[LevelStats], title: str) -> Table:
         table.add_column("@t0", justify="right")
         table.add_column("model", justify="right")
     for r in rows:
-        cells = [f"{r.target_us:.1f}", str(r.cells), f"{100 * r.converged_fraction:.2f}",
+        cells = [r.label or f"{r.target_us:.4g}", str(r.cells), f"{100 * r.converged_fraction:.2f}",
                  f"{r.iterations_p50:.0f}", f"{r.iterations_p90:.0f}",
                  f"{r.error_mean_us:+.3f}", f"{r.error_std_us:.3f}", f"{r.sigma_prog_us:.3f}"]
         if with_t0:

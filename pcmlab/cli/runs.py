@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from pcmlab.analysis import convergence_by_level
+from pcmlab.analysis import convergence_by_level, group_levels
 from pcmlab.cli.common import (
     calibration_of,
     console,
@@ -75,8 +75,10 @@ def cmd_program(args: argparse.Namespace) -> int:
         if info.virtual_clock:
             driver.clock.sleep_until(result.end_s + PCMModel().calibration.t0_s)
             g_t0 = driver.read(cells)
+    groups = group_levels(targets)
+    console.print(f"target levels: {groups.describe()}")
     rows = convergence_by_level(targets, result.g_us, result.converged, result.iterations,
-                                g_t0_us=g_t0)
+                                g_t0_us=g_t0, groups=groups)
     console.print(convergence_table(rows, "convergence per target level"))
     console.print(f"{100 * result.converged_fraction_nonzero:.2f} % of non-zero cells converged"
                   f" in {wall_s:.2f} s wall, {result.n_driver_calls} driver calls"
@@ -209,8 +211,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if prog is None:
             console.print("[yellow]programming never finished in this file[/]")
             return 0
+        groups = group_levels(targets.conductance_us)
+        console.print(f"target levels: {groups.describe()}")
         rows = convergence_by_level(targets.conductance_us, prog.conductance_us,
-                                    prog.converged, prog.iterations)
+                                    prog.converged, prog.iterations, groups=groups)
         console.print(convergence_table(rows, "programming"))
         ro = run.readouts()
         drift_reads = int((ro.time_s >= PCMModel().calibration.t0_s).sum())
@@ -218,13 +222,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             console.print(f"drift: {drift_reads} readout(s) at or after t0; the fit needs two")
         else:
             drift = drift_by_level(targets.conductance_us, ro.time_s, ro.conductance_us,
-                                   mask=prog.converged)
+                                   mask=prog.converged, groups=groups)
             table = Table(title="drift per level (fitted per device) beside the model")
             for col in ("G_T µS", "cells", "G first", "G last", "ν mean", "ν median", "ν std",
                         "model μ_ν", "model σ_ν"):
                 table.add_column(col, justify="right")
             for d in drift:
-                table.add_row(f"{d.target_us:.1f}", str(d.cells), f"{d.g_first_mean_us:.2f}",
+                table.add_row(d.label, str(d.cells), f"{d.g_first_mean_us:.2f}",
                               f"{d.g_last_mean_us:.2f}", f"{d.nu_mean:.4f}",
                               f"{d.nu_median:.4f}", f"{d.nu_std:.4f}",
                               f"{d.model_nu_mean:.4f}", f"{d.model_nu_std:.4f}")
