@@ -3,10 +3,12 @@ small CNN that trains on the CPU in seconds."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +23,57 @@ DIGITS_INPUT_SHAPE = (1, 8, 8)
 
 
 @dataclass(frozen=True)
+class DataSource:
+    """Where a dataset came from, as a deployment records it (``/`` attr ``config``,
+    key ``data``), so that a later evaluation can use the same data or say it does not."""
+
+    name: str  # "digits" (scikit-learn's bundled split) or "file" (an .npz)
+    sha256: str  # 16 hex digits over x_train, y_train, x_test, y_test (shapes and bytes)
+    n_train: int
+    n_test: int
+    input_shape: tuple[int, ...]
+    path: str | None = None  # the .npz as the user gave it
+    resolved_path: str | None = None  # and as an absolute path
+    seed: int | None = None  # the digits split's seed
+
+    def describe(self) -> str:
+        where = f"digits split seed {self.seed}" if self.name == "digits" else str(self.path)
+        return (f"{where}: {self.n_test} test samples of shape {self.input_shape}, "
+                f"sha256 {self.sha256}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataSource:
+        return cls(**{**data, "input_shape": tuple(data["input_shape"])})
+
+
+def content_hash(*tensors: torch.Tensor) -> str:
+    """16 hex digits of SHA-256 over the tensors' shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Dataset:
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    source: DataSource | None = field(default=None, compare=False)
+
+    def with_source(self, name: str, **where: Any) -> Dataset:
+        """This dataset, with its provenance (hash and shapes computed here)."""
+        source = DataSource(name, content_hash(self.x_train, self.y_train, self.x_test,
+                                               self.y_test),
+                            int(self.x_train.shape[0]), int(self.x_test.shape[0]),
+                            tuple(self.x_test.shape[1:]), **where)
+        return Dataset(self.x_train, self.y_train, self.x_test, self.y_test, source)
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.4,
@@ -46,7 +94,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.4,
     order = np.random.default_rng(seed).permutation(len(y))
     n_test = round(test_fraction * len(y))
     test, train = order[:n_test], order[n_test:]
-    return Dataset(x[train], y[train], x[test], y[test])
+    return Dataset(x[train], y[train], x[test], y[test]).with_source("digits", seed=seed)
 
 
 def reference_cnn(seed: int = 0) -> nn.Sequential:
@@ -158,4 +206,5 @@ def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...] | None) -> D
         y_train = labels("y_train", x_train.shape[0])
     else:
         x_train, y_train = x_test, y_test
-    return Dataset(x_train, y_train, x_test, y_test)
+    return Dataset(x_train, y_train, x_test, y_test).with_source(
+        "file", path=str(path), resolved_path=str(path.resolve()))

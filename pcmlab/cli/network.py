@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
             result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path,
                                     cfg, pcm=pcm, overwrite=True, on_wait=on_wait,
-                                    record=record_of(args, driver))
+                                    record={**record_of(args, driver),
+                                            "data": data.source.to_json()})
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
     console.print(layers_table(evaluator, result.mapping))
     console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
@@ -99,9 +100,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _model_and_data(model: str, weights: Path | None, data_path: Path | None, *,
-                    need_weights: bool = True):
+                    need_weights: bool = True, digits_seed: int | None = None):
     """The model (a file, or a factory with weights) and its data (--data, else digits
-    shaped as the model takes them)."""
+    shaped as the model takes them, split with ``digits_seed`` or the model's seed)."""
     from pcmlab.nn_model import ModelFile, import_factory, is_factory_spec, load_model
     from pcmlab.tasks import load_digits, load_npz_dataset
 
@@ -114,7 +115,8 @@ def _model_and_data(model: str, weights: Path | None, data_path: Path | None, *,
         data = load_npz_dataset(data_path, shape)
         loaded.input_shape = tuple(data.x_test.shape[1:])
     elif (shape is None and loaded.factory) or (shape is not None and math.prod(shape) == 64):
-        data = load_digits(seed=int(loaded.extra.get("data_seed", 0)),
+        seed = digits_seed if digits_seed is not None else loaded.extra.get("data_seed", 0)
+        data = load_digits(seed=int(seed),
                            input_shape=shape or _digits_shape_of(loaded.model))
         loaded.input_shape = tuple(data.x_test.shape[1:])
     else:
@@ -204,7 +206,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                                 pcm=PCMModel(calibration_of(args)), on_wait=on_wait,
                                 record={**record_of(args, driver),
                                         "keep_digital": list(args.keep_digital),
-                                        "model": str(args.model)})
+                                        "model": str(args.model),
+                                        "data": data.source.to_json()})
     console.print(layers_table(evaluator, result.mapping))
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{Path(str(args.model)).name} on "
@@ -218,13 +221,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from protocols.deploy import evaluate_file
 
     keep = list(args.keep_digital) or _file_keep_digital(args.run)
-    loaded, data = _model_and_data(args.model, args.weights, args.data)
+    recorded = _file_data(args.run)
+    data_path, digits_seed = args.data, None
+    if args.data is None and recorded is not None:
+        data_path, digits_seed = _find_recorded_data(args.run, recorded)
+    loaded, data = _model_and_data(args.model, args.weights, data_path,
+                                   digits_seed=digits_seed)
+    if recorded is None:
+        console.print(f"note: {args.run} does not record the data it was evaluated on; "
+                      f"evaluating on {data.source.describe()}")
+    elif data.source.sha256 != recorded.sha256:
+        if args.data is None:
+            raise ConfigError(f"{data_path or 'the digits split'} is not the data {args.run} "
+                              f"was evaluated on ({recorded.describe()}; found "
+                              f"{data.source.describe()}); pass that data with --data "
+                              "FILE.npz, or other data with --data to evaluate on it anyway")
+        console.print(f"note: --data {args.data} is not the data {args.run} was evaluated on "
+                      f"({recorded.describe()}); evaluating on {data.source.describe()}",
+                      highlight=False)
     evaluator = _evaluator_for(loaded, data, args.bits, keep)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
     console.print(accuracy_table(time_s, accuracy, None,
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
     return 0
+
+
+def _file_data(path: Path):  # -> DataSource | None
+    """The data a deployment was evaluated on, as its file records it."""
+    from pcmlab.store import RunReader
+    from pcmlab.tasks import DataSource
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such measurement file")
+    with RunReader(path) as run:
+        data = run.config.get("data")
+    return None if data is None else DataSource.from_json(data)
+
+
+def _find_recorded_data(run: Path, recorded) -> tuple[Path | None, int | None]:
+    """Where the data a deployment recorded is now: (an .npz path, or None and the digits
+    seed). The path as given (from here), as it resolved then, and beside the run file."""
+    if recorded.name == "digits":
+        return None, recorded.seed
+    given = Path(recorded.path)
+    for candidate in (given, Path(recorded.resolved_path or given), run.parent / given.name):
+        if candidate.is_file():
+            return candidate, None
+    raise ConfigError(f"{run} was evaluated on {recorded.describe()}; that file is neither "
+                      f"at {given}, nor at {recorded.resolved_path}, nor beside the run; pass "
+                      "it with --data FILE.npz")
 
 
 def _file_keep_digital(path: Path) -> list[str]:

@@ -137,10 +137,35 @@ def test_cli_deploy_and_evaluate(digits_model, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "1 y" in proc.stdout and "measured %" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(out),
-                           "--model", str(model), "--data", str(data)],
-                          capture_output=True, text=True, timeout=600)
+
+    def evaluate(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(out),
+                               "--model", str(model), *extra], capture_output=True,
+                              text=True, timeout=600)
+
+    with_data = evaluate("--data", str(data))
+    assert with_data.returncode == 0, with_data.stderr
+    assert "is not the data" not in with_data.stdout
+    # without --data: the data the deployment recorded, found and checked by its hash
+    recorded = evaluate()
+    assert recorded.returncode == 0, recorded.stderr
+    assert recorded.stdout == with_data.stdout
+    # other data: said in one line, and evaluated
+    other = tmp_path / "other.npz"
+    np.savez(other, x_test=d.x_test.numpy()[200:300], y_test=d.y_test.numpy()[200:300])
+    proc = evaluate("--data", str(other))
     assert proc.returncode == 0, proc.stderr
+    assert f"note: --data {other} is not the data" in " ".join(proc.stdout.split())
+    # the recorded file changed, or gone: refused, naming what was used and how to pass it
+    np.savez(data, x_test=d.x_test.numpy()[:100], y_test=d.y_test.numpy()[:100])
+    proc = evaluate()
+    assert proc.returncode == 2 and "is not the data" in proc.stderr, proc.stderr
+    data.unlink()
+    proc = evaluate()
+    assert proc.returncode == 2, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert f"{data}: 200 test samples" in message and "pass it with --data" in message
+    assert "Traceback" not in proc.stderr
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_test=np.zeros((3, 5)), y_test=np.zeros(3, dtype=int))
     proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(out),
