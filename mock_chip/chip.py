@@ -42,15 +42,18 @@ class OperationTimes(StrictModel):
 class MockChipConfig(StrictModel):
     """Everything that defines a mock chip; the same seed gives the same chip and results."""
 
-    geometry: ArrayGeometry = ArrayGeometry()
-    timing: OperationTimes = OperationTimes()
-    limits: ChipLimits = ChipLimits()
-    physics: DevicePhysics = DevicePhysics()
-    faults: FaultRates = FaultRates()
-    calibration: PCMCalibration = PCMCalibration()
-    seed: int = Field(0, ge=0)
-    maker: str = "pcmlab"
-    model: str = "MockPCM"
+    geometry: ArrayGeometry = Field(ArrayGeometry(), description="rows x cols")
+    timing: OperationTimes = Field(OperationTimes(), description="virtual time pulses and "
+                                   "reads take (zero by default)")
+    limits: ChipLimits = Field(ChipLimits(), description="pulse limits it refuses beyond")
+    physics: DevicePhysics = Field(DevicePhysics(), description="pulse-level device "
+                                   "model (thresholds, partial RESET)")
+    faults: FaultRates = Field(FaultRates(), description="stuck and weak devices")
+    calibration: PCMCalibration = Field(PCMCalibration(), description="drift and read "
+                                        "noise constants ('pcmlab fit' writes them)")
+    seed: int = Field(0, ge=0, description="one seed: the same chip every time")
+    maker: str = Field("pcmlab", description="first field of its identity")
+    model: str = Field("MockPCM", description="second field of its identity")
 
 
 class MockChip:

@@ -6,6 +6,7 @@ not a silently ignored setting.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -24,12 +25,82 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class StrictModel(BaseModel):
+_OWN_PACKAGES = ("pcmlab", "protocols", "drivers", "mock_chip")
+
+
+class _ShortHelp(type(BaseModel)):  # type: ignore[misc]  # pydantic's model metaclass
+    """``help()`` on a configuration lists its fields and what pcmlab defines on it, not
+    the pages of methods every pydantic model inherits (those still work)."""
+
+    def __dir__(cls) -> list[str]:
+        names = set(cls.model_fields)
+        for klass in cls.__mro__:
+            if klass.__module__.split(".")[0] in _OWN_PACKAGES:
+                names.update(n for n in vars(klass) if not n.startswith("_"))
+        return sorted(names)
+
+
+class _Shown:
+    """A default as a signature shows it: short."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def _default_text(field: Any) -> str:
+    if field.default_factory is not None:
+        return f"{field.default_factory.__name__}()"
+    if field.is_required():
+        return "(required)"
+    if isinstance(field.default, BaseModel):
+        return f"{type(field.default).__name__}()"
+    return repr(field.default)
+
+
+def _field_lines(cls: type[BaseModel]) -> list[str]:
+    lines = []
+    for name, field in cls.model_fields.items():
+        lines.append(f"    {name}: {_type_name(field.annotation)} = {_default_text(field)}")
+        if field.description:
+            lines.append(f"        {field.description}")
+    return lines
+
+
+def _short_signature(cls: type[BaseModel]) -> inspect.Signature:
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                default=inspect.Parameter.empty if field.is_required()
+                                else _Shown(_default_text(field)),
+                                annotation=_Shown(_type_name(field.annotation)))
+              for name, field in cls.model_fields.items()]
+    return inspect.Signature(params)
+
+
+class StrictModel(BaseModel, metaclass=_ShortHelp):
     """Base for every pcmlab configuration: unknown fields are rejected, values are frozen,
     NaN and infinity are refused as such (not as "should be >= 0")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
                               allow_inf_nan=False)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Every configuration's docstring ends with its fields: name, type, default and
+        what it means, as ``help()`` shows them."""
+        super().__pydantic_init_subclass__(**kwargs)
+        doc = (cls.__doc__ or cls.__name__).rstrip()
+        cls.__doc__ = (f"{doc}\n\nFields (keyword arguments, or keys in a TOML/JSON file), "
+                       "validated on construction; unknown ones are refused:\n"
+                       + "\n".join(_field_lines(cls)) + "\n")
+        cls.__signature__ = _short_signature(cls)  # type: ignore[misc]
 
 
 class ArrayGeometry(StrictModel):

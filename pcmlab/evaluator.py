@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import Field
 from torch import nn
 
 from pcmlab.analog import (
@@ -47,10 +48,11 @@ GdcEstimator = Literal["device_sum", "column_sum"]
 class NoiseSwitches(StrictModel):
     """Which effects the simulated mode includes."""
 
-    programming: bool = True
-    drift: bool = True
-    read: bool = True
-    drift_compensation: bool = True
+    programming: bool = Field(True, description="programming noise (sigma_prog)")
+    drift: bool = Field(True, description="conductance drift (t/t0)^-nu")
+    read: bool = Field(True, description="1/f read noise")
+    drift_compensation: bool = Field(True, description="global drift compensation per "
+                                     "layer")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from drivers.base import CrossbarDriver
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
-from protocols.experiment import measure_run
+from protocols.experiment import measure_into_file
 from protocols.interrupt import StopToken
 from protocols.program_verify import ProgramResult, ProgramVerifyConfig, ProgressCallback
 from protocols.readout import WaitCallback
@@ -71,7 +71,7 @@ def characterize(
                           f"{min(cfg.levels_us)}..{max(cfg.levels_us)}")
     cells = np.arange(n, dtype=np.uint32)
     target = np.repeat(np.asarray(cfg.levels_us, dtype=np.float32), cfg.cells_per_level)
-    return measure_run(driver, path, cells=cells, target_us=target, program=cfg.program,
+    return measure_into_file(driver, path, cells=cells, target_us=target, program=cfg.program,
                        times_s=cfg.times_s(),
                        config={**(record or {}), "characterize": cfg.model_dump(mode="json")},
                        overwrite=overwrite, program_progress=program_progress,

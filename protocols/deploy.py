@@ -22,7 +22,7 @@ from pcmlab.mapping import NetworkMapping
 from pcmlab.pcm_model import ACCURACY_TIMES_S, YEAR_S, PCMModel
 from pcmlab.store import RunReader
 from pcmlab.store.evaluation import write_evaluation
-from protocols.experiment import measure_run
+from protocols.experiment import measure_into_file
 from protocols.interrupt import StopToken
 from protocols.program_verify import ProgramResult, ProgramVerifyConfig, ProgressCallback
 from protocols.readout import ReadoutSchedule, WaitCallback
@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 class DeployConfig(StrictModel):
     """How a network is deployed and evaluated."""
 
-    program: ProgramVerifyConfig = ProgramVerifyConfig()
+    program: ProgramVerifyConfig = Field(ProgramVerifyConfig(), description="program-and-"
+                                         "verify of the devices")
     # the first readout at the model's t0 (20 s) is the drift-compensation reference
     schedule: ReadoutSchedule = ReadoutSchedule(
         t0_s=20.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[:-1])
-    periphery: Periphery = Periphery()
-    tiling: bool = True
+    periphery: Periphery = Field(Periphery(), description="DAC/ADC of the analog layers")
+    tiling: bool = Field(True, description="split layers larger than the array into tiles")
     parts: bool = Field(False, description="a network larger than the chip(s) is deployed "
                         "in successive parts, each programmed and read on the schedule")
     simulated_runs: int = Field(25, ge=0, description="Monte Carlo runs per time point")
@@ -108,7 +109,7 @@ def deploy_network(
         record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json")}
         if n_parts > 1:
             record_k.update(parts=[q.name for q in paths], part=k)
-        result, n = measure_run(
+        result, n = measure_into_file(
             driver, p, cells=(cells[sel] - k * per_part).astype(np.uint32),
             target_us=target[sel], layer=layer[sel], program=cfg.program, times_s=times,
             config=record_k, network_mapping=mapping.to_json(),

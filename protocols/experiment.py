@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from drivers.base import ChipInfo, CrossbarDriver
-from pcmlab.config import StrictModel
+from pcmlab.config import StrictModel, validate_model
 from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.store import RunReader, RunWriter
 from protocols.interrupt import StopToken
@@ -33,13 +34,17 @@ DEFAULT_LEVELS_US = (0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 17.5, 20.0, 22.5)
 
 
 class TargetSpec(StrictModel):
-    """Which cells to program to what: levels in turn, uniform random, or a .npy file."""
+    """Which cells to program to what: levels in turn, uniform random, or a .npy file.
+    ("array" is what a file records when a Python script passed the targets as arrays.)"""
 
-    kind: Literal["levels", "uniform", "file"] = "levels"
-    levels_us: tuple[float, ...] = DEFAULT_LEVELS_US
+    kind: Literal["levels", "uniform", "file", "array"] = Field(
+        "levels", description="'levels': cells take levels_us in turn; 'uniform': random "
+        "0..G_max; 'file': a .npy")
+    levels_us: tuple[float, ...] = Field(DEFAULT_LEVELS_US, description="target levels, µS "
+                                         "(kind = 'levels')")
     cells: int | None = Field(None, ge=1, description="cells 0..N-1 (default: the array)")
     file: str | None = Field(None, description=".npy of µS, 1-D or rows x cols, NaN = skip")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the uniform targets")
 
     @model_validator(mode="after")
     def _file_given(self) -> TargetSpec:
@@ -52,6 +57,9 @@ class TargetSpec(StrictModel):
     def resolve(self, info: ChipInfo, base: Path | None = None
                 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
         """(cells, targets in µS) for this chip."""
+        if self.kind == "array":
+            raise ConfigError("targets.kind = 'array' records targets a script passed as "
+                              "arrays; a configuration gives levels, uniform or a .npy file")
         if self.kind == "file":
             path = Path(self.file or "")
             if base is not None and not path.is_absolute():
@@ -116,9 +124,19 @@ class RunConfig(StrictModel):
                                 "'resource' (relative to this file); default pcmlab's")
     chip: dict[str, Any] = Field(default_factory=dict,
                                  description="mock chip settings (MockChipConfig)")
-    targets: TargetSpec = TargetSpec()
-    program: ProgramVerifyConfig = ProgramVerifyConfig()
-    schedule: ReadoutSchedule = ReadoutSchedule()
+    targets: TargetSpec = Field(TargetSpec(), description="which cells, programmed to what")
+    program: ProgramVerifyConfig = Field(ProgramVerifyConfig(),
+                                         description="program-and-verify settings")
+    schedule: ReadoutSchedule = Field(ReadoutSchedule(), description="when to read, after "
+                                      "the end of programming")
+
+
+class RunOutcome(NamedTuple):
+    """What ``measure_run`` did: the programming result and how many readouts it took
+    (fewer than planned if it was stopped). Unpacks as ``result, taken``."""
+
+    programming: ProgramResult
+    readouts_taken: int
 
 
 def _read_cells(info: ChipInfo, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32] | None:
@@ -128,7 +146,7 @@ def _read_cells(info: ChipInfo, cells: npt.NDArray[np.uint32]) -> npt.NDArray[np
     return cells
 
 
-def measure_run(
+def measure_into_file(
     driver: CrossbarDriver,
     path: str | Path,
     *,
@@ -144,12 +162,12 @@ def measure_run(
     program_progress: ProgressCallback | None = None,
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
-) -> tuple[ProgramResult, int]:
-    """Program ``cells`` to ``target_us``, then read them at ``times_s`` after programming,
-    everything into a new measurement file. With ``pairs`` (positions of G+ and G- in
-    ``cells``), pairs with a stuck device are compensated (``program_pairs``) and the file's
-    targets are the ones finally programmed. Returns the programming result and the number
-    of readouts taken (fewer than planned if stopped)."""
+) -> RunOutcome:
+    """The lower level of ``measure_run`` (deployments use it): program ``cells`` to
+    ``target_us``, then read them at ``times_s`` after programming, everything into a new
+    measurement file whose ``config`` attribute records ``config``. With ``pairs``
+    (positions of G+ and G- in ``cells``), pairs with a stuck device are compensated
+    (``program_pairs``) and the file's targets are the ones finally programmed."""
     info = driver.info
     program.check_against(info)
     check_targets(info, cells, target_us)  # before the file exists: nothing half-made
@@ -174,30 +192,59 @@ def measure_run(
             traces=result.traces or None)
         if result.interrupted:
             log.warning("programming interrupted: no readouts taken")
-            return result, 0
+            return RunOutcome(result, 0)
         taken = run_schedule(driver, times_s, result.end_s, _sink(writer),
                              cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
-    return result, taken
+    return RunOutcome(result, taken)
 
 
-def run_experiment(
+def measure_run(
     driver: CrossbarDriver,
-    config: RunConfig,
+    config: RunConfig | Mapping[str, Any],
     path: str | Path,
     *,
+    cells: npt.ArrayLike | None = None,
+    target_us: npt.ArrayLike | None = None,
     config_dir: Path | None = None,
+    overwrite: bool = False,
     program_progress: ProgressCallback | None = None,
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
-) -> tuple[ProgramResult, int]:
-    """Program the configured targets, then take the schedule's readouts into a new file
-    at ``path``. Returns the programming result and the number of readouts taken."""
-    config.program.check_against(driver.info)
-    cells, target = config.targets.resolve(driver.info, config_dir)
-    return measure_run(driver, path, cells=cells, target_us=target, program=config.program,
-                       times_s=config.schedule.times_s(),
-                       config=config.model_dump(mode="json"),
-                       program_progress=program_progress, on_wait=on_wait, stop=stop)
+) -> RunOutcome:
+    """A whole run into a new measurement file at ``path``: program the targets with
+    program-and-verify, then read them at the schedule's times after programming.
+
+    ``config`` is a ``RunConfig`` (what ``pcmlab run`` loads a TOML file into; a dict is
+    validated into one, with the command line's messages). Its ``targets`` say what to
+    program, unless ``cells`` and ``target_us`` (µS) are given as arrays. Everything is
+    checked against the chip before the file exists. ``config_dir`` resolves a relative
+    targets file. Returns ``RunOutcome(programming, readouts_taken)``.
+    """
+    if not isinstance(config, RunConfig):
+        config = validate_model(RunConfig, dict(config), "run configuration")
+    info = driver.info
+    config.program.check_against(info)
+    if (cells is None) != (target_us is None):
+        raise ConfigError("give both cells and target_us, or neither (then the "
+                          "configuration's targets are programmed)")
+    if cells is None:
+        cell_arr, target = config.targets.resolve(info, config_dir)
+    else:
+        cell_arr = np.asarray(cells)
+        target = np.asarray(target_us)
+        if not np.issubdtype(cell_arr.dtype, np.integer) or cell_arr.ndim != 1:
+            raise ConfigError(f"cells must be a 1-D array of integer cell indices, got "
+                              f"{cell_arr.dtype} of shape {cell_arr.shape}")
+        if target.shape != cell_arr.shape:
+            raise ConfigError(f"target_us has shape {target.shape}; cells has "
+                              f"{cell_arr.shape}: one target per cell")
+        cell_arr, target = cell_arr.astype(np.uint32), target.astype(np.float32)
+        config = config.model_copy(update={"targets": TargetSpec(kind="array",
+                                                                 cells=cell_arr.size)})
+    return measure_into_file(driver, path, cells=cell_arr, target_us=target,
+                             program=config.program, times_s=config.schedule.times_s(),
+                             config=config.model_dump(mode="json"), overwrite=overwrite,
+                             program_progress=program_progress, on_wait=on_wait, stop=stop)
 
 
 def _sink(writer: RunWriter):
@@ -226,7 +273,7 @@ def replay_programming(driver: CrossbarDriver, path: str | Path,
     return result
 
 
-def resume_experiment(
+def resume_run(
     driver: CrossbarDriver,
     path: str | Path,
     *,

@@ -51,20 +51,24 @@ class ProgramVerifyConfig(StrictModel):
 
     tolerance_abs_us: float = Field(0.5, ge=0, description="window half-width, fixed part")
     tolerance_rel: float = Field(0.04, ge=0, lt=1, description="window half-width, share of G_T")
-    max_iterations: int = Field(20, ge=1, le=10_000)
+    max_iterations: int = Field(20, ge=1, le=10_000, description="verify rounds per cell "
+                                "before it counts as not converged")
     gain_ua_per_us: float = Field(2.0, gt=0, le=1000, description="amplitude step per µS error")
-    initial_curve: AmplitudeCurve = AmplitudeCurve()
-    overshoot: OvershootPolicy = OvershootPolicy.RESET
+    initial_curve: AmplitudeCurve = Field(AmplitudeCurve(), description="first SET "
+                                          "amplitude guess per target (a saturating curve)")
+    overshoot: OvershootPolicy = Field(OvershootPolicy.RESET, description="a cell above "
+                                       "its window: 'reset' and climb again, or 'skip'")
     overshoot_backoff_ua: float = Field(5.0, ge=0, description="extra step down after a RESET")
     overshoot_gain_factor: float = Field(
         0.5, gt=0, le=1, description="a cell's gain is multiplied by this at each overshoot")
     min_set_ua: float = Field(0.0, ge=0, description="lowest SET amplitude the loop uses")
     max_set_ua: float | None = Field(
         None, gt=0, description="highest SET amplitude the loop uses (default: chip limit)")
-    set_width_ns: float = Field(500.0, gt=0)
-    reset_amplitude_ua: float = Field(470.0, gt=0)
-    reset_width_ns: float = Field(50.0, gt=0)
-    record_traces: bool = False
+    set_width_ns: float = Field(500.0, gt=0, description="SET pulse width")
+    reset_amplitude_ua: float = Field(470.0, gt=0, description="RESET pulse amplitude")
+    reset_width_ns: float = Field(50.0, gt=0, description="RESET pulse width")
+    record_traces: bool = Field(False, description="keep every iteration's verify reading "
+                                "and amplitude (the file's /programming/traces)")
     max_batch_cells: int | Literal["auto"] | None = Field(
         None, description="most cells in one driver call: None sends all active cells at "
         "once; \"auto\" measures the chip's per-call cost first and keeps every call within "

@@ -29,7 +29,8 @@ class ReadoutSchedule(StrictModel):
 
     t0_s: float = Field(20.0, gt=0, description="first readout after programming")
     t_end_s: float = Field(72_000.0, gt=0, description="last readout after programming")
-    n_readouts: int = Field(20, ge=2, le=1_000_000)
+    n_readouts: int = Field(20, ge=2, le=1_000_000, description="readouts, log-spaced "
+                            "from t0_s to t_end_s (numpy.geomspace)")
     include_s: tuple[float, ...] = Field(
         (), description="extra read times (s) between t0 and t_end, e.g. 3600 for 1 h")
 

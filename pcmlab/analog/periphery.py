@@ -23,8 +23,10 @@ _ZERO_POINT_F = torch.zeros(1)
 class Periphery(StrictModel):
     """DAC and ADC of the crossbar (None: not quantized)."""
 
-    dac_bits: int | None = Field(8, ge=1, le=24)
-    adc_bits: int | None = Field(8, ge=1, le=24)
+    dac_bits: int | None = Field(8, ge=1, le=24, description="input DAC resolution; None: "
+                                 "no input quantization")
+    adc_bits: int | None = Field(8, ge=1, le=24, description="output ADC resolution; None: "
+                                 "no output quantization")
     adc_gain: float = Field(1.0, gt=0, description="one ADC gain shared by all layers")
     range_percentile: float = Field(99.99, gt=50, le=100,
                                     description="calibrated ranges cover this share")

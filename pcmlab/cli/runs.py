@@ -91,7 +91,7 @@ def cmd_program(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from protocols.experiment import RunConfig, run_experiment
+    from protocols.experiment import RunConfig, measure_run
     from protocols.program_verify import ProgramProgress
 
     config = load_model(RunConfig, args.config)
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(pv, completed=p.iteration,
                        next=f"{100 * p.n_converged / max(p.n_total, 1):.1f} % converged")
 
-        result, taken = run_experiment(driver, config, output, config_dir=args.config.parent,
+        result, taken = measure_run(driver, config, output, config_dir=args.config.parent,
                                        program_progress=on_program, on_wait=on_wait)
     if result.interrupted:
         err_console.print(
@@ -134,7 +134,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from mock_chip import MockChipConfig
     from pcmlab.store import RunReader
     from pcmlab.store.writer import refuse_if_written
-    from protocols.experiment import RunConfig, replay_programming, resume_experiment
+    from protocols.experiment import RunConfig, replay_programming, resume_run
     from protocols.program_verify import ProgramVerifyConfig
 
     source = f"{args.run} (stored configuration)"
@@ -169,7 +169,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             # replay programming, checked bit for bit against the file
             replay_programming(driver, args.run, program)
         with readout_progress(n) as (_, on_wait):
-            before, after = resume_experiment(driver, args.run, on_wait=on_wait)
+            before, after = resume_run(driver, args.run, on_wait=on_wait)
     console.print(f"{args.run}: {before} readouts were there, {after} of {n} now")
     return 0
 

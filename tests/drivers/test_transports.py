@@ -22,7 +22,7 @@ from pcmlab import framing
 from pcmlab.errors import DeviceError, LimitError, TransportError
 from pcmlab.store import RunReader
 from protocols import program_and_verify
-from protocols.experiment import RunConfig, run_experiment
+from protocols.experiment import RunConfig, measure_run
 from tests.drivers.conftest import faulty, make_controller
 
 TARGETS = np.random.default_rng(0).uniform(0, 25, 64 * 128).astype(np.float32)
@@ -52,7 +52,7 @@ def test_program_and_readouts_end_to_end(transport, scpi_server, serial_server,
         # a short readout run through the same transport, into a file
         config = RunConfig(resource=resource, targets={"kind": "levels", "cells": 2000},
                            schedule={"t0_s": 20, "t_end_s": 86400, "n_readouts": 5})
-        result, taken = run_experiment(driver, config, tmp_path / "run.h5")
+        result, taken = measure_run(driver, config, tmp_path / "run.h5")
     assert taken == 5
     with RunReader(tmp_path / "run.h5") as run:
         ro = run.readouts()

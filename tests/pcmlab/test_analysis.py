@@ -15,7 +15,7 @@ from pcmlab.config import validate_model
 from pcmlab.pcm_model import PCMModel
 from pcmlab.plots import drift_curves
 from pcmlab.store import RunReader
-from protocols.experiment import RunConfig, run_experiment
+from protocols.experiment import RunConfig, measure_run
 
 OFF_GRID = [2.0, 5.0, 8.0, 11.0, 14.0, 17.0, 20.0, 23.0]  # not on a 2.5 µS grid
 
@@ -27,7 +27,7 @@ def test_off_grid_levels_are_reported_as_programmed(tmp_path: Path) -> None:
         "schedule": {"t0_s": 20.0, "t_end_s": 1e5, "n_readouts": 6},
     })
     path = tmp_path / "run.h5"
-    run_experiment(MockDriver(config=validate_model(MockChipConfig, config.chip)), config,
+    measure_run(MockDriver(config=validate_model(MockChipConfig, config.chip)), config,
                    path)
     model = PCMModel()
     with RunReader(path) as run:

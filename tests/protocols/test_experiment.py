@@ -17,7 +17,7 @@ from pcmlab.config import save_model, validate_model
 from pcmlab.errors import ConfigError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.store import RunReader
-from protocols.experiment import RunConfig, run_experiment
+from protocols.experiment import RunConfig, measure_run
 from protocols.readout import ReadoutSchedule, run_schedule
 
 RUN_TOML = """
@@ -89,7 +89,7 @@ def test_one_year_schedule_on_100k_cells_matches_drift_model(tmp_path: Path) -> 
     })
     driver = MockDriver(config=validate_model(MockChipConfig, config.chip))
     path = tmp_path / "year.h5"
-    result, taken = run_experiment(driver, config, path)
+    result, taken = measure_run(driver, config, path)
     assert taken == 30
     model = PCMModel()
     with RunReader(path) as run:
@@ -236,7 +236,6 @@ def test_readout_times_are_anchored_to_the_end_of_programming(tmp_path: Path) ->
     from drivers import MockDriver
     from mock_chip import FaultRates, MockChipConfig
     from protocols.experiment import measure_run
-    from protocols.program_verify import ProgramVerifyConfig
 
     cfg = MockChipConfig(geometry={"rows": 32, "cols": 64}, seed=2, faults=FaultRates.none(),
                          timing={"pulse_call_s": 0.5, "pulse_per_cell_s": 1e-3,
@@ -244,15 +243,16 @@ def test_readout_times_are_anchored_to_the_end_of_programming(tmp_path: Path) ->
     driver = MockDriver(config=cfg)
     cells = np.arange(1000, dtype=np.uint32)
     target = np.linspace(1, 20, cells.size).astype(np.float32)
-    times = np.array([20.0, 100.0, 1000.0])
-    result, taken = measure_run(driver, tmp_path / "r.h5", cells=cells, target_us=target,
-                                program=ProgramVerifyConfig(), times_s=times, config={})
+    config = RunConfig(schedule={"t0_s": 20.0, "t_end_s": 1000.0, "n_readouts": 3})
+    result, taken = measure_run(driver, config, tmp_path / "r.h5", cells=cells,
+                                target_us=target)
     assert taken == 3 and result.end_s > 10.0  # programming took time on the chip's clock
     with RunReader(tmp_path / "r.h5") as run:
         ro = run.readouts()
         end = run.programming().end_chip_time_s
     assert end == pytest.approx(result.end_s)
     np.testing.assert_allclose(ro.time_s, ro.chip_time_s - end, rtol=0, atol=1e-9)
+    times = config.schedule.times_s()
     assert (ro.time_s >= times).all() and (ro.time_s - times < 1.0).all()
 
 
