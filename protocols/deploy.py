@@ -37,8 +37,9 @@ class DeployConfig(StrictModel):
     program: ProgramVerifyConfig = Field(ProgramVerifyConfig(), description="program-and-"
                                          "verify of the devices")
     # the first readout at the model's t0 (20 s) is the drift-compensation reference
-    schedule: ReadoutSchedule = ReadoutSchedule(
-        t0_s=20.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[:-1])
+    schedule: ReadoutSchedule = Field(ReadoutSchedule(
+        t0_s=20.0, t_end_s=YEAR_S, n_readouts=9, include_s=ACCURACY_TIMES_S[:-1]),
+        description="readouts: 20 s to a year, with the accuracy table's times")
     periphery: Periphery = Field(Periphery(), description="DAC/ADC of the analog layers")
     tiling: bool = Field(True, description="split layers larger than the array into tiles")
     parts: bool = Field(False, description="a network larger than the chip(s) is deployed "

@@ -175,7 +175,8 @@ def measure_into_file(
     writer = RunWriter.create(
         path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,
         layer=layer, schedule_time_s=times_s, network_mapping=network_mapping,
-        overwrite=overwrite,
+        overwrite=overwrite, geometry={"rows": info.geometry.rows, "cols": info.geometry.cols,
+                                       "arrays": info.arrays},
         trace_iterations=program.max_iterations if program.record_traces else 0)
     with writer:
         if pairs is None:
@@ -222,6 +223,7 @@ def measure_run(
     """
     if not isinstance(config, RunConfig):
         config = validate_model(RunConfig, dict(config), "run configuration")
+    config = _as_run_on(config, driver)
     info = driver.info
     config.program.check_against(info)
     if (cells is None) != (target_us is None):
@@ -245,6 +247,20 @@ def measure_run(
                              program=config.program, times_s=config.schedule.times_s(),
                              config=config.model_dump(mode="json"), overwrite=overwrite,
                              program_progress=program_progress, on_wait=on_wait, stop=stop)
+
+
+def _as_run_on(config: RunConfig, driver: CrossbarDriver) -> RunConfig:
+    """The configuration as the file records it: the chip the run really used, so that
+    ``pcmlab resume`` reaches (or rebuilds) that chip."""
+    from drivers.mock import MockDriver
+
+    if isinstance(driver, MockDriver):
+        return config.model_copy(update={"resource": "mock",
+                                         "chip": driver.chip.config.model_dump(mode="json")})
+    resource = getattr(driver, "resource_name", None) or getattr(driver, "port", None)
+    if config.resource == "mock" and isinstance(resource, str):
+        return config.model_copy(update={"resource": resource})
+    return config
 
 
 def _sink(writer: RunWriter):

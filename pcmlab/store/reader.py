@@ -162,6 +162,17 @@ class RunReader:
         return json.loads(self._attr(S.ATTR_CONFIG, "{}"))
 
     @property
+    def geometry(self) -> dict[str, int] | None:
+        """The chip's array: {"rows", "cols", "arrays"} (cell = row * cols + col), or None
+        for a file from before pcmlab recorded it (then a mock chip's configuration)."""
+        text = self._attr(S.ATTR_GEOMETRY)
+        if text is not None:
+            return json.loads(text)
+        chip = self.config.get("chip", {}).get("geometry")
+        return None if chip is None else {"rows": chip["rows"], "cols": chip["cols"],
+                                          "arrays": 1}
+
+    @property
     def driver_identity(self) -> str:
         return str(self._attr(S.ATTR_DRIVER, ""))
 
@@ -271,13 +282,10 @@ class RunReader:
                         conductance_us=g)
 
     def to_xarray(self):  # -> xarray.Dataset
-        """The readouts as an xarray Dataset (dims time_s x cell), via h5netcdf."""
-        try:
-            import xarray as xr
-        except ImportError:
-            raise SchemaError("xarray is not installed: pip install xarray h5netcdf") from None
-        return xr.open_dataset(self.path, group=S.READOUTS, engine="h5netcdf",
-                               phony_dims="sort")
+        """The run as an ``xarray.Dataset`` (see ``pcmlab.dataset.open_run``)."""
+        from pcmlab.dataset import run_dataset
+
+        return run_dataset(self)
 
     def close(self) -> None:
         if self.file.id.valid:

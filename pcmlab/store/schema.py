@@ -12,6 +12,7 @@ ATTR_VERSION = "pcmlab_version"
 ATTR_CREATED = "created"
 ATTR_CONFIG = "config"
 ATTR_DRIVER = "driver"
+ATTR_GEOMETRY = "geometry"  # JSON {"rows", "cols", "arrays"} of the chip the run was on
 ATTR_INTERRUPTIONS = "interruptions"  # JSON list, one entry per resume or recover
 
 TARGETS = "targets"

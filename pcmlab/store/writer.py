@@ -83,6 +83,7 @@ class RunWriter:
         created: str | None = None,
         interruptions: list[dict[str, Any]] | None = None,
         network_mapping: str | None = None,
+        geometry: dict[str, int] | None = None,
     ) -> RunWriter:
         """A new file with every dataset of the schema, in SWMR mode: readouts empty,
         programming unset (NaN end time). ``trace_iterations`` > 0 reserves per-iteration
@@ -106,6 +107,8 @@ class RunWriter:
                                np.asarray(schedule_time_s, dtype=np.float64), trace_iterations)
             f.attrs[S.ATTR_CREATED] = created or utc_now_iso()
             f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(interruptions or [])
+            if geometry is not None:
+                f.attrs[S.ATTR_GEOMETRY] = json.dumps(geometry, sort_keys=True)
             if network_mapping is not None:
                 f.create_group(S.NETWORK).attrs[S.ATTR_MAPPING] = network_mapping
             f.swmr_mode = True  # flushes everything above first
@@ -314,7 +317,7 @@ class RunWriter:
                     overwrite=True, created=old.created,
                     interruptions=[*old.interruptions,
                                    {**entry, "completed_readouts": readouts.n}],
-                    network_mapping=old.network_mapping_json)
+                    network_mapping=old.network_mapping_json, geometry=old.geometry)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise

@@ -62,16 +62,25 @@ def test_reader_typed_access(tmp_path: Path) -> None:
 
 
 def test_xarray_view(tmp_path: Path) -> None:
-    pytest.importorskip("xarray")
-    pytest.importorskip("h5netcdf")
+    import xarray as xr
+
     path = tmp_path / "run.h5"
     make_run(path)
     with RunReader(path) as run:
         ds = run.to_xarray()
-        assert ds["conductance_us"].dims == ("time_s", "cell")
-        np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
-        assert float(ds["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
-        ds.close()
+    assert ds["conductance_us"].dims == ("readout", "cell")
+    np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
+    by_time = ds.swap_dims(readout="time_s")
+    assert float(by_time["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
+    # the file itself, in xarray without pcmlab: real dimension scales, no phony dims
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        raw = xr.open_dataset(path, group="readouts", engine="h5netcdf")
+        assert raw["conductance_us"].dims == ("time_s", "cell")
+        assert float(raw["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
+        raw.close()
 
 
 def test_half_written_row_is_not_a_readout(tmp_path: Path) -> None:

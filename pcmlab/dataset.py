@@ -1,0 +1,202 @@
+"""Run files as xarray Datasets, and the analysis tables as functions of such a dataset.
+
+``open_run(path)`` reads through pcmlab's reader, so it works on a finished file, on a
+file a run is still writing (SWMR: the readouts complete so far) and on a file whose
+writer was killed. Dimensions: ``readout`` (completed readouts, in order) and ``cell``
+(the run's cells, in the file's order); ``planned`` for the schedule. Every variable has
+``units`` in its attributes; the run's metadata is in the dataset's attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pcmlab.analysis import (
+    DriftStats,
+    LevelStats,
+    convergence_by_level,
+    drift_by_level,
+    fit_drift,
+    group_levels,
+)
+from pcmlab.errors import ConfigError, SchemaError
+from pcmlab.pcm_model import PCMModel
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from pcmlab.store.reader import RunReader
+
+
+def _xarray():  # -> the xarray module
+    try:
+        import xarray as xr
+    except ImportError:  # pragma: no cover - xarray is a dependency
+        raise SchemaError("xarray is not installed: pip install xarray") from None
+    return xr
+
+
+def open_run(path: str | Path) -> xr.Dataset:
+    """The run in ``path`` as an ``xarray.Dataset``, read into memory (the file is closed
+    again). Works while the run is still being written and on a killed run's file."""
+    from pcmlab.store import RunReader
+
+    with RunReader(path) as run:
+        return run_dataset(run)
+
+
+def run_dataset(run: RunReader) -> xr.Dataset:
+    """The dataset of an open ``RunReader`` (see ``open_run``)."""
+    xr = _xarray()
+    targets = run.targets()
+    prog = run.programming()
+    ro = run.readouts()
+    groups = group_levels(targets.conductance_us)
+    level = np.full(targets.cell.size, np.nan)
+    known = groups.index >= 0
+    level[known] = groups.mean_target_us[groups.index[known]]
+    cell_coords: dict[str, Any] = {
+        "cell": ("cell", targets.cell, {"long_name": "flat cell index row * cols + col"}),
+        "target_us": ("cell", targets.conductance_us,
+                      {"units": "µS", "long_name": "programming target"}),
+        "level": ("cell", level, {
+            "units": "µS", "long_name": "target level: the target itself for exact levels, "
+            "the bin's mean target for continuous targets", "grouping": groups.describe()}),
+        "layer": ("cell", targets.layer, {"long_name": "network layer (-1: not a network's)"}),
+    }
+    geometry = run.geometry
+    if geometry is not None:
+        cols = int(geometry["cols"])
+        cell_coords["row"] = ("cell", (targets.cell // cols).astype(np.int64),
+                              {"long_name": "word line"})
+        cell_coords["col"] = ("cell", (targets.cell % cols).astype(np.int64),
+                              {"long_name": "bit line"})
+    data: dict[str, Any] = {
+        "conductance_us": (("readout", "cell"), ro.conductance_us,
+                           {"units": "µS", "long_name": "conductance read"}),
+        "chip_time_s": ("readout", ro.chip_time_s, {"units": "s", "long_name": "chip clock"}),
+        "wall_time": ("readout", ro.wall_time,
+                      {"units": "s", "long_name": "Unix time (seconds since 1970-01-01 UTC)"}),
+        "schedule_time_s": ("planned", run.schedule_time_s,
+                            {"units": "s", "long_name": "planned read time after programming"}),
+    }
+    if prog is not None:
+        data.update({
+            "programmed_us": ("cell", prog.conductance_us,
+                              {"units": "µS", "long_name": "final verify reading"}),
+            "iterations": ("cell", prog.iterations.astype(np.int64),
+                           {"long_name": "program-and-verify iterations"}),
+            "converged": ("cell", prog.converged, {"long_name": "within tolerance at the end"}),
+            "last_pulse_s": ("cell", prog.last_pulse_s,
+                             {"units": "s", "long_name": "chip clock at the last pulse"}),
+        })
+    coords: dict[str, Any] = {
+        **cell_coords,
+        "time_s": ("readout", ro.time_s,
+                   {"units": "s", "long_name": "time since the end of programming"}),
+    }
+    attrs: dict[str, Any] = {
+        "schema": str(run.file.attrs.get("schema", "")),
+        "pcmlab_version": run.pcmlab_version, "created": run.created,
+        "driver": run.driver_identity, "config": json.dumps(run.config, sort_keys=True),
+        "interruptions": json.dumps(run.interruptions), "source": str(run.path),
+        "programming_finished": int(prog is not None),
+        "programming_interrupted": int(bool(prog and prog.interrupted)),
+        "end_chip_time_s": np.nan if prog is None else prog.end_chip_time_s,
+        "readouts_planned": int(run.schedule_time_s.size),
+    }
+    if geometry is not None:
+        attrs.update({k: int(v) for k, v in geometry.items()})
+    evaluation = run.evaluation()
+    if evaluation is not None:
+        _add_evaluation(data, coords, attrs, evaluation)
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _add_evaluation(data: dict[str, Any], coords: dict[str, Any], attrs: dict[str, Any],
+                    ev: dict[str, Any]) -> None:
+    """A deployment's accuracy over time, on dimensions of its own."""
+    if "measured_time_s" in ev:
+        coords["measured_time_s"] = ("measured_time_s", ev["measured_time_s"], {"units": "s"})
+        data["measured_accuracy"] = ("measured_time_s", ev["measured_accuracy"],
+                                     {"units": "1", "long_name": "metric from the readouts"})
+    if "simulated_time_s" in ev:
+        coords["simulated_time_s"] = ("simulated_time_s", ev["simulated_time_s"],
+                                      {"units": "s"})
+        for name in ("simulated_accuracy_mean", "simulated_accuracy_std"):
+            if name in ev:
+                data[name] = ("simulated_time_s", ev[name], {"units": "1"})
+        if "simulated_accuracy_runs" in ev:
+            data["simulated_accuracy_runs"] = (("simulated_run", "simulated_time_s"),
+                                               ev["simulated_accuracy_runs"], {"units": "1"})
+    for key, value in ev.items():
+        if np.isscalar(value) and key not in data:
+            attrs[f"evaluation_{key}"] = value
+
+
+def _need_programming(ds: xr.Dataset) -> None:
+    if "converged" not in ds:
+        raise ConfigError(f"{ds.attrs.get('source', 'this run')}: programming never "
+                          "finished, so there is nothing to tabulate")
+
+
+def _table(rows: list[LevelStats] | list[DriftStats]) -> xr.Dataset:
+    xr = _xarray()
+    if not rows:
+        return xr.Dataset(coords={"level": ("level", np.zeros(0))})
+    fields = [f for f in rows[0].__dataclass_fields__ if f not in ("target_us", "label")]
+    data = {f: ("level", np.array([np.nan if getattr(r, f) is None else getattr(r, f)
+                                   for r in rows])) for f in fields}
+    coords = {"level": ("level", np.array([r.target_us for r in rows]), {"units": "µS"}),
+              "label": ("level", np.array([r.label for r in rows]))}
+    return xr.Dataset(data, coords=coords)
+
+
+def level_convergence(ds: xr.Dataset, model: PCMModel | None = None) -> xr.Dataset:
+    """Programming per target level (as ``pcmlab inspect`` shows it), dimension ``level``:
+    cells, converged_fraction, iterations_p50/p90, error_mean_us/error_std_us (verify
+    reading minus target, converged cells) and sigma_prog_us (the model)."""
+    _need_programming(ds)
+    target = ds["target_us"].values
+    rows = convergence_by_level(target, ds["programmed_us"].values, ds["converged"].values,
+                                ds["iterations"].values, model=model,
+                                groups=group_levels(target))
+    return _table(rows)
+
+
+def level_drift(ds: xr.Dataset, model: PCMModel | None = None) -> xr.Dataset:
+    """Drift per non-zero target level over the converged cells, dimension ``level``: the
+    mean conductance at the first and last readout and the drift exponent fitted per
+    device (mean, median, std), beside the model's mu_nu and sigma_nu."""
+    _need_programming(ds)
+    rows = drift_by_level(ds["target_us"].values, ds["time_s"].values,
+                          ds["conductance_us"].values, mask=ds["converged"].values,
+                          model=model)
+    return _table(rows)
+
+
+def drift_exponents(ds: xr.Dataset, t_min_s: float | None = None) -> xr.DataArray:
+    """The drift exponent nu of every cell (least squares of ln G on ln t over the
+    readouts at or after ``t_min_s``, default the model's t0 = 20 s), dimension ``cell``."""
+    t_min = PCMModel().calibration.t0_s if t_min_s is None else t_min_s
+    nu, _ = fit_drift(ds["time_s"].values, ds["conductance_us"].values, t_min_s=t_min)
+    out = ds["target_us"].copy(data=nu)
+    out.name = "nu"
+    out.attrs = {"units": "1", "long_name": "drift exponent, G = G0 (t / t0)^-nu",
+                 "t_min_s": t_min}
+    return out
+
+
+def accuracy_over_time(ds: xr.Dataset) -> xr.Dataset:
+    """A deployment's accuracy over time: measured (from each readout) and the simulated
+    mean and std (Monte Carlo over the PCM model), each on its own time dimension."""
+    names = [n for n in ("measured_accuracy", "simulated_accuracy_mean",
+                         "simulated_accuracy_std") if n in ds]
+    if not names:
+        raise ConfigError(f"{ds.attrs.get('source', 'this run')}: no accuracy in this file; "
+                          "it is not an evaluated network deployment")
+    return ds[names]
