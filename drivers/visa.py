@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pyvisa
 import pyvisa.constants
 import pyvisa.errors
+import pyvisa.rname
 
 from drivers.base import F32, RemoteDriverBase
 from pcmlab.errors import DeviceError, PcmlabError, TransportError
@@ -121,6 +122,11 @@ class VisaDriver(RemoteDriverBase):
 
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> None:
+        try:  # a malformed name is said as such, before pyvisa guesses at it
+            pyvisa.rname.parse_resource_name(self.resource_name)
+        except pyvisa.rname.InvalidResourceName as exc:
+            raise TransportError(f"{self.resource_name}: not a valid VISA resource name: "
+                                 f"{exc}") from None
         try:
             inst = self._rm.open_resource(self.resource_name)
         except Exception as exc:  # pyvisa-py raises bare Exception("could not connect")
@@ -153,6 +159,12 @@ class VisaDriver(RemoteDriverBase):
             except (pyvisa.errors.VisaIOError, OSError, _GarbledReplyError, ValueError,
                     pyvisa.errors.InvalidBinaryFormat) as exc:
                 last = exc
+                if isinstance(exc, ConnectionRefusedError) and getattr(self, "_info", None) is None:
+                    # nothing listens there: retrying will not help, and says nothing new
+                    raise TransportError(
+                        f"{self.resource_name}: nothing is listening there (connection "
+                        "refused); start the chip's server, or check the address and port"
+                    ) from None
                 log.warning("%s: %s failed (%s), attempt %d of %d", self.resource_name,
                             command.split(" ")[0], exc, attempt + 1, self.retries + 1)
                 try:

@@ -190,3 +190,48 @@ def test_the_convergence_footnote_describes_only_the_columns_shown() -> None:
 
     assert "@t0" not in render(None)
     assert "@t0" in render(0.55) and "beside the model" in render(0.55)
+
+
+RUN_TOML = ('[chip.geometry]\nrows = 16\ncols = 16\n[targets]\ncells = 64\n'
+            '[schedule]\nn_readouts = 3\n')
+
+
+def test_run_takes_resource_over_the_configuration(tmp_path: Path) -> None:
+    from mock_chip.scpi_server import ScpiServer
+    from tests.drivers.conftest import make_controller
+
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)  # resource = "mock" by default
+    with ScpiServer(make_controller(seed=4), "127.0.0.1", 0) as server:
+        proc = run_cli("run", str(config), "--resource", server.resource, "-o",
+                       str(tmp_path / "r.h5"))
+    assert proc.returncode == 0, proc.stderr
+    from pcmlab.store import RunReader
+
+    with RunReader(tmp_path / "r.h5") as run:
+        assert run.config["resource"] == server.resource  # what the run really used
+        assert run.driver_identity.startswith("pcmlab,MockPCM-64x128")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "{c}", "--bogus"], "pcmlab run: error: unrecognized arguments: --bogus"),
+    (["inspect", "x.h5", "--nope"], "pcmlab inspect: error: unrecognized arguments: --nope"),
+    (["run", "{c}", "-o", "{d}/out.txt"], "ends in .h5 or .hdf5"),
+    (["run", "{c}", "-o", "/proc/x.h5"], "cannot write '/proc/x.h5'"),
+    (["deploy", "m.pt", "-o", "{d}/d.txt"], "ends in .h5 or .hdf5"),
+    (["run", "{c}", "--resource", "USB0::1::2", "-o", "{d}/r.h5"],
+     "USB0::1::2: not a valid VISA resource name"),
+    (["run", "{c}", "--resource", "TCPIP0::127.0.0.1::1::SOCKET", "-o", "{d}/r.h5"],
+     "nothing is listening there (connection refused)"),
+])
+def test_cli_usage_and_resource_mistakes_are_one_line(tmp_path: Path, args: list[str],
+                                                      message: str) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML)
+    proc = run_cli(*[a.format(c=config, d=tmp_path) for a in args])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr
+    if "usage" in proc.stderr:
+        assert proc.stderr.splitlines()[0].startswith(f"usage: pcmlab {args[0]} ")
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob("*.txt"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,16 +37,35 @@ EXIT_USAGE = 2
 
 
 def output_file(text: str) -> Path:
-    """An output path whose folder exists and is writable: checked before any work."""
+    """An output path whose folder exists and takes a new file: checked before any work
+    (by creating and removing a scratch file there, as the output will be)."""
     path = Path(text)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"folder '{folder}' does not exist; create it or "
                                          "write elsewhere")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"folder '{folder}' is not writable")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"'{path}' is a folder; give a file name")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".pcmlab-probe-"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write '{path}': folder '{folder}' does "
+                                         f"not take new files ({exc.strerror or exc}); "
+                                         "write elsewhere") from None
+    return path
+
+
+MEASUREMENT_SUFFIXES = (".h5", ".hdf5")
+
+
+def measurement_file(text: str) -> Path:
+    """An output measurement file: HDF5, so its name ends in .h5 or .hdf5."""
+    path = output_file(text)
+    if path.suffix.lower() not in MEASUREMENT_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"'{path}': a measurement file is HDF5 and its name ends in .h5 or .hdf5 (other "
+            f"tools go by the suffix); give e.g. '{path.with_suffix('.h5')}'")
     return path
 
 
@@ -94,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "read it for a year, evaluate")
     p.add_argument("model", help=model_help)
     add_model_options(p)
-    p.add_argument("-o", "--output", type=output_file, required=True, help="measurement file")
+    p.add_argument("-o", "--output", type=measurement_file, required=True,
+                   help="measurement file (.h5)")
     p.add_argument("--bits", type=int, help="DAC and ADC bits (default: the model's, or 8)")
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
@@ -153,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
                        "drift) into a file for 'pcmlab fit'")
-    p.add_argument("-o", "--output", type=output_file, required=True, help="measurement file")
+    p.add_argument("-o", "--output", type=measurement_file, required=True,
+                   help="measurement file (.h5)")
     p.add_argument("--cells-per-level", type=int, default=1000)
     p.add_argument("--levels-us", type=float, nargs="+", help="levels (default 11 from 0 "
                    "to 25 µS)")
@@ -223,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="program, then read on a schedule into an HDF5 file")
     p.add_argument("config", type=Path, help="run configuration (.toml or .json)")
-    p.add_argument("-o", "--output", type=output_file,
+    p.add_argument("-o", "--output", type=measurement_file,
                    help="measurement file (default run-<time>.h5)")
+    p.add_argument("--resource", help="the chip (overrides the configuration's 'resource'): "
+                   "mock, a VISA resource, a serial port, or a plugin's resource")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted run's readouts")
@@ -249,9 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str | None
+               ) -> argparse.ArgumentParser | None:
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said with the usage line of the subcommand, not the top-level one
+        sub = _subparser(parser, args.command)
+        (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])

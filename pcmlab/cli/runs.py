@@ -95,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from protocols.program_verify import ProgramProgress
 
     config = load_model(RunConfig, args.config)
+    if args.resource:
+        config = config.model_copy(update={"resource": args.resource})
     output = args.output or Path(time.strftime("run-%Y%m%d-%H%M%S.h5"))
     driver = _driver_for_run(config, str(args.config))
     try:  # every target checked against the chip before any work
