@@ -155,3 +155,14 @@ def test_the_python_api_page_runs_as_written(first_run: Path, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert "10 readouts" in proc.stdout and "('time_s', 'cell')" in proc.stdout
     assert (tmp_path / "drift.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_readme_from_python_section_runs(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### From Python"):text.index("### Deploying a network")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
+    script = tmp_path / "readme.py"
+    script.write_text(code)
+    proc = run(str(script), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "('readout', 'cell')" in proc.stdout and "nu_mean" in proc.stdout
