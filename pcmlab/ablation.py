@@ -1,27 +1,25 @@
-"""The AnalogNets ablation: off-the-shelf, noise injection only and the full method, each
-at several converter widths, in simulated mode at the paper's time points."""
+"""The AnalogNets ablation, a preset of the sweep: off-the-shelf, noise injection only and
+the full method, each at several converter widths, in simulated mode at the paper's time
+points (``pcmlab ablation``; the same grid as a sweep file: docs/sweeps.md)."""
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 from torch import nn
 
-from pcmlab.evaluator import AnalogEvaluator, Periphery
 from pcmlab.pcm_model import ACCURACY_TIMES_S
-from pcmlab.tasks import Dataset, reference_cnn, train_classifier
-from pcmlab.training import TrainingConfig, train_analognets, train_clipped
+from pcmlab.sweep import Progress, SweepConfig, run_sweep
+from pcmlab.tasks import Dataset, reference_cnn
+from pcmlab.training import TrainingConfig
 
 log = logging.getLogger(__name__)
 
-METHODS = ("off-the-shelf", "noise injection", "full method")
-
-Progress = Callable[[str], None]
+# the ablation's names for the sweep's methods
+METHODS = {"off-the-shelf": "off-the-shelf", "noise": "noise injection",
+           "full": "full method"}
 
 
 @dataclass(frozen=True)
@@ -33,48 +31,37 @@ class AblationRow:
     std: tuple[float, ...]
 
 
+def ablation_sweep(*, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
+                   times_s: tuple[float, ...] = ACCURACY_TIMES_S,
+                   config: TrainingConfig | None = None, rows: int = 256, cols: int = 512,
+                   seed: int = 0) -> SweepConfig:
+    """The ablation as a sweep: axes bits (ADC; the DAC one more) x method."""
+    return SweepConfig(training=config or TrainingConfig(seed=seed),
+                       axes={"bits": list(bits), "method": list(METHODS)},
+                       times_s=times_s, runs=runs, runs_per_task=max(1, -(-runs // 5)),
+                       seed=seed, rows=rows, cols=cols)
+
+
 def run_ablation(
-    data: Dataset, *, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
+    data: Dataset, output: str | Path, *, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
     times_s: tuple[float, ...] = ACCURACY_TIMES_S, config: TrainingConfig | None = None,
     rows: int = 256, cols: int = 512, seed: int = 0, progress: Progress | None = None,
-    model: nn.Module | None = None,
+    model: nn.Module | None = None, workers: int | None = None,
 ) -> list[AblationRow]:
-    """Train the three models (the full method once per ADC width) and evaluate each in
-    simulated mode: ``runs`` Monte Carlo runs per time point; the DAC one bit wider.
-    ``model``: the untrained network (any nn.Module; default the digits reference CNN),
-    copied for each method so that all three start from the same weights."""
-    fresh = (lambda: copy.deepcopy(model)) if model is not None else (
-        lambda: reference_cnn(seed))
-    cfg = config or TrainingConfig(seed=seed)
-    say = progress or (lambda text: None)
-    epochs = cfg.stage1_epochs + cfg.stage2_epochs  # the same budget for every method
-    say("training the off-the-shelf model")
-    plain = train_classifier(fresh(), data.x_train, data.y_train, epochs=epochs,
-                             seed=seed)
-    say("training with noise injection")
-    noisy = train_classifier(fresh(), data.x_train, data.y_train, epochs=epochs,
-                             weight_noise=cfg.eta, seed=seed)
-    say("full method, stage 1")
-    stage1 = train_clipped(fresh(), data.x_train, data.y_train, cfg)
+    """Train the three models (the full method once per ADC width; the same epochs for
+    all) and evaluate each in simulated mode, ``runs`` Monte Carlo runs per time point;
+    the sweep's dataset goes to ``output`` (NetCDF). ``model``: the untrained network (any
+    nn.Module; default the digits reference CNN): all three start from its weights."""
+    sweep = ablation_sweep(bits=bits, runs=runs, times_s=times_s, config=config, rows=rows,
+                           cols=cols, seed=seed)
+    outcome = run_sweep(sweep, output, model=model if model is not None
+                        else reference_cnn(seed), data=data, progress=progress,
+                        workers=workers)
+    ds = outcome.dataset
     out = []
     for b in bits:
-        say(f"full method, stage 2 at {b} bits")
-        full = train_analognets(stage1.model, data.x_train, data.y_train,
-                                cfg.model_copy(update={"adc_bits": b}), stage1=stage1)
-        periphery = Periphery(dac_bits=b + 1, adc_bits=b)
-        candidates = [
-            (METHODS[0], AnalogEvaluator(plain, data.x_train, periphery)),
-            (METHODS[1], AnalogEvaluator(noisy, data.x_train, periphery)),
-            (METHODS[2], AnalogEvaluator(full.model, data.x_train, full.periphery,
-                                         ranges=full.ranges)),
-        ]
-        for method, ev in candidates:
-            say(f"simulating {method} at {b} bits")
-            need = sum(2 * math.prod(spec[3]) for spec in ev.layer_specs())
-            mapping = ev.mapping(rows, cols, arrays=max(1, -(-need // (rows * cols))) + 1)
-            sim = ev.simulate(data.x_test, data.y_test, mapping, times_s, runs,
-                              np.random.default_rng(seed))
-            out.append(AblationRow(method, b, b + 1, tuple(map(float, sim.mean)),
-                                   tuple(map(float, sim.std))))
-            log.info("%s, %d bits: %s", method, b, np.round(100 * sim.mean, 2))
+        for method, name in METHODS.items():
+            sel = ds.sel(bits=b, method=method)
+            out.append(AblationRow(name, b, b + 1, tuple(map(float, sel.accuracy_mean)),
+                                   tuple(map(float, sel.accuracy_std))))
     return out

@@ -123,23 +123,54 @@ def plot_accuracy(
     return _save(fig, path)
 
 
-def plot_ablation(path: str | Path, rows, time_labels: tuple[str, ...]) -> Path:
-    """One panel per converter width: accuracy vs time per method, mean ± std."""
+def plot_sweep(path: str | Path, ds, curves: str | None = None, *,
+               title: str = "") -> Path:
+    """A sweep result (xarray Dataset of ``pcmlab sweep``) as accuracy-vs-time panels, the
+    shape of Figure 7 of the AnalogNets paper: one curve per value of ``curves`` (default
+    the ``bits`` axis if there is one, else the first), the band the std over runs; one
+    panel per combination of the other axes (at most 16)."""
+    import itertools
+
     plt = _pyplot()
     path = Path(path)
-    bits = sorted({r.adc_bits for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(bits), figsize=(4.5 * len(bits), 4), sharey=True,
+    axes_names = [d for d in ds.accuracy.dims if d not in ("run", "time")]
+    if curves is None:
+        curves = "bits" if "bits" in axes_names else (axes_names[0] if axes_names else None)
+    if curves is not None and curves not in axes_names:
+        raise ConfigError(f"--curves {curves}: the sweep's axes are "
+                          f"{', '.join(axes_names) or 'none'}")
+    others = [n for n in axes_names if n != curves]
+    panels = list(itertools.product(*(ds[n].values.tolist() for n in others)))
+    if len(panels) > 16:
+        raise ConfigError(f"{len(panels)} panels (axes {', '.join(others)}): too many for "
+                          "one figure; plot a selection (ds.sel(...)) or choose --curves")
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), sharey=True,
                              squeeze=False)
-    x = np.arange(len(time_labels))
-    for ax, b in zip(axes[0], bits, strict=True):
-        for r in (r for r in rows if r.adc_bits == b):
-            mean, std = 100 * np.asarray(r.mean), 100 * np.asarray(r.std)
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=r.method)
-        ax.set_xticks(x, time_labels)
-        ax.set_title(f"ADC {b} bits, DAC {b + 1} bits")
+    t = ds.time_s.values
+    cmap = plt.get_cmap("tab10")
+    values = ds[curves].values.tolist() if curves is not None else [None]
+    for ax, combo in zip(grid.ravel(), panels, strict=False):
+        where = dict(zip(others, combo, strict=True))
+        for k, v in enumerate(values):
+            sel = ds.sel({**where, **({curves: v} if curves is not None else {})})
+            mean, std = 100 * sel.accuracy_mean.values, 100 * sel.accuracy_std.values
+            color = cmap(k % 10)
+            ax.plot(t, mean, marker="o", color=color,
+                    label=f"{curves} {v}" if curves is not None else "accuracy")
+            ax.fill_between(t, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xticks(t, ds.time_label.values.tolist())
+        ax.set_title(", ".join(f"{n} {v}" for n, v in where.items()) or "sweep")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][0].legend(loc="lower left")
+    for ax in grid.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax in grid[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    grid[0][0].legend(loc="lower left", fontsize="small")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

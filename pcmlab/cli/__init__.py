@@ -31,6 +31,7 @@ from pcmlab.cli.runs import (
     cmd_resume,
     cmd_run,
 )
+from pcmlab.cli.sweeps import cmd_sweep
 from pcmlab.errors import PcmlabError
 
 EXIT_USAGE = 2
@@ -57,6 +58,15 @@ def output_file(text: str) -> Path:
 
 
 MEASUREMENT_SUFFIXES = (".h5", ".hdf5")
+
+
+def netcdf_file(text: str) -> Path:
+    """An output NetCDF file: its name ends in .nc."""
+    path = output_file(text)
+    if path.suffix.lower() != ".nc":
+        raise argparse.ArgumentTypeError(f"'{path}': a sweep result is NetCDF and its name "
+                                         f"ends in .nc; give e.g. '{path.with_suffix('.nc')}'")
+    return path
 
 
 def measurement_file(text: str) -> Path:
@@ -165,11 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: digits, shaped as the model takes them)")
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    p.add_argument("--workers", type=int, metavar="N", help="a local Dask cluster of N "
+                   "workers (default: in this process)")
     p.add_argument("--epochs1", type=int, default=30)
     p.add_argument("--epochs2", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("sweep", help="a grid of simulations (periphery, training, noise, "
+                       "drift compensation, calibration) on Dask; resumable, NetCDF out")
+    p.add_argument("sweep", type=Path, help="sweep file (.toml or .json), see docs/sweeps.md")
+    p.add_argument("-o", "--output", type=netcdf_file, required=True,
+                   help="result file (.nc, NetCDF: xarray.open_dataset opens it)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="start a local cluster of N "
+                       "worker processes (one torch thread each); default: in this process")
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="run on an existing dask.distributed cluster")
+    p.add_argument("--force", action="store_true", help="replace the result of another "
+                   "sweep in OUTPUT")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("characterize", help="program level sets and read them (read noise, "
                        "drift) into a file for 'pcmlab fit'")
@@ -260,13 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="measurement file of the run")
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("inspect", help="summary tables of a measurement file")
+    p = sub.add_parser("inspect", help="summary tables of a measurement file or a sweep "
+                       "result")
     p.add_argument("run", type=Path)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("plot", help="PNG: drift per level and programming-error histogram")
     p.add_argument("run", type=Path)
     p.add_argument("-o", "--output", type=output_file, help="PNG file (default: RUN.png)")
+    p.add_argument("--curves", metavar="AXIS", help="a sweep result: one curve per value of "
+                   "this axis (default: bits, else the first axis)")
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_plot)
     return parser

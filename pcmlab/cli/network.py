@@ -7,7 +7,7 @@ import math
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from pcmlab import __version__
@@ -355,7 +355,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     """The AnalogNets ablation on the reference task, in simulated mode."""
     from pcmlab.ablation import run_ablation
     from pcmlab.pcm_model import ACCURACY_TIME_LABELS
-    from pcmlab.plots import plot_ablation
+    from pcmlab.plots import plot_sweep
+    from pcmlab.sweep import open_sweep
     from pcmlab.tasks import load_digits, load_npz_dataset
     from pcmlab.training import TrainingConfig
 
@@ -364,7 +365,9 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                          "training options")
     if args.runs < 1:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run")
-    refuse_overwrite(args, args.output_dir / "ablation.md", args.output_dir / "ablation.png")
+    out_dir = args.output_dir
+    refuse_overwrite(args, out_dir / "ablation.md", out_dir / "ablation.png",
+                     out_dir / "ablation.nc")
     model = None
     if args.model is not None:
         loaded, data = _model_and_data(args.model, None, args.data, need_weights=False)
@@ -372,15 +375,14 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     else:
         data = (load_npz_dataset(args.data, (1, 8, 8)) if args.data is not None
                 else load_digits(seed=args.seed))
-    out_dir = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    with Progress(TextColumn("[bold]ablation"), TextColumn("{task.fields[step]}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("ablation", step="")
-        rows = run_ablation(data, bits=tuple(args.bits), runs=args.runs, config=cfg,
-                            seed=args.seed, model=model,
-                            progress=lambda text: bar.update(task, step=text))
+    from pcmlab.cli.sweeps import task_progress
+
+    with task_progress("ablation") as progress:
+        rows = run_ablation(data, out_dir / "ablation.nc", bits=tuple(args.bits),
+                            runs=args.runs, config=cfg, seed=args.seed, model=model,
+                            progress=progress, workers=args.workers)
     what = args.model or "digits CNN"
     table = Table(title=f"AnalogNets ablation, {what}, simulated ({args.runs} runs), "
                   "test accuracy %")
@@ -394,7 +396,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         lines.append(f"| {r.method} | {r.adc_bits}/{r.dac_bits} | " + " | ".join(cells) + " |")
     console.print(table)
     (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    png = plot_ablation(out_dir / "ablation.png", rows, ACCURACY_TIME_LABELS)
-    console.print(f"wrote {out_dir / 'ablation.md'} and {png} in "
+    png = plot_sweep(out_dir / "ablation.png", open_sweep(out_dir / "ablation.nc"),
+                     curves="method", title=f"AnalogNets ablation, {what}")
+    console.print(f"wrote {out_dir / 'ablation.md'}, {png} and {out_dir / 'ablation.nc'} in "
                   f"{time.perf_counter() - t_start:.0f} s")
     return 0

@@ -191,6 +191,12 @@ def cmd_recover(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from pcmlab.analysis import drift_by_level
     from pcmlab.store import RunReader
+    from pcmlab.sweep import is_sweep_file
+
+    if args.run.is_file() and is_sweep_file(args.run):
+        from pcmlab.cli.sweeps import inspect_sweep
+
+        return inspect_sweep(args.run)
 
     with RunReader(args.run) as run:
         info = Table(title=f"run {args.run}", show_header=False)
@@ -241,6 +247,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pcmlab.plots import check_figure_path, plot_run
     from pcmlab.store import RunReader
+    from pcmlab.sweep import is_sweep_file
+
+    if args.run.is_file() and is_sweep_file(args.run):
+        from pcmlab.cli.sweeps import plot_sweep_file
+
+        return plot_sweep_file(args.run, args.output, args.curves, args)
+    if args.curves is not None:
+        raise ConfigError("--curves is for a sweep result (pcmlab sweep); "
+                          f"{args.run} is a measurement file")
 
     if args.output is not None:
         check_figure_path(args.output)
