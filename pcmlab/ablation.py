@@ -35,9 +35,9 @@ def ablation_sweep(*, bits: tuple[int, ...] = (8, 6, 4), runs: int = 25,
                    times_s: tuple[float, ...] = ACCURACY_TIMES_S,
                    config: TrainingConfig | None = None, rows: int = 256, cols: int = 512,
                    seed: int = 0) -> SweepConfig:
-    """The ablation as a sweep: axes bits (ADC; the DAC one more) x method."""
+    """The ablation as a sweep: axes bits (ADC; the DAC one more) x training method."""
     return SweepConfig(training=config or TrainingConfig(seed=seed),
-                       axes={"bits": list(bits), "method": list(METHODS)},
+                       axes={"bits": list(bits), "training": list(METHODS)},
                        times_s=times_s, runs=runs, runs_per_task=max(1, -(-runs // 5)),
                        seed=seed, rows=rows, cols=cols)
 
@@ -61,7 +61,7 @@ def run_ablation(
     out = []
     for b in bits:
         for method, name in METHODS.items():
-            sel = ds.sel(bits=b, method=method)
+            sel = ds.sel(bits=b, training=method)
             out.append(AblationRow(name, b, b + 1, tuple(map(float, sel.accuracy_mean)),
                                    tuple(map(float, sel.accuracy_std))))
     return out

@@ -62,8 +62,9 @@ AXES: dict[str, tuple[type, Any, str]] = {
     "adc_bits": (int, None, "ADC bits alone (instead of bits)"),
     "dac_bits": (int, None, "DAC bits alone (instead of bits)"),
     "adc_gain": (float, 1.0, "ADC gain (the full method learns its own)"),
-    "method": (str, "off-the-shelf", "as-is (the given weights), off-the-shelf (float "
-               "training), noise (weight-noise injection), full (the AnalogNets method)"),
+    # not "method": xarray's Dataset.sel has a keyword of that name
+    "training": (str, "off-the-shelf", "as-is (the given weights), off-the-shelf (float "
+                 "training), noise (weight-noise injection), full (the AnalogNets method)"),
     "eta": (float, None, "training weight noise / W_max (default: training.eta)"),
     "programming_noise": (bool, True, "programming noise in the simulation"),
     "drift": (bool, True, "conductance drift"),
@@ -128,9 +129,10 @@ class SweepConfig(StrictModel):
                 checked.append(v)
             if len(set(checked)) != len(checked):
                 raise ValueError(f"axis '{name}' lists a value twice: {checked}")
-            bad = [v for v in checked if name == "method" and v not in METHODS]
+            bad = [v for v in checked if name == "training" and v not in METHODS]
             if bad:
-                raise ValueError(f"axis 'method': {bad[0]!r} is not one of {', '.join(METHODS)}")
+                raise ValueError(f"axis 'training': {bad[0]!r} is not one of "
+                                 f"{', '.join(METHODS)}")
             bad = [v for v in checked if "bits" in name and not 1 <= v <= 16]
             if bad:
                 raise ValueError(f"axis '{name}': {bad[0]} bits is outside 1..16")
@@ -165,7 +167,7 @@ def setting(point: dict[str, Any], name: str, config: SweepConfig) -> Any:
         return point[name]
     if name == "eta":
         return config.training.eta
-    if name == "method" and config.network.weights is not None:
+    if name == "training" and config.network.weights is not None:
         return "as-is"
     return AXES[name][1]
 
@@ -181,7 +183,7 @@ def converters(point: dict[str, Any], config: SweepConfig) -> tuple[int, int]:
 
 def training_key(point: dict[str, Any], config: SweepConfig) -> tuple[Any, ...]:
     """What a point's trained model depends on (points that share it share one training)."""
-    method = setting(point, "method", config)
+    method = setting(point, "training", config)
     if method in ("as-is", "off-the-shelf"):
         return (method,)
     if method == "noise":

@@ -397,7 +397,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     console.print(table)
     (out_dir / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     png = plot_sweep(out_dir / "ablation.png", open_sweep(out_dir / "ablation.nc"),
-                     curves="method", title=f"AnalogNets ablation, {what}")
+                     curves="training", title=f"AnalogNets ablation, {what}")
     console.print(f"wrote {out_dir / 'ablation.md'}, {png} and {out_dir / 'ablation.nc'} in "
                   f"{time.perf_counter() - t_start:.0f} s")
     return 0
