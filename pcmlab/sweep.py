@@ -420,8 +420,14 @@ def _client(workers: int | None, scheduler: str | None):  # -> dask.distributed.
     if workers is not None:
         if workers < 1:
             raise ConfigError(f"--workers {workers}: need at least one worker")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+        import dask
+
+        # Dask's default worker environment (MALLOC_TRIM_THRESHOLD_=65536,
+        # OMP_NUM_THREADS=1) made each task 2x slower here (benchmarks/sweep.py); the
+        # tasks set one torch thread themselves, so the workers start with none of it.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
     else:  # the embedded default: one worker thread in this process
         cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                dashboard_address=None)
