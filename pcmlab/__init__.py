@@ -45,6 +45,9 @@ _API = {
     "level_convergence": "pcmlab.dataset", "level_drift": "pcmlab.dataset",
     "drift_exponents": "pcmlab.dataset", "accuracy_over_time": "pcmlab.dataset",
     "group_levels": "pcmlab.analysis",
+    # simulation sweeps
+    "SweepConfig": "pcmlab.sweep", "load_sweep": "pcmlab.sweep", "run_sweep": "pcmlab.sweep",
+    "open_sweep": "pcmlab.sweep",
     # configuration files and errors
     "load_model": "pcmlab.config", "save_model": "pcmlab.config",
     "PcmlabError": "pcmlab.errors", "ConfigError": "pcmlab.errors",
