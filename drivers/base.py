@@ -16,7 +16,11 @@ import numpy.typing as npt
 from pydantic import Field
 
 from pcmlab.config import ArrayGeometry, ChipLimits, StrictModel
+from pcmlab.errors import CapabilityError, ConfigError, LimitError
+from pcmlab.mvm import CODE, MVM_HEAD, MvmRegion, MvmRequest, MvmSpec
 from pcmlab.pulses import PulseKind, check_cells, check_pulses
+
+MAX_BLOCK_BYTES = 1 << 26  # one block or frame on either wire: 64 MiB
 
 F32 = npt.NDArray[np.float32]
 
@@ -31,10 +35,17 @@ class ChipInfo(StrictModel):
     virtual_clock: bool = Field(False, description="the chip's clock can jump forward")
     arrays: int = Field(1, ge=1, description="arrays stacked in the geometry (a ChipGroup "
                         "of several chips): each has geometry.rows / arrays rows")
+    mvm: MvmSpec | None = Field(None, description="the in-array matrix-vector "
+                                "multiplication periphery, on chips that have it")
 
     @property
     def n_cells(self) -> int:
         return self.geometry.n_cells
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the chip does beyond pulses and reads: "mvm"."""
+        return ("mvm",) if self.mvm is not None else ()
 
 
 @runtime_checkable
@@ -120,6 +131,50 @@ class DriverBase:
     def check_cells(self, cells: npt.ArrayLike) -> npt.NDArray[np.uint32]:
         return check_cells(cells, self.info.n_cells)
 
+    # -- matrix-vector multiplication (chips with the "mvm" capability) --------------------
+    def mvm(self, region: MvmRegion | tuple[int, int, int, int], inputs: npt.ArrayLike, *,
+            full_scale: float, differential: bool = True) -> npt.NDArray[np.int16]:
+        """ADC codes (n, outputs) of the in-array product of the input vectors ``inputs``
+        (n, rows; signed DAC codes) with the conductances of ``region`` (row0, col0, rows,
+        cols); see ``pcmlab.mvm`` for the units. Checked against the chip's array and
+        periphery before anything is sent; sent in as many requests as the chip's
+        ``max_vectors`` and the 64 MiB block need."""
+        spec = self.info.mvm
+        if spec is None:
+            raise CapabilityError(f"{self.info.identity} has no MVM capability (its "
+                                  f"capabilities: {', '.join(self.info.capabilities) or 'none'}"
+                                  "); use measured mode (reads) on this chip")
+        r = MvmRegion(*(int(v) for v in region))
+        geo = self.info.geometry
+        if r.rows < 1 or r.cols < 1 or r.row0 < 0 or r.col0 < 0 or (
+                r.row0 + r.rows > geo.rows or r.col0 + r.cols > geo.cols):
+            raise LimitError(f"MVM region {tuple(r)} (row0, col0, rows, cols) is outside the "
+                             f"{geo.rows} x {geo.cols} array")
+        if differential and r.cols % 2:
+            raise ConfigError(f"a differential MVM takes column pairs: {r.cols} columns")
+        if not (np.isfinite(full_scale) and full_scale > 0):
+            raise ConfigError(f"MVM full_scale = {full_scale}: a positive number of devices "
+                              "at G_max")
+        x = np.asarray(inputs)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != r.rows or not np.issubdtype(x.dtype, np.integer):
+            raise ConfigError(f"MVM inputs must be integer DAC codes of shape (n, {r.rows}), "
+                              f"got {x.dtype} of shape {x.shape}")
+        if x.size and int(np.abs(x.astype(np.int64)).max()) > spec.dac_max:
+            raise LimitError(f"an MVM input code beyond +-{spec.dac_max} (the chip's "
+                             f"{spec.dac_bits}-bit DAC)")
+        codes = x.astype(CODE)
+        per = max(1, min(spec.max_vectors,
+                         (MAX_BLOCK_BYTES - MVM_HEAD.size) // (CODE.itemsize * r.rows)))
+        outputs = r.cols // 2 if differential else r.cols
+        parts = [self._mvm(MvmRequest(r, differential, float(full_scale), codes[i:i + per]))
+                 for i in range(0, codes.shape[0], per)]
+        return (np.concatenate(parts) if parts else np.zeros((0, outputs), np.int16))
+
+    def _mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:  # pragma: no cover
+        raise CapabilityError(f"{self.info.identity}: this driver does not implement MVM")
+
     def close(self) -> None:
         self._closed = True
 
@@ -172,9 +227,9 @@ class RemoteDriverBase(DriverBase):
 
     def _connected(self, identity: str, rows: int, cols: int,
                    limits: tuple[float, float, float, float], g_max_us: float,
-                   virtual_clock: bool) -> None:
+                   virtual_clock: bool, mvm: MvmSpec | None = None) -> None:
         """Record what the chip told us when we connected."""
-        self._info = ChipInfo(
+        self._info = ChipInfo(mvm=mvm,
             identity=identity, geometry=ArrayGeometry(rows=rows, cols=cols),
             g_max_us=g_max_us,
             limits=ChipLimits(max_set_ua=limits[0], max_reset_ua=limits[1],

@@ -20,7 +20,8 @@ import numpy.typing as npt
 
 from drivers.base import F32, ChipInfo, CrossbarDriver, DriverBase
 from pcmlab.config import ArrayGeometry, ChipLimits
-from pcmlab.errors import ConfigError
+from pcmlab.errors import ConfigError, LimitError
+from pcmlab.mvm import MvmRegion, MvmRequest
 from pcmlab.pulses import PulseKind
 
 
@@ -63,7 +64,8 @@ class ChipGroup(DriverBase):
             identity=" | ".join(i.identity for i in infos),
             geometry=ArrayGeometry(rows=geo.rows * len(infos), cols=geo.cols),
             g_max_us=min(i.g_max_us for i in infos), limits=limits,
-            virtual_clock=all(i.virtual_clock for i in infos), arrays=len(infos))
+            virtual_clock=all(i.virtual_clock for i in infos), arrays=len(infos),
+            mvm=infos[0].mvm if all(i.mvm == infos[0].mvm for i in infos) else None)
         self._clock = GroupClock(self.drivers)
 
     def _split(self, cells: npt.NDArray[np.uint32]
@@ -91,6 +93,18 @@ class ChipGroup(DriverBase):
         for k, where, local in self._split(cells_):
             out[where] = self.drivers[k].read(local)
         return out
+
+    def _mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        """On the chip whose rows hold the region (a region never spans two chips)."""
+        rows = self.drivers[0].info.geometry.rows
+        r = request.region
+        k = r.row0 // rows
+        if (r.row0 + r.rows - 1) // rows != k:
+            raise LimitError(f"MVM region rows {r.row0}..{r.row0 + r.rows - 1} span two "
+                             f"chips of {rows} rows")
+        local = MvmRegion(r.row0 - k * rows, r.col0, r.rows, r.cols)
+        return self.drivers[k].mvm(local, request.inputs, full_scale=request.full_scale,
+                                   differential=request.differential)
 
     def close(self) -> None:
         for d in self.drivers:

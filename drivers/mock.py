@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import numpy.typing as npt
 
 from drivers.base import F32, ChipInfo, DriverBase
 from mock_chip import MockChip, MockChipConfig
 from pcmlab.errors import TransportError
+from pcmlab.mvm import MvmRequest
 from pcmlab.pulses import PulseKind
 
 
@@ -23,6 +25,7 @@ class MockDriver(DriverBase):
             g_max_us=cfg.calibration.g_max_us,
             limits=cfg.limits,
             virtual_clock=True,
+            mvm=cfg.mvm.spec() if cfg.mvm.enabled else None,
         )
         self._clock = self.chip.clock
 
@@ -36,6 +39,10 @@ class MockDriver(DriverBase):
         self._ensure_open()
         kind, cell_arr, amp, width = self.check_pulses(cells, kind, amplitude_ua, width_ns)
         return self.chip.apply_pulses(cell_arr, kind, amp, width)
+
+    def _mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        self._ensure_open()
+        return self.chip.mvm(request)
 
     def read(self, cells: npt.ArrayLike | None = None) -> F32:
         self._ensure_open()

@@ -22,6 +22,7 @@ from drivers.base import F32, RemoteDriverBase
 from pcmlab import framing
 from pcmlab.errors import DeviceError, TransportError
 from pcmlab.framing import Opcode
+from pcmlab.mvm import MVM_SPEC, MvmFormatError, MvmRequest, MvmSpec, decode_reply, encode_request
 from pcmlab.pulses import PulseKind, pulse_records
 from pcmlab.scpi import DEFAULT
 
@@ -68,10 +69,11 @@ class SerialDriver(RemoteDriverBase):
                 if exc.code != DEFAULT.errors["undefined_header"]:  # no virtual clock
                     raise
                 virtual = False
+            mvm = self._probe_mvm()
         except BaseException:
             self._ser.close()
             raise
-        self._connected(identity, rows, cols, lim, g_max_us, virtual)
+        self._connected(identity, rows, cols, lim, g_max_us, virtual, mvm)
         log.info("connected to %s: %s (%d x %d)", port, identity, rows, cols)
 
     def _open_session(self) -> None:
@@ -85,6 +87,28 @@ class SerialDriver(RemoteDriverBase):
             raise TransportError(f"{self.port}: SESSION answered {reply!r}, not the "
                                  f"session id {self.session_id:016x}")
         self.protocol_version = version
+
+    def _probe_mvm(self) -> MvmSpec | None:
+        try:
+            reply = self._transact(Opcode.MVM_CONFIG)
+        except DeviceError as exc:
+            if exc.code == DEFAULT.errors["undefined_header"]:
+                return None  # a board without MVM
+            raise
+        if len(reply) != MVM_SPEC.size:
+            raise TransportError(f"{self.port}: MVM_CONFIG answered {len(reply)} bytes")
+        dac, adc, most = MVM_SPEC.unpack(reply)
+        return MvmSpec(dac_bits=dac, adc_bits=adc, max_vectors=most)
+
+    def _mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        """One MVM frame; the reply frame carries the codes. A query: a lost reply is
+        asked again with the same seq and executed again (nothing on the chip changes)."""
+        n, outputs = request.inputs.shape[0], request.outputs
+        raw = self._transact(Opcode.MVM, encode_request(request), 2 * n * outputs)
+        try:
+            return decode_reply(raw, n, outputs)
+        except MvmFormatError as exc:
+            raise TransportError(f"{self.port}: {exc}") from None
 
     # -- frames ----------------------------------------------------------------------------
     def _transact(self, opcode: Opcode, payload: bytes = b"", reply_bytes: int = 0) -> bytes:

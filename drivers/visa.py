@@ -25,6 +25,7 @@ import pyvisa.rname
 
 from drivers.base import F32, RemoteDriverBase
 from pcmlab.errors import DeviceError, PcmlabError, TransportError
+from pcmlab.mvm import MvmFormatError, MvmRequest, MvmSpec, decode_reply, encode_request
 from pcmlab.pulses import PulseKind
 from pcmlab.scpi import DEFAULT, Dialect, load_dialect
 
@@ -70,6 +71,7 @@ class VisaDriver(RemoteDriverBase):
         try:
             with self._lock:
                 identity, rows, cols, lim, virtual = self._handshake(resource)
+                mvm = self._probe_mvm()
         except BaseException as exc:
             # a failed open must not keep the connection: a one-connection controller
             # would serve nobody else
@@ -79,7 +81,7 @@ class VisaDriver(RemoteDriverBase):
             raise TransportError(f"{resource}: opening failed ({type(exc).__name__}: "
                                  f"{exc})") from None
         self._connected(identity, rows, cols, (lim[0], lim[1], lim[2], lim[3]), g_max_us,
-                        virtual)
+                        virtual, mvm)
         log.info("connected to %s: %s (%d x %d, %s clock)", resource, identity, rows, cols,
                  "virtual" if virtual else "wall")
 
@@ -110,6 +112,52 @@ class VisaDriver(RemoteDriverBase):
         if code not in (d.errors["none"], no_clock):
             log.warning("%s: unexpected error %d after probing the clock", resource, code)
         return identity, rows, cols, lim, code != no_clock
+
+    def _probe_mvm(self) -> MvmSpec | None:
+        """The chip's MVM periphery, if its dialect has MVM and the chip answers it."""
+        if not self.dialect.has("mvm_config"):
+            return None
+        try:
+            got = self._query_fields("mvm_config")
+        except DeviceError as exc:
+            if exc.code == self.dialect.errors["undefined_header"]:
+                return None  # a chip without MVM
+            raise
+        try:
+            return MvmSpec(dac_bits=int(got["dac_bits"]), adc_bits=int(got["adc_bits"]),
+                           max_vectors=int(got["max_vectors"]))
+        except (ValueError, PcmlabError) as exc:
+            raise TransportError(f"{self.resource_name}: MVM configuration {got} is not "
+                                 f"valid ({exc})") from None
+
+    def _mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        """One ``MVM?`` with its block, the ADC codes back as one block (a query: a lost
+        reply is simply asked again, nothing on the chip changes)."""
+        command = self.dialect["mvm"].message()
+        payload = np.frombuffer(encode_request(request), np.uint8)
+        n, outputs = request.inputs.shape[0], request.outputs
+
+        def run() -> npt.NDArray[np.int16]:
+            self._inst.write_binary_values(command, payload, datatype="B")
+            raw = self._inst.read_raw()
+            if raw in (b"\n", b"\r\n"):
+                return np.zeros((0, outputs), np.int16)  # refused: the error queue says why
+            if not raw.startswith(b"#"):
+                raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
+            offset, length = pyvisa.util.parse_ieee_block_header(raw)
+            missing = offset + length + 1 - len(raw)
+            if missing > 0:
+                raw += self._inst.read_bytes(missing)
+            try:
+                return decode_reply(raw[offset:offset + length], n, outputs)
+            except MvmFormatError as exc:
+                raise _GarbledReplyError(str(exc)) from None
+
+        with self._lock:
+            codes = self._exchange(command, run)
+            if codes.shape[0] == 0 and n:
+                self._raise_device_error(command)
+        return codes
 
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken session: nothing more to do

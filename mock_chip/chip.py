@@ -14,10 +14,12 @@ import numpy.typing as npt
 from pydantic import Field
 
 from mock_chip.clock import RealtimeClock, VirtualClock
+from mock_chip.mvm import MvmPeriphery, MvmUnit
 from mock_chip.physics import DeviceArray, DevicePhysics, FaultRates
 from mock_chip.read_noise import FlickerNoise
 from pcmlab import __version__
 from pcmlab.config import ArrayGeometry, ChipLimits, StrictModel
+from pcmlab.mvm import MvmRequest
 from pcmlab.pcm_model import PCMCalibration, PCMModel
 from pcmlab.pulses import PulseKind, check_cells, check_pulses
 
@@ -37,6 +39,8 @@ class OperationTimes(StrictModel):
     pulse_per_cell_s: float = Field(0.0, ge=0)
     read_call_s: float = Field(0.0, ge=0)
     read_per_cell_s: float = Field(0.0, ge=0)
+    mvm_call_s: float = Field(0.0, ge=0)
+    mvm_per_vector_s: float = Field(0.0, ge=0)
 
 
 class MockChipConfig(StrictModel):
@@ -51,6 +55,8 @@ class MockChipConfig(StrictModel):
     faults: FaultRates = Field(FaultRates(), description="stuck and weak devices")
     calibration: PCMCalibration = Field(PCMCalibration(), description="drift and read "
                                         "noise constants ('pcmlab fit' writes them)")
+    mvm: MvmPeriphery = Field(MvmPeriphery(), description="in-array matrix-vector "
+                              "multiplication: DAC, ADC and their mismatch")
     seed: int = Field(0, ge=0, description="one seed: the same chip every time")
     maker: str = Field("pcmlab", description="first field of its identity")
     model: str = Field("MockPCM", description="second field of its identity")
@@ -74,7 +80,7 @@ class MockChip:
         self.geometry = config.geometry
         self.limits = config.limits
         self.model = PCMModel(config.calibration)
-        seeds = np.random.SeedSequence(config.seed).spawn(3)
+        seeds = np.random.SeedSequence(config.seed).spawn(5)  # children 0-2 as before MVM
         n = config.geometry.n_cells
         self.devices = DeviceArray(n, config.physics, config.faults, self.model,
                                    np.random.default_rng(seeds[0]))
@@ -82,6 +88,10 @@ class MockChip:
                                   t_read_s=config.calibration.t_read_s,
                                   tau_min_s=config.physics.min_read_delay_s)
         self.rng = np.random.default_rng(seeds[2])
+        self.mvm_unit = (MvmUnit(config.mvm, config.geometry.cols,
+                                 np.random.default_rng(seeds[3]))
+                         if config.mvm.enabled else None)
+        self.mvm_rng = np.random.default_rng(seeds[4])
         self.clock = clock if clock is not None else VirtualClock()
         self.pulse_count = np.zeros(n, dtype=np.uint32)
         self._all = np.arange(n, dtype=np.uint32)
@@ -198,6 +208,24 @@ class MockChip:
         sigma *= self.noise.sample(idx, t, age, self.rng)
         g += sigma
         return np.maximum(g, np.float32(0.0), out=g)
+
+    def mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        """ADC codes of an in-array matrix-vector product (``mock_chip.mvm``): ValueError
+        (data out of range) for a request the chip cannot do, nothing done."""
+        unit = self.mvm_unit
+        if unit is None:
+            raise NotImplementedError("this chip has no MVM capability")
+        why = unit.check(request, self.geometry.rows, self.geometry.cols)
+        if why is not None:
+            raise ValueError(why)
+        r = request.region
+        rows = np.arange(r.row0, r.row0 + r.rows, dtype=np.int64)[:, None]
+        cells = (rows * self.geometry.cols + r.col0 + np.arange(r.cols)).ravel()
+        g = self._read_block(cells.astype(np.uint32)).reshape(r.rows, r.cols)
+        codes = unit.compute(request, g, self.model.calibration.g_max_us, self.mvm_rng)
+        timing = self.config.timing
+        self._spend(timing.mvm_call_s + timing.mvm_per_vector_s * request.inputs.shape[0])
+        return codes
 
     # -- for tests and analysis: the truth a real chip would not tell ----------------------
     def true_conductance_us(self, cells: npt.ArrayLike | None = None) -> F32:

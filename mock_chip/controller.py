@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from mock_chip.chip import MockChip
 from pcmlab.errors import ConfigError
+from pcmlab.mvm import MvmRequest, MvmSpec
 from pcmlab.pulses import PulseKind, check_cells
 from pcmlab.scpi import DEFAULT
 
@@ -191,3 +192,20 @@ class Controller:
             except ConfigError as exc:
                 raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None
             return self.chip.read(cells)
+
+    # -- matrix-vector multiplication ------------------------------------------------------
+    def mvm_spec(self) -> MvmSpec:
+        unit = self.chip.mvm_unit
+        if unit is None:
+            raise CommandError(UNDEFINED_HEADER, "Undefined header; this chip has no MVM")
+        return unit.config.spec()
+
+    def mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
+        """ADC codes of an in-array MVM; -222 for a request out of range, -113 on a chip
+        without the capability. Nothing changes on the chip either way."""
+        self.mvm_spec()
+        with self.lock:
+            try:
+                return self.chip.mvm(request)
+            except ValueError as exc:
+                raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None

@@ -30,6 +30,7 @@ from mock_chip.controller import (
 )
 from mock_chip.faults import FaultInjector, TransportFaults
 from mock_chip.serving import BackgroundServer
+from pcmlab.mvm import CODE, MvmFormatError, decode_request
 from pcmlab.scpi import DEFAULT, Dialect, Operation
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,21 @@ class ScpiServer(BackgroundServer):
     def _with_block(self, op: Operation, prefix: str, block: bytes) -> bytes | None:
         c, d = self.controller, self.dialect
         header = op.header
+        if op.name == "mvm":  # a query: executed every time, never from the replay memory
+            if prefix.strip():
+                return self._fail(header, BLOCK_DATA_ERROR, "Block data error; MVM? takes "
+                                  "the block alone")
+            try:
+                request = decode_request(block)
+            except MvmFormatError as exc:
+                return self._fail(header, BLOCK_DATA_ERROR, f"Block data error; {exc}")
+            if self.faults.draw("drop_request"):
+                return None
+            try:
+                codes = c.mvm(request)
+            except CommandError as exc:
+                return self._fail(header, exc.code, exc.message)
+            return to_ieee_block(np.ascontiguousarray(codes, CODE).tobytes(), "B") + b"\n"
         if op.name == "read":
             if prefix.strip() or len(block) % d.cell_dtype.itemsize:
                 return self._fail(header, BLOCK_DATA_ERROR, "Block data error; expected "
@@ -336,6 +352,13 @@ class ScpiServer(BackgroundServer):
             return self._block_reply(c.read(None))
         if name == "time":
             return reply(time_s=f"{c.now():.6f}")
+        if name == "mvm_config":
+            try:
+                spec = c.mvm_spec()
+            except CommandError as exc:
+                return self._fail(header, exc.code, exc.message)
+            return reply(dac_bits=spec.dac_bits, adc_bits=spec.adc_bits,
+                         max_vectors=spec.max_vectors)
         if name == "advance":
             if not args:
                 return self._fail(header, MISSING_PARAMETER, "Missing parameter")

@@ -31,6 +31,7 @@ from mock_chip.faults import FaultInjector, TransportFaults
 from mock_chip.serving import BackgroundServer
 from pcmlab import framing
 from pcmlab.framing import Frame, Opcode
+from pcmlab.mvm import CODE, MVM_SPEC, MvmFormatError, decode_request
 from pcmlab.pulses import RECORD
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,17 @@ class SerialServer(BackgroundServer):
                 log.info("serial session %016x opened", self.session_id)
                 return framing.encode(seq, ack, framing.SESSION_REPLY.pack(
                     framing.PROTOCOL_VERSION, self.session_id))
+            if op == Opcode.MVM_CONFIG:
+                spec = c.mvm_spec()
+                return framing.encode(seq, ack, MVM_SPEC.pack(spec.dac_bits, spec.adc_bits,
+                                                              spec.max_vectors))
+            if op == Opcode.MVM:
+                try:
+                    request = decode_request(p)
+                except MvmFormatError as exc:
+                    raise CommandError(BLOCK_DATA_ERROR, f"Block data error; {exc}") from None
+                codes = c.mvm(request)
+                return framing.encode(seq, ack, np.ascontiguousarray(codes, CODE).tobytes())
             if op == Opcode.ADVANCE:
                 if len(p) != 8:
                     raise CommandError(MISSING_PARAMETER,

@@ -18,6 +18,10 @@ class LimitError(ConfigError):
     """
 
 
+class CapabilityError(ConfigError):
+    """The chip does not have what the request needs (e.g. in-array MVM)."""
+
+
 class TransportError(PcmlabError, OSError):
     """The connection to the chip failed: timeout, closed link, corrupt frame."""
 
@@ -36,6 +40,7 @@ class SchemaError(PcmlabError, ValueError):
 
 
 __all__ = [
+    "CapabilityError",
     "ConfigError",
     "DeviceError",
     "LimitError",

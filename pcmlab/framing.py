@@ -49,6 +49,8 @@ class Opcode(enum.IntEnum):
     TIME = 0x07  # -> seconds since the chip started, f64
     ADVANCE = 0x08  # dt_s f64 -> (empty); NAK -113 on chips without a virtual clock
     SESSION = 0x09  # session id u64 -> protocol version u16, session id u64
+    MVM = 0x0A  # pcmlab.mvm request -> n x outputs int16 ADC codes (a query: never replayed)
+    MVM_CONFIG = 0x0B  # -> dac_bits u32, adc_bits u32, max_vectors u32; NAK -113 without MVM
     NAK = 0xFF  # <- error code i16, UTF-8 message
 
 

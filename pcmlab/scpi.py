@@ -39,6 +39,11 @@ REQUIRED: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "time": ((), ("time_s",)),
     "advance": (("dt_s",), None),
 }
+# operations a controller may have: chips with in-array MVM (pcmlab.mvm)
+OPTIONAL: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "mvm_config": ((), ("dac_bits", "adc_bits", "max_vectors")),
+    "mvm": (("block",), ("block",)),
+}
 ERROR_NAMES = ("none", "data_type", "missing_parameter", "undefined_header", "block_data",
                "data_out_of_range", "too_much_data", "queue_overflow")
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -97,6 +102,9 @@ class Dialect:
     def __getitem__(self, name: str) -> Operation:
         return self.operations[name]
 
+    def has(self, name: str) -> bool:
+        return name in self.operations
+
     @property
     def record_dtype(self) -> np.dtype:
         return np.dtype([("cell", self.cell_dtype), ("amp", self.amplitude_dtype)])
@@ -130,16 +138,23 @@ def load_dialect(path: str | Path | None = None) -> Dialect:
     ops_data = data.get("operations")
     if not isinstance(ops_data, dict):
         raise fail("operations", "missing (a table of operation = { message, reply })")
-    unknown = sorted(set(ops_data) - set(REQUIRED))
+    unknown = sorted(set(ops_data) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         raise fail(f"operations.{unknown[0]}", f"not an operation (known: "
-                   f"{', '.join(REQUIRED)})")
+                   f"{', '.join([*REQUIRED, *OPTIONAL])})")
     operations = {}
     for name, (need_args, need_reply) in REQUIRED.items():
         key = f"operations.{name}"
         entry = ops_data.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("message"), str):
             raise fail(key, "missing; give { message = \"...\", reply = \"...\" }")
+        operations[name] = _operation(name, entry, need_args, need_reply, fail)
+    for name, (need_args, need_reply) in OPTIONAL.items():
+        entry = ops_data.get(name)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("message"), str):
+            raise fail(f"operations.{name}", "give { message = \"...\", reply = \"...\" }")
         operations[name] = _operation(name, entry, need_args, need_reply, fail)
     headers = [op.header.upper() for op in operations.values()]
     dup = sorted({h for h in headers if headers.count(h) > 1})
