@@ -22,6 +22,7 @@ from pcmlab.mapping import NetworkMapping
 from pcmlab.pcm_model import ACCURACY_TIMES_S, YEAR_S, PCMModel
 from pcmlab.store import RunReader
 from pcmlab.store.evaluation import write_evaluation
+from protocols.chip_inference import CHIP_COLUMNS, ChipInTheLoop, ChipModeAccuracy
 from protocols.experiment import measure_into_file
 from protocols.interrupt import StopToken
 from protocols.program_verify import ProgramResult, ProgramVerifyConfig, ProgressCallback
@@ -45,6 +46,12 @@ class DeployConfig(StrictModel):
     parts: bool = Field(False, description="a network larger than the chip(s) is deployed "
                         "in successive parts, each programmed and read on the schedule")
     simulated_runs: int = Field(25, ge=0, description="Monte Carlo runs per time point")
+    chip_in_the_loop: bool = Field(False, description="also run the test set through the "
+                                   "chip's MVM at every readout: uncorrected, with drift "
+                                   "compensation, and with chip-in-the-loop calibration")
+    calibration_samples: int = Field(256, ge=1, description="calibration batch of the "
+                                     "chip-in-the-loop calibration (the first inputs of "
+                                     "the calibration data)")
     seed: int = Field(0, ge=0, description="seed of the simulated mode")
 
 
@@ -59,6 +66,7 @@ class DeployResult:
     simulated: SimulatedAccuracy | None
     ideal_accuracy: float
     part_paths: tuple[Path, ...] = ()  # the files of a deployment in parts (first: path)
+    chip: tuple[ChipModeAccuracy, ...] = ()  # chip mode at every readout (chip_in_the_loop)
 
 
 def deploy_network(
@@ -75,12 +83,18 @@ def deploy_network(
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
     record: dict[str, Any] | None = None,
+    x_calibration: torch.Tensor | None = None,
 ) -> DeployResult:
     """Map the evaluator's network onto the chip, program it, read it on the schedule into
     ``path``, then store measured (one per readout) and simulated accuracy in
-    ``/evaluation``."""
+    ``/evaluation``. With ``chip_in_the_loop``, also chip-mode accuracy at every readout
+    (``protocols.chip_inference``; calibrated on ``x_calibration``, default the test
+    inputs' first ``calibration_samples``)."""
     cfg = config or DeployConfig()
     info = driver.info
+    if cfg.chip_in_the_loop and info.mvm is None:
+        raise ConfigError(f"{info.identity} has no MVM capability: chip-in-the-loop "
+                          "inference needs a chip that computes matrix-vector products")
     mapping = _place(evaluator, info, cfg)
     cells, target, layer = evaluator.device_targets(mapping)
     for name, cells_, share in mapping.utilization():
@@ -96,6 +110,14 @@ def deploy_network(
             if p.exists():
                 raise ConfigError(f"{p} exists; choose another output file (measurements are "
                                   "never overwritten)")
+    loop = None
+    if cfg.chip_in_the_loop:
+        if n_parts > 1:
+            raise ConfigError("chip-in-the-loop inference needs the whole network on the "
+                              "chip(s) at once, not deployed in parts")
+        cal = (x_calibration if x_calibration is not None else x_test)
+        loop = ChipInTheLoop(evaluator, driver, mapping, x_test, y_test,
+                             cal[:cfg.calibration_samples])
     per_part = info.n_cells  # a part is what the driver's arrays hold at once
     part_of = cells // per_part
     plus, minus = mapping.pair_positions()
@@ -115,7 +137,8 @@ def deploy_network(
             target_us=target[sel], layer=layer[sel], program=cfg.program, times_s=times,
             config=record_k, network_mapping=mapping.to_json(),
             pairs=(position[plus[mine]], position[minus[mine]]), overwrite=overwrite,
-            program_progress=program_progress, on_wait=on_wait, stop=stop)
+            program_progress=program_progress, on_wait=on_wait, stop=stop,
+            after_readout=None if loop is None else (lambda i, t_s: loop.at(t_s)))
         results.append(result)
         taken.append(n)
         if result.interrupted or n < times.size:
@@ -130,6 +153,7 @@ def deploy_network(
         simulated = evaluator.simulate(x_test, y_test, mapping, times, cfg.simulated_runs,
                                        np.random.default_rng(cfg.seed), pcm=pcm)
     ideal = evaluator.ideal_accuracy(x_test, y_test)
+    chip = tuple(loop.results) if loop is not None else ()
     write_evaluation(
         path, measured_time_s=readouts.time_s, measured_accuracy=measured,
         simulated_time_s=None if simulated is None else simulated.time_s,
@@ -139,9 +163,12 @@ def deploy_network(
                "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
                "drift_compensation_estimator": evaluator.gdc_estimator,
                "network_fingerprint": evaluator.fingerprint,
-               "layers": json.dumps([asdict(r) for r in evaluator.report])})
+               "layers": json.dumps([asdict(r) for r in evaluator.report])},
+        chip={name: [getattr(r, name) for r in chip] for name in CHIP_COLUMNS}
+        if chip else None)
     return DeployResult(Path(path), mapping, results[0], min(taken), readouts.time_s,
-                        measured, simulated, ideal, tuple(paths) if n_parts > 1 else ())
+                        measured, simulated, ideal, tuple(paths) if n_parts > 1 else (),
+                        chip)
 
 
 def _place(evaluator: AnalogEvaluator, info: Any, cfg: DeployConfig) -> NetworkMapping:

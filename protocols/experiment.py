@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -162,12 +162,15 @@ def measure_into_file(
     program_progress: ProgressCallback | None = None,
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
+    after_readout: Callable[[int, float], None] | None = None,
 ) -> RunOutcome:
     """The lower level of ``measure_run`` (deployments use it): program ``cells`` to
     ``target_us``, then read them at ``times_s`` after programming, everything into a new
     measurement file whose ``config`` attribute records ``config``. With ``pairs``
     (positions of G+ and G- in ``cells``), pairs with a stuck device are compensated
-    (``program_pairs``) and the file's targets are the ones finally programmed."""
+    (``program_pairs``) and the file's targets are the ones finally programmed.
+    ``after_readout(i, time_s)`` runs after readout i is in the file (e.g. chip-mode
+    inference at that moment)."""
     info = driver.info
     program.check_against(info)
     check_targets(info, cells, target_us)  # before the file exists: nothing half-made
@@ -194,7 +197,7 @@ def measure_into_file(
         if result.interrupted:
             log.warning("programming interrupted: no readouts taken")
             return RunOutcome(result, 0)
-        taken = run_schedule(driver, times_s, result.end_s, _sink(writer),
+        taken = run_schedule(driver, times_s, result.end_s, _sink(writer, after_readout),
                              cells=_read_cells(info, cells), stop=stop, on_wait=on_wait)
     return RunOutcome(result, taken)
 
@@ -263,12 +266,14 @@ def _as_run_on(config: RunConfig, driver: CrossbarDriver) -> RunConfig:
     return config
 
 
-def _sink(writer: RunWriter):
+def _sink(writer: RunWriter, after: Callable[[int, float], None] | None = None):
     def sink(i: int, t_s: float, chip_t: float, wall: float,
              g: npt.NDArray[np.float32]) -> None:
         row = writer.append_readout(t_s, chip_t, wall, g)
         if row != i:  # the file and the schedule disagree: never write a readout twice
             raise SchemaError(f"{writer.path}: readout {i} written as row {row}")
+        if after is not None:
+            after(i, t_s)
     return sink
 
 

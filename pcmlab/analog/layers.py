@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ class AnalogState:
     quant_noise: float = 0.0  # share of values left unquantized in training
     recording: bool = False
     noise_std: list[float] = field(default_factory=list)  # injected std, last forward
+    chip: Any = None  # a ChipBackend: the MACs run on the chip (pcmlab.analog.chip)
 
     @property
     def gain(self) -> torch.Tensor:
@@ -136,6 +138,8 @@ class AnalogMatrix(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
+        if st.chip is not None:  # chip mode: DAC, MAC and ADC happen on the chip
+            return self.add_bias(st.chip.finish(self, st.chip.mac(self, x), x))
         p = st.periphery
         quantized = st.quantized and self.has_ranges
         if st.recording:

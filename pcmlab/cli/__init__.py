@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-noise", type=float, default=0.05,
                    help="training weight noise, relative to W_max")
     p.add_argument("--bits", type=int, default=8, help="DAC and ADC bits")
+    p.add_argument("--mvm", action="store_true", help="also run the test set through the "
+                   "chip's matrix-vector multiplication at every readout (chip mode), with and "
+                   "without chip-in-the-loop calibration")
     p.set_defaults(func=cmd_demo)
 
     model_help = ("a model file (pcmlab-model/1, see 'pcmlab train') or pkg.module:factory, "
@@ -129,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=25, help="simulated runs per time point")
     p.add_argument("--no-tiling", action="store_true", help="refuse layers larger than "
                    "the array instead of splitting them into tiles")
+    p.add_argument("--mvm", action="store_true", help="also chip mode at every readout "
+                   "(the chip's MVM), with and without chip-in-the-loop calibration")
     p.add_argument("--parts", action="store_true", help="a network larger than the chip: "
                    "deploy it in successive parts on the one chip, each programmed and read "
                    "on the schedule (files OUT, OUT.part2, ...; evaluated together)")

@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -16,6 +17,7 @@ from pcmlab.cli.common import (
     calibration_of,
     console,
     err_console,
+    fmt_s,
     log,
     make_driver,
     readout_progress,
@@ -62,7 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
                                "--bits")
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
-                                        "periphery": periphery}, "demo options")
+                                        "periphery": periphery,
+                                        "chip_in_the_loop": args.mvm}, "demo options")
     if args.runs < 1:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run per point")
     pcm = PCMModel(calibration_of(args))
@@ -78,7 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path,
                                     cfg, pcm=pcm, overwrite=True, on_wait=on_wait,
                                     record={**record_of(args, driver),
-                                            "data": data.source.to_json()})
+                                            "data": data.source.to_json()},
+                                    x_calibration=data.x_train)
     console.print(f"[bold]pcmlab {__version__} demo[/]: digits CNN on {driver.info.identity}")
     console.print(layers_table(evaluator, result.mapping))
     console.print(f"programming: {100 * result.programming.converged_fraction_nonzero:.2f} % "
@@ -87,6 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   result.ideal_accuracy,
                                   f"test accuracy, {args.bits}-bit DAC/ADC, "
                                   f"{args.runs} simulated runs per point"))
+    if result.chip:
+        console.print(chip_table(result, "chip mode: the test set through the chip's MVM"))
     png = plot_accuracy(out_dir / "demo-accuracy.png", result.time_s,
                         result.measured_accuracy,
                         None if result.simulated is None else result.simulated.time_s,
@@ -166,6 +172,24 @@ def _evaluator_for(loaded, data, bits: int | None, keep_digital: list[str]):
                            ranges=ranges, keep_digital=keep)
 
 
+def chip_table(result, title: str) -> Table:
+    """Chip-mode accuracy per readout beside measured (reads) and the float model."""
+    table = Table(title=title, caption="chip: uncorrected ADC outputs; + GDC: global drift "
+                  "compensation from the chip's own summed response; calibrated: per-column "
+                  "scale and offset fitted on the chip's outputs for a calibration batch, "
+                  f"once after programming or again at each time; float model "
+                  f"{100 * result.ideal_accuracy:.2f} %")
+    for col in ("time", "measured %", "chip %", "+ GDC %", "calibrated once %",
+                "recalibrated %"):
+        table.add_column(col, justify="right")
+    for row in result.chip:
+        i = int(np.argmin(np.abs(result.time_s - row.time_s)))
+        table.add_row(fmt_s(row.time_s), f"{100 * result.measured_accuracy[i]:.2f}",
+                      f"{100 * row.uncorrected:.2f}", f"{100 * row.drift_compensated:.2f}",
+                      f"{100 * row.calibrated_once:.2f}", f"{100 * row.recalibrated:.2f}")
+    return table
+
+
 def layers_table(evaluator, mapping=None) -> Table:
     """Which layers went on the chip and which did not, and why; devices per layer."""
     devices = {} if mapping is None else {lm.name: lm.n_cells for lm in mapping.layers}
@@ -207,11 +231,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                                 record={**record_of(args, driver),
                                         "keep_digital": list(args.keep_digital),
                                         "model": str(args.model),
-                                        "data": data.source.to_json()})
+                                        "data": data.source.to_json()},
+                                x_calibration=data.x_train)
     console.print(layers_table(evaluator, result.mapping))
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{Path(str(args.model)).name} on "
                                   f"{driver.info.identity}"))
+    if result.chip:
+        console.print(chip_table(result, "chip mode: the test set through the chip's MVM"))
     written = ", ".join(str(p) for p in result.part_paths) or str(args.output)
     console.print(f"wrote [bold]{written}[/]")
     return 0

@@ -18,11 +18,12 @@ def write_evaluation(
     path: str | Path, *, measured_time_s: npt.ArrayLike, measured_accuracy: npt.ArrayLike,
     simulated_time_s: npt.ArrayLike | None = None,
     simulated_accuracy: npt.ArrayLike | None = None, ideal_accuracy: float | None = None,
-    attrs: dict[str, Any] | None = None,
+    attrs: dict[str, Any] | None = None, chip: dict[str, Any] | None = None,
 ) -> None:
     """Write (or replace: it is derived, not measured) the file's ``/evaluation``.
 
     ``simulated_accuracy`` is runs x times; mean and std are stored beside the runs.
+    ``chip``: chip-mode accuracy, column name -> values per time (``chip_<name>``).
     """
     try:
         f = h5py.File(path, "r+")
@@ -43,6 +44,8 @@ def write_evaluation(
             g.create_dataset(S.SIMULATED_RUNS, data=runs)
             g.create_dataset(S.SIMULATED_MEAN, data=runs.mean(axis=0))
             g.create_dataset(S.SIMULATED_STD, data=runs.std(axis=0))
+        for name, values in (chip or {}).items():
+            g.create_dataset(f"chip_{name}", data=np.asarray(values, dtype=np.float64))
         if ideal_accuracy is not None:
             g.attrs[S.ATTR_IDEAL] = float(ideal_accuracy)
         for key, value in (attrs or {}).items():

@@ -1,0 +1,175 @@
+"""Chip mode: the analog layers' matrix-vector products computed by the chip.
+
+With a ``ChipBackend`` installed on a network (``AnalogState.chip``), every analog layer
+turns its input into DAC codes with its calibrated input range, sends them tile by tile to
+the chip's in-array MVM (``CrossbarDriver.mvm``, differential column pairs as the mapping
+placed them) and turns the ADC codes back into its output: for a tile with weight scale
+W_max and input range h,
+
+    y = code * full_scale / adc_max * W_max * h,    full_scale = ADC range / (W_max h)
+
+so the chip's ADC covers the layer's calibrated output range. What the network sees is
+the periphery's output (noise, gain, offsets, saturation), not the conductances. A tile
+that holds part of a layer's inputs adds its output digitally to the others'.
+
+Then, digitally, per layer: an optional global drift-compensation factor, then an optional
+per-output affine correction (``ChipCalibration``, fitted on the chip's own, compensated
+outputs by ``protocols.chip_inference.calibrate``), and the layer's bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pcmlab.errors import CapabilityError
+
+if TYPE_CHECKING:
+    from drivers.base import CrossbarDriver
+    from pcmlab.analog.convert import AnalogNetwork
+    from pcmlab.analog.layers import AnalogMatrix
+    from pcmlab.mapping import LayerMap, NetworkMapping
+
+
+@dataclass
+class ChipCalibration:
+    """Per analog layer (mapping index): output scale and offset, one per output."""
+
+    scale: dict[int, torch.Tensor] = field(default_factory=dict)
+    offset: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class ChipBackend:
+    """Runs a network's analog MACs on a chip (see the module docstring)."""
+
+    def __init__(self, driver: CrossbarDriver, mapping: NetworkMapping,
+                 network: AnalogNetwork) -> None:
+        spec = driver.info.mvm
+        if spec is None:
+            raise CapabilityError(f"{driver.info.identity} has no MVM capability: chip mode "
+                                  "needs a chip that computes matrix-vector products")
+        self.driver = driver
+        self.spec = spec
+        self.mapping = mapping
+        self.layer_of: dict[int, LayerMap] = {
+            id(m): lm for m, lm in zip(network.matrices, mapping.layers, strict=True)}
+        self.gdc: dict[int, float] = {}
+        self.calibration: ChipCalibration | None = None
+        self.capture: int | None = None  # layer index whose outputs are being recorded
+        self.captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (chip, ideal)
+        self.mvm_calls = 0
+
+    # -- the MAC ---------------------------------------------------------------------------
+    def _codes(self, layer: AnalogMatrix, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """DAC codes of ``x`` with the layer's input range, and that range."""
+        hi = float(layer.input_range().detach()) if layer.has_ranges else float(
+            x.detach().abs().max().clamp(min=1e-12))
+        c = self.spec.dac_max
+        codes = torch.clamp(torch.round(x / hi * c), -c, c)
+        return codes, hi
+
+    def _full_scale(self, layer: AnalogMatrix, lm: LayerMap, hi: float) -> float:
+        out = float(layer.output_range().detach()) if layer.has_ranges else 1.0
+        return max(out / (lm.w_max * hi), 1e-6)
+
+    def _matmul(self, layer: AnalogMatrix, lm: LayerMap, rows: torch.Tensor, hi: float
+                ) -> torch.Tensor:
+        """(M, groups * in_dim) codes -> (M, groups * out_dim) outputs, tile by tile."""
+        m = rows.shape[0]
+        fs = self._full_scale(layer, lm, hi)
+        x = rows.reshape(m, lm.groups, lm.in_dim).to(torch.int16).cpu().numpy()
+        y = np.zeros((m, lm.groups, lm.out_dim), dtype=np.float32)
+        unit = np.float32(fs / self.spec.adc_max * lm.w_max * hi)
+        for t in lm.tiles:
+            region = (t.array * self.mapping.rows + t.row0, t.col0, t.n_in, 2 * t.n_out)
+            codes = self.driver.mvm(region, x[:, t.group, t.in_start:t.in_stop],
+                                    full_scale=fs, differential=True)
+            self.mvm_calls += 1
+            y[:, t.group, t.out_start:t.out_stop] += codes.astype(np.float32) * unit
+        return torch.from_numpy(y.reshape(m, lm.groups * lm.out_dim)).to(rows.device)
+
+    def mac(self, layer: AnalogMatrix, x: torch.Tensor) -> torch.Tensor:
+        """The layer's MAC on the chip, in the layer's output layout (no bias)."""
+        from pcmlab.analog.layers import AnalogConv
+
+        lm = self.layer_of[id(layer)]
+        codes, hi = self._codes(layer, x)
+        if not isinstance(layer, AnalogConv):
+            lead = codes.shape[:-1]
+            y = self._matmul(layer, lm, codes.reshape(-1, codes.shape[-1]), hi)
+            return y.reshape(*lead, y.shape[-1])
+        one_d = codes.dim() == 3
+        c = codes.unsqueeze(2) if one_d else codes
+        stride, pad, dil = (layer.stride, layer.padding, layer.dilation)
+        if one_d:
+            stride, pad, dil = (1, stride[0]), (0, pad[0]), (1, dil[0])
+        kernel = tuple(layer.weight.shape[2:])
+        kernel = (1, kernel[0]) if one_d else kernel
+        if layer.padding_mode != "zeros":
+            c = F.pad(codes, layer._pad, mode=layer.padding_mode)
+            c = c.unsqueeze(2) if one_d else c
+            pad = (0, 0)
+        elif isinstance(layer.padding, str):  # "same" / "valid": torch's own arithmetic
+            ref = layer._conv(torch.zeros(1, *codes.shape[1:]), layer.weight.detach(), None,
+                              layer.stride, layer.padding, layer.dilation, layer.groups)
+            pad = _same_padding(codes.shape[2:], ref.shape[2:], kernel[-len(codes.shape[2:]):],
+                                layer.stride, layer.dilation)
+            c = F.pad(codes, pad)
+            c = c.unsqueeze(2) if one_d else c
+            pad = (0, 0)
+        n = c.shape[0]
+        cols = F.unfold(c, kernel, dilation=dil, padding=pad, stride=stride)  # (N, rows, L)
+        length = cols.shape[-1]
+        y = self._matmul(layer, lm, cols.transpose(1, 2).reshape(n * length, -1), hi)
+        out_channels = y.shape[-1]
+        spatial = _out_size(c.shape[2:], kernel, stride, pad, dil)
+        y = y.reshape(n, length, out_channels).transpose(1, 2).reshape(n, out_channels,
+                                                                       *spatial)
+        return y.squeeze(2) if one_d else y
+
+    # -- digital corrections ---------------------------------------------------------------
+    def finish(self, layer: AnalogMatrix, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The layer's drift-compensation factor, then its calibrated affine correction;
+        while calibrating a layer, its (compensated chip, ideal) outputs are recorded."""
+        from pcmlab.analog.layers import AnalogConv
+
+        lm = self.layer_of[id(layer)]
+        channel = 1 if isinstance(layer, AnalogConv) else -1
+        alpha = self.gdc.get(lm.index, 1.0)
+        if alpha != 1.0:
+            y = y * alpha
+        if self.capture == lm.index:
+            ideal = layer.mac(x, layer.weight.detach())
+            self.captured.append((_channels_last(y, channel), _channels_last(ideal, channel)))
+        cal = self.calibration
+        if cal is not None and lm.index in cal.scale:
+            shape = [1] * y.dim()
+            shape[channel] = -1
+            y = y * cal.scale[lm.index].view(shape) + cal.offset[lm.index].view(shape)
+        return y
+
+
+def _channels_last(y: torch.Tensor, channel: int) -> torch.Tensor:
+    """(samples, channels) of a layer output."""
+    if channel == -1:
+        return y.detach().reshape(-1, y.shape[-1])
+    return y.detach().movedim(1, -1).reshape(-1, y.shape[1])
+
+
+def _out_size(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+              pad: tuple[int, ...], dil: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, k, st, p, d in zip(size, kernel, stride, pad, dil, strict=True))
+
+
+def _same_padding(size, out, kernel, stride, dil) -> tuple[int, ...]:
+    """F.pad amounts (last dimension first) that give ``out`` from ``size``."""
+    pads: list[int] = []
+    for s, o, k, st, d in reversed(list(zip(size, out, kernel, stride, dil, strict=True))):
+        total = max((o - 1) * st + d * (k - 1) + 1 - s, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
