@@ -1,0 +1,105 @@
+"""Chip mode (the network's MACs on the chip's MVM) and chip-in-the-loop calibration."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers import MockDriver
+from drivers.visa import VisaDriver
+from mock_chip import FaultRates, MockChip, MockChipConfig
+from mock_chip.controller import Controller
+from mock_chip.scpi_server import ScpiServer
+from pcmlab.evaluator import AnalogEvaluator, Periphery
+from pcmlab.store import RunReader
+from protocols.chip_inference import ChipInTheLoop, chip_accuracy
+from protocols.program_verify import program_pairs
+
+YEAR_S = 365 * 86400.0
+# a chip whose ADCs differ column to column: 10 % gain, 2 LSB offset (std)
+MISMATCHED = {"adc_gain_std": 0.1, "adc_offset_std_lsb": 2.0}
+
+
+def deployed(evaluator: AnalogEvaluator, driver) -> tuple[object, float]:
+    mapping = evaluator.mapping(256, 512)
+    cells, target, _ = evaluator.device_targets(mapping)
+    plus, minus = mapping.pair_positions()
+    result = program_pairs(driver, cells, target, plus, minus)
+    return mapping, result.end_s
+
+
+def test_calibration_on_the_chip_recovers_accuracy_at_one_year(digits_model) -> None:
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery())
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512}, seed=3,
+                                              faults=FaultRates.none(), mvm=MISMATCHED))
+    mapping, end_s = deployed(ev, driver)
+    ideal = ev.ideal_accuracy(d.x_test, d.y_test)
+    loop = ChipInTheLoop(ev, driver, mapping, d.x_test, d.y_test, d.x_train[:256])
+    driver.clock.sleep_until(end_s + 20.0)
+    start = loop.at(20.0)
+    driver.clock.sleep_until(end_s + YEAR_S)
+    year = loop.at(YEAR_S)
+    assert start.uncorrected > ideal - 0.03  # the chip computes the network at t0
+    assert year.uncorrected < ideal - 0.3  # a year of drift, uncorrected: lost
+    assert year.drift_compensated > year.uncorrected + 0.3
+    # what calibration adds beyond global drift compensation: the columns' own errors
+    assert year.recalibrated > year.drift_compensated + 0.01, year
+    assert year.recalibrated > ideal - 0.02, (year, ideal)
+    assert year.calibrated_once > year.drift_compensated, year
+
+
+def test_chip_mode_over_scpi_gives_the_in_process_numbers(digits_model) -> None:
+    """The same chip (same seed, same operations) in process and behind the SCPI server:
+    every code crosses the wire intact, so the accuracy is the same to the last sample."""
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery())
+    config = MockChipConfig(geometry={"rows": 256, "cols": 512}, seed=5,
+                            faults=FaultRates.none())
+    local = MockDriver(MockChip(config))
+    mapping, end_local = deployed(ev, local)
+    local.clock.sleep_until(end_local + 25.0)
+    x, y = d.x_test[:200], d.y_test[:200]
+    in_process = chip_accuracy(ev, local, mapping, x, y)
+    with ScpiServer(Controller(MockChip(config)), "127.0.0.1", 0) as server, \
+            VisaDriver(server.resource, timeout_s=30) as remote:
+        mapping_r, end_r = deployed(ev, remote)
+        assert mapping_r == mapping and end_r == end_local
+        remote.clock.sleep_until(end_r + 25.0)
+        over_tcp = chip_accuracy(ev, remote, mapping_r, x, y)
+    assert over_tcp == in_process
+    assert in_process > 0.9
+
+
+def test_demo_with_mvm_records_chip_mode_beside_measured(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "demo", "--mvm", "--epochs",
+                           "8", "--runs", "2", "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "chip mode: the test set through the chip's MVM" in out
+    assert "recalibrated %" in out and "calibrated once %" in out
+    with RunReader(tmp_path / "demo-run.h5") as run:
+        ev = run.evaluation()
+    n = ev["measured_accuracy"].size
+    for name in ("chip_uncorrected", "chip_drift_compensated", "chip_calibrated_once",
+                 "chip_recalibrated"):
+        assert ev[name].shape == (n,) and np.isfinite(ev[name]).all()
+    np.testing.assert_allclose(ev["chip_time_s"], ev["measured_time_s"])
+    assert ev["chip_recalibrated"][-1] > ev["chip_uncorrected"][-1] + 0.2
+
+
+def test_chip_mode_needs_the_capability(digits_model, tmp_path: Path) -> None:
+    from pcmlab.errors import ConfigError
+    from protocols.deploy import DeployConfig, deploy_network
+
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery())
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512},
+                                              mvm={"enabled": False}))
+    with pytest.raises(ConfigError, match="has no MVM capability"):
+        deploy_network(driver, ev, d.x_test, d.y_test, tmp_path / "x.h5",
+                       DeployConfig(chip_in_the_loop=True))
+    assert not (tmp_path / "x.h5").exists()
