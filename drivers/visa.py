@@ -146,8 +146,9 @@ class VisaDriver(RemoteDriverBase):
                 raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
             offset, length = pyvisa.util.parse_ieee_block_header(raw)
             missing = offset + length + 1 - len(raw)
-            if missing > 0:
-                raw += self._inst.read_bytes(missing)
+            if missing > 0:  # binary: a 0x0A inside must not end each read
+                with self._inst.read_termination_context(None):
+                    raw += self._inst.read_bytes(missing)
             try:
                 return decode_reply(raw[offset:offset + length], n, outputs)
             except MvmFormatError as exc:
@@ -352,8 +353,9 @@ class VisaDriver(RemoteDriverBase):
                 raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
             offset, length = pyvisa.util.parse_ieee_block_header(raw)
             missing = offset + length + 1 - len(raw)
-            if missing > 0:
-                raw += self._inst.read_bytes(missing)
+            if missing > 0:  # binary: a 0x0A inside must not end each read
+                with self._inst.read_termination_context(None):
+                    raw += self._inst.read_bytes(missing)
             d = self.dialect
             values = pyvisa.util.from_ieee_block(
                 raw, d.conductance_dtype.char, d.byte_order == ">", np.array)
