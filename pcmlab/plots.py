@@ -96,9 +96,11 @@ def plot_accuracy(
     simulated_std: npt.NDArray[np.float64] | None = None,
     ideal_accuracy: float | None = None,
     title: str = "",
+    chip=None,
 ) -> Path:
     """Accuracy vs time since programming: simulated mean +- std band, measured points on
-    top (as Figure 7 of the AnalogNets paper)."""
+    top (as Figure 7 of the AnalogNets paper); ``chip``: chip-mode rows (ChipModeAccuracy),
+    drawn as lines (uncorrected, drift-compensated, recalibrated)."""
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -109,7 +111,14 @@ def plot_accuracy(
                         label="simulated (PCM model), mean ± std")
         ax.plot(simulated_time_s, 100 * simulated_mean, color="tab:blue")
     ax.plot(measured_time_s, 100 * np.asarray(measured_accuracy), "o", color="tab:red",
-            label="measured (chip)")
+            label="measured (reads)")
+    if chip:
+        t = [r.time_s for r in chip]
+        for name, label, style in (("uncorrected", "chip MVM, uncorrected", ":"),
+                                   ("drift_compensated", "chip MVM + GDC", "--"),
+                                   ("recalibrated", "chip MVM, recalibrated", "-")):
+            ax.plot(t, [100 * getattr(r, name) for r in chip], style, color="tab:green",
+                    label=label)
     if ideal_accuracy is not None:
         ax.axhline(100 * ideal_accuracy, color="gray", ls="--", label="float model")
     ax.set_xscale("log")

@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-noise", type=float, default=0.05,
                    help="training weight noise, relative to W_max")
     p.add_argument("--bits", type=int, default=8, help="DAC and ADC bits")
-    p.add_argument("--mvm", action="store_true", help="also run the test set through the "
-                   "chip's matrix-vector multiplication at every readout (chip mode), with and "
-                   "without chip-in-the-loop calibration")
+    p.add_argument("--no-mvm", action="store_true", help="skip chip mode (on a chip with "
+                   "in-array MVM the demo also runs the test set through the chip's "
+                   "matrix-vector products at every readout, with and without "
+                   "chip-in-the-loop calibration)")
     p.set_defaults(func=cmd_demo)
 
     model_help = ("a model file (pcmlab-model/1, see 'pcmlab train') or pkg.module:factory, "

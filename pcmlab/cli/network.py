@@ -64,13 +64,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
                                "--bits")
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
-                                        "periphery": periphery,
-                                        "chip_in_the_loop": args.mvm}, "demo options")
+                                        "periphery": periphery}, "demo options")
     if args.runs < 1:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run per point")
     pcm = PCMModel(calibration_of(args))
     driver = make_driver(args)
     with driver:
+        # chip mode whenever the chip computes products (the mock does)
+        cfg = cfg.model_copy(update={"chip_in_the_loop": driver.info.mvm is not None
+                                     and not args.no_mvm})
         out_dir.mkdir(parents=True, exist_ok=True)
         model, data = _train_reference(args)
         model_path = save_model_file(model, out_dir / "demo-model.pt",
@@ -99,7 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         None if result.simulated is None else result.simulated.mean,
                         None if result.simulated is None else result.simulated.std,
                         result.ideal_accuracy,
-                        title=f"digits CNN on the mock PCM chip ({args.bits}-bit periphery)")
+                        title=f"digits CNN on the mock PCM chip ({args.bits}-bit periphery)",
+                        chip=result.chip or None)
     console.print(f"wrote {model_path}, {run_path}, {png} in "
                   f"{time.perf_counter() - t_start:.1f} s")
     return 0

@@ -73,8 +73,8 @@ def test_chip_mode_over_scpi_gives_the_in_process_numbers(digits_model) -> None:
     assert in_process > 0.9
 
 
-def test_demo_with_mvm_records_chip_mode_beside_measured(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "demo", "--mvm", "--epochs",
+def test_the_demo_records_chip_mode_beside_measured(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "demo", "--epochs",
                            "8", "--runs", "2", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
