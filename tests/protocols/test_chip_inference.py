@@ -103,3 +103,37 @@ def test_chip_mode_needs_the_capability(digits_model, tmp_path: Path) -> None:
         deploy_network(driver, ev, d.x_test, d.y_test, tmp_path / "x.h5",
                        DeployConfig(chip_in_the_loop=True))
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["kws_cnn", "lstm", "transformer", "resnet"])
+def test_chip_mode_computes_every_layer_kind_as_reads_do(name: str) -> None:
+    """Conv1d with a depthwise (grouped) block, LSTM, attention, a residual CNN with
+    strided and 1x1 convolutions, spread over two arrays: with an ideal periphery, chip
+    mode agrees with measured mode (the same conductances read), layer kind by kind."""
+    import torch
+
+    from examples import networks
+    from pcmlab.tasks import load_digits, train_classifier
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8) if name == "resnet" else (8, 8)
+    data = load_digits(input_shape=shape)
+    model = train_classifier(getattr(networks, name)(), data.x_train, data.y_train,
+                             epochs=5, weight_noise=0.03).eval()
+    ev = AnalogEvaluator(model, data.x_train, Periphery())
+    rows, cols = (128, 256) if name in ("lstm", "resnet") else (256, 512)
+    mapping = ev.mapping(rows, cols, arrays=2)
+    driver = MockDriver(config=MockChipConfig(
+        geometry={"rows": 2 * rows, "cols": cols}, seed=3, faults=FaultRates.none(),
+        mvm={"adc_gain_std": 0.0, "adc_offset_std_lsb": 0.0, "adc_noise_lsb": 0.0}))
+    cells, target, _ = ev.device_targets(mapping)
+    plus, minus = mapping.pair_positions()
+    result = program_pairs(driver, cells, target, plus, minus)
+    driver.clock.sleep_until(result.end_s + 25.0)
+    x, y = data.x_test, data.y_test
+    measured = ev.measured(x, y, mapping, driver.read(None)[cells][None, :],
+                           drift_compensation=False)[0]
+    chip = chip_accuracy(ev, driver, mapping, x, y)
+    assert measured > 0.5, measured  # the network learned something to compare
+    assert abs(chip - measured) < 0.03, (chip, measured)
