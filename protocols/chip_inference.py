@@ -17,6 +17,11 @@ re-programs a device:
   compensated outputs), so a calibration fitted once after programming keeps working as
   the drift factors follow the drift; fitted again later it also follows what global
   compensation cannot (per-column drift, ADC mismatch at the new signal levels).
+- ``refine``: physics-aware training of that calibration on labelled data: forward
+  through the chip, backward through the digital model (the programmed weights, straight
+  through). On the mock it adds nothing measurable to the least-squares fit (below), so
+  the deployment protocol does not run it; it is there for chips where layer-wise
+  matching is not enough.
 - none: the chip's outputs as they are.
 """
 
@@ -116,6 +121,45 @@ def calibrate(evaluator: AnalogEvaluator, driver: CrossbarDriver, mapping: Netwo
                      float(offset.max()))
         backend.capture = None
     return cal
+
+
+def refine(evaluator: AnalogEvaluator, driver: CrossbarDriver, mapping: NetworkMapping,
+           calibration: ChipCalibration, x: torch.Tensor, y: torch.Tensor, *,
+           drift: dict[int, float] | None = None, steps: int = 30, lr: float = 0.01,
+           batch: int = 128) -> ChipCalibration:
+    """Physics-aware training of the calibration (Wright et al., Nature 601, 549, 2022):
+    the per-output scales and offsets, from ``calibration``, trained on labelled data
+    ``x, y`` by cross entropy with the forward through the chip and the backward through
+    the digital model (the programmed weights, straight through). Nothing on the chip is
+    re-programmed; the network's own parameters are left as they are."""
+    out = ChipCalibration({k: v.clone().requires_grad_(True)
+                           for k, v in calibration.scale.items()},
+                          {k: v.clone().requires_grad_(True)
+                           for k, v in calibration.offset.items()})
+    params = [*out.scale.values(), *out.offset.values()]
+    opt = torch.optim.Adam(params, lr=lr)
+    backend = ChipBackend(driver, mapping, evaluator.network)
+    backend.calibration, backend.gdc = out, dict(drift or {})
+    backend.physics_aware = True
+    gen = torch.Generator().manual_seed(0)
+    net = evaluator.network
+    frozen = [p for p in net.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with chip_mode(evaluator, backend):
+            net.eval()
+            for _ in range(steps):
+                idx = torch.randperm(x.shape[0], generator=gen)[:batch]
+                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return ChipCalibration({k: v.detach() for k, v in out.scale.items()},
+                           {k: v.detach() for k, v in out.offset.items()})
 
 
 def _fit_affine(chip: torch.Tensor, ideal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

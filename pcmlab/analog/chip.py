@@ -62,6 +62,10 @@ class ChipBackend:
         self.capture: int | None = None  # layer index whose outputs are being recorded
         self.captured: list[tuple[torch.Tensor, torch.Tensor]] = []  # (chip, ideal)
         self.mvm_calls = 0
+        # physics-aware training: the forward is the chip's, the backward that of the
+        # programmed weights (straight through), so digital parameters before a layer
+        # get gradients through it
+        self.physics_aware = False
 
     # -- the MAC ---------------------------------------------------------------------------
     def _codes(self, layer: AnalogMatrix, x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -94,6 +98,14 @@ class ChipBackend:
 
     def mac(self, layer: AnalogMatrix, x: torch.Tensor) -> torch.Tensor:
         """The layer's MAC on the chip, in the layer's output layout (no bias)."""
+        if self.physics_aware and torch.is_grad_enabled():
+            with torch.no_grad():
+                y = self._chip_mac(layer, x.detach())
+            ideal = layer.mac(x, layer.weight.detach())
+            return y + (ideal - ideal.detach())
+        return self._chip_mac(layer, x)
+
+    def _chip_mac(self, layer: AnalogMatrix, x: torch.Tensor) -> torch.Tensor:
         from pcmlab.analog.layers import AnalogConv
 
         lm = self.layer_of[id(layer)]
@@ -143,7 +155,8 @@ class ChipBackend:
         if alpha != 1.0:
             y = y * alpha
         if self.capture == lm.index:
-            ideal = layer.mac(x, layer.weight.detach())
+            with torch.no_grad():
+                ideal = layer.mac(x.detach(), layer.weight.detach())
             self.captured.append((_channels_last(y, channel), _channels_last(ideal, channel)))
         cal = self.calibration
         if cal is not None and lm.index in cal.scale:

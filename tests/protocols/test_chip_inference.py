@@ -137,3 +137,34 @@ def test_chip_mode_computes_every_layer_kind_as_reads_do(name: str) -> None:
     chip = chip_accuracy(ev, driver, mapping, x, y)
     assert measured > 0.5, measured  # the network learned something to compare
     assert abs(chip - measured) < 0.03, (chip, measured)
+
+
+def test_physics_aware_training_trains_the_calibration_through_the_chip(digits_model) -> None:
+    """A calibration knocked off (first layer's scales halved, offsets shifted) is trained
+    back by refine: the forward through the chip, the gradient through the weights."""
+    import torch
+
+    from protocols.chip_inference import calibrate, refine
+
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery())
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512}, seed=4,
+                                              faults=FaultRates.none()))
+    mapping, end_s = deployed(ev, driver)
+    driver.clock.sleep_until(end_s + 25.0)
+    cal = calibrate(ev, driver, mapping, d.x_train[:256])
+    first = mapping.layers[0].index
+    cal.scale[first] = cal.scale[first] * 0.5
+    cal.offset[first] = cal.offset[first] - 0.3 * cal.offset[first].abs().max() - 0.2
+    x, y = d.x_test, d.y_test
+    knocked = chip_accuracy(ev, driver, mapping, x, y, calibration=cal)
+    flags = [p.requires_grad for p in ev.network.parameters()]
+    weights = [p.detach().clone() for p in ev.network.parameters()]
+    trained = refine(ev, driver, mapping, cal, d.x_train[:512], d.y_train[:512], steps=40)
+    after = chip_accuracy(ev, driver, mapping, x, y, calibration=trained)
+    assert knocked < 0.9 and after > knocked + 0.05, (knocked, after)
+    assert not torch.equal(trained.scale[first], cal.scale[first])
+    # the network's own parameters are left as they were
+    assert [p.requires_grad for p in ev.network.parameters()] == flags
+    assert all(torch.equal(p, w) for p, w in zip(ev.network.parameters(), weights,
+                                                  strict=True))
