@@ -44,6 +44,7 @@ VIOLATIONS = {
     "stale-reads": "serial: a repeated READ frame is answered from the replay memory",
     "shared-sessions": "serial: the replay memory ignores the session id",
     "silent-malformed": "SCPI: a malformed block is dropped without an error",
+    "mvm-sign": "MVM: column pairs taken the wrong way round (G- minus G+)",
 }
 
 
@@ -206,6 +207,7 @@ class Controller:
         self.mvm_spec()
         with self.lock:
             try:
-                return self.chip.mvm(request)
+                codes = self.chip.mvm(request)
+                return -codes if "mvm-sign" in self.violations else codes
             except ValueError as exc:
                 raise CommandError(DATA_OUT_OF_RANGE, f"Data out of range; {exc}") from None

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 _RULES = ("identity", "limits", "all-or-nothing", "duplicates", "set-reset",
-          "read-agreement", "clock", "physics", "timing")
+          "read-agreement", "clock", "mvm-agreement", "physics", "timing")
 _WIRE = {"visa": ("wire-error-queue", "wire-limits", "wire-exactly-once", "wire-malformed"),
-         "serial": ("wire-limits", "wire-exactly-once", "wire-reads-fresh", "wire-malformed")}
+         "serial": ("wire-limits", "wire-exactly-once", "wire-reads-fresh", "wire-sessions",
+                    "wire-malformed")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

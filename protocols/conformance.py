@@ -144,7 +144,8 @@ class ConformanceSuite:
     def run(self) -> list[CheckResult]:
         checks: list[Callable[[], CheckResult]] = [
             self.identity, self.limits_refused, self.all_or_nothing, self.duplicates,
-            self.set_and_reset, self.read_agreement, self.clock, self.physics, self.timing]
+            self.set_and_reset, self.read_agreement, self.clock, self.mvm_agreement,
+            self.physics, self.timing]
         out = []
         for check in checks:
             try:
@@ -281,6 +282,54 @@ class ConformanceSuite:
                            f"cells, two cell reads differ by {noise:.3f} µS",
                            "cell order and units agree in both reads" if ok else
                            "the two reads disagree: wrong order, stale data or units")
+
+    def _rectangle(self, width: int = 16, min_rows: int = 4) -> tuple[int, int, int, int] | None:
+        """(row0, col0, rows, cols) of a block of the check's cells, or None."""
+        cols = self.driver.info.geometry.cols
+        allowed = np.zeros(self.driver.info.n_cells, dtype=bool)
+        allowed[self.cells] = True
+        first = int(self.cells[0])
+        r0, c0 = divmod(first, cols)
+        w = min(width, cols - c0) // 2 * 2
+        if w < 4:
+            return None
+        rows = 0
+        while (r0 + rows) * cols + c0 + w <= allowed.size and allowed[
+                (r0 + rows) * cols + c0:(r0 + rows) * cols + c0 + w].all() and rows < 32:
+            rows += 1
+        return (r0, c0, rows, w) if rows >= min_rows else None
+
+    def mvm_agreement(self) -> CheckResult:
+        title = "the chip's matrix-vector products agree with its reads"
+        spec = self.driver.info.mvm
+        if spec is None:
+            return CheckResult("mvm-agreement", title, "skip", "the chip has no MVM "
+                               "capability", "chip mode is not available on this chip")
+        rect = self._rectangle()
+        if rect is None:
+            return CheckResult("mvm-agreement", title, "skip", "the cells hold no block of "
+                               "4 rows x 4 columns", "give --cells covering a few rows")
+        r0, c0, rows, w = rect
+        cols = self.driver.info.geometry.cols
+        cells = ((np.arange(r0, r0 + rows)[:, None] * cols) + c0 + np.arange(w)).ravel()
+        cells = cells.astype(np.uint32)
+        self._reset(cells)
+        self.guard.pulse(cells[0::2], PulseKind.SET, self.set_ua, self.set_w)  # G+ columns
+        g = self._read(cells).reshape(rows, w) / self.driver.info.g_max_us
+        x = np.random.default_rng(0).integers(-spec.dac_max, spec.dac_max + 1, (64, rows))
+        fs = max(float(np.abs(x / spec.dac_max @ g).max()), 1e-3) * 1.2
+        codes = self.driver.mvm((r0, c0, rows, w), x, full_scale=fs).astype(np.float64)
+        s = (x / spec.dac_max) @ g
+        expected = (s[:, 0::2] - s[:, 1::2]) / fs * spec.adc_max
+        err = float(np.median(np.abs(codes - expected)))
+        scale = float(np.median(np.abs(expected)))
+        ok = codes.shape == expected.shape and err <= 2.0 + 0.1 * scale
+        self._reset(cells)
+        return CheckResult("mvm-agreement", title, "pass" if ok else "fail",
+                           f"{rows} x {w} cells, 64 vectors: median |code - predicted from "
+                           f"reads| {err:.2f} LSB (median |code| {scale:.1f})",
+                           "chip mode computes what the conductances say" if ok else
+                           "the products disagree with the reads: order, sign or scale")
 
     def clock(self) -> CheckResult:
         clock = self.driver.clock

@@ -58,6 +58,7 @@ def test_check_over_scpi(violation, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("violation", "rule"), [(None, None), ("replay", "wire-exactly-once"),
                                                  ("stale-reads", "wire-reads-fresh"),
                                                  ("shared-sessions", "wire-sessions"),
+                                                 ("mvm-sign", "mvm-agreement"),
                                                  ("limits", "wire-limits")])
 def test_check_over_serial(violation, rule) -> None:
     with SerialServer(controller(*([violation] if violation else []))) as srv:
@@ -87,11 +88,11 @@ def test_the_pytest_plugin_runs_the_checks_on_a_chip(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "1 skipped" in proc.stdout
     with ScpiServer(controller(), "127.0.0.1", 0) as srv:
         proc = run(srv.resource)
-    assert proc.returncode == 0 and "13 passed" in proc.stdout, proc.stdout
+    assert proc.returncode == 0 and "14 passed" in proc.stdout, proc.stdout
     with ScpiServer(controller("replay"), "127.0.0.1", 0) as srv:
         proc = run(srv.resource)
     assert proc.returncode == 1 and "pcmlab-check[wire-exactly-once]" in proc.stdout
-    assert "1 failed, 12 passed" in proc.stdout
+    assert "1 failed, 13 passed" in proc.stdout
 
 
 @pytest.fixture(scope="module")
