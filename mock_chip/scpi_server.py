@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
 import time
 
 import numpy as np
@@ -47,14 +48,38 @@ class _ClosedError(Exception):
 
 
 class _Reader:
-    """Buffered reads from a socket with hard size limits."""
+    """Buffered reads from a socket with hard size limits.
 
-    def __init__(self, conn: socket.socket) -> None:
+    A receive timeout between messages is the caller's (it decides about idle clients);
+    within a message the reader waits on, so a client that pauses in the middle of a block
+    does not lose its place, until ``stall_s`` without a byte (then the connection goes)."""
+
+    def __init__(self, conn: socket.socket, stop: threading.Event | None = None,
+                 stall_s: float = 30.0) -> None:
         self.conn = conn
         self.buf = bytearray()
+        self.stop = stop or threading.Event()
+        self.stall_s = stall_s
+        self.partial = False  # part of a message has been taken from the stream
+
+    def begin(self) -> None:
+        """A new message starts here."""
+        self.partial = False
 
     def _fill(self) -> None:
-        chunk = self.conn.recv(1 << 20)
+        since = time.monotonic()
+        while True:
+            try:
+                chunk = self.conn.recv(1 << 20)
+                break
+            except TimeoutError:
+                if not self.partial and not self.buf:
+                    raise  # idle between messages
+                if self.stop.is_set():
+                    raise _ClosedError("server stopping") from None
+                if time.monotonic() - since > self.stall_s:
+                    raise _ClosedError(f"client stalled {self.stall_s:g} s inside a "
+                                       "message") from None
         if not chunk:
             raise _ClosedError("client closed")
         if _QUICKACK is not None:
@@ -74,6 +99,7 @@ class _Reader:
                 stop = self.buf[i]
                 out = bytes(self.buf[:i])
                 del self.buf[:i + 1]
+                self.partial = True
                 return out, stop
             if len(self.buf) > limit:
                 raise CommandError(UNDEFINED_HEADER, "Undefined header; message too long")
@@ -84,6 +110,7 @@ class _Reader:
             self._fill()
         out = bytes(self.buf[:n])
         del self.buf[:n]
+        self.partial = True
         return out
 
 
@@ -136,10 +163,11 @@ class ScpiServer(BackgroundServer):
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.5)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies go out whole
-        reader = _Reader(conn)
+        reader = _Reader(conn, self._stop, self.idle_timeout_s)
         last = time.monotonic()
         while not self._stop.is_set():
             try:
+                reader.begin()
                 reply = self._message(reader)
                 last = time.monotonic()
             except TimeoutError:

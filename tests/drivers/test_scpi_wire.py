@@ -229,3 +229,23 @@ def test_a_silent_client_does_not_block_the_next_one() -> None:
             with socket.create_connection(srv.address, timeout=5) as s:
                 s.sendall(b"ARR:SIZE?\n")
                 assert s.recv(64) == b"64,128\n"
+
+
+def test_a_client_that_pauses_inside_a_block_keeps_its_place(server) -> None:
+    """The server's receive timeout (0.5 s) falls inside the message: it waits on, and
+    the message completes (it used to start over mid-block, take the rest for a new
+    message and close the connection)."""
+    import time
+
+    c = Client(server.address)
+    cells = np.array([3, 5], dtype="<u4").tobytes()
+    message = b"READ? " + block(cells) + b"\n"
+    c.send(message[:9])  # "READ? #18": the block's head, then a pause
+    time.sleep(1.2)
+    c.send(message[9:12])
+    time.sleep(0.8)
+    c.send(message[12:])
+    values = c.block()
+    assert values.shape == (2,) and np.isfinite(values).all()
+    assert c.query("SYST:ERR?").startswith("0,")
+    c.close()
