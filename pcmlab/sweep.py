@@ -317,8 +317,7 @@ class _Parts:
     """The folder of finished tasks beside the output: one file per task, atomically."""
 
     def __init__(self, output: Path) -> None:
-        self.folder = output.with_name(output.name + ".parts")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = output.with_name(output.name + ".parts")  # made at the first write
         for stale in self.folder.glob(".tmp-*"):  # a write a kill interrupted: never whole
             stale.unlink(missing_ok=True)
 
@@ -346,6 +345,7 @@ class _Parts:
         return torch.load(self._path("train", key, ".pt"), weights_only=False)
 
     def _atomic(self, path: Path, write: Callable[[Any], None]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=path.suffix)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -448,6 +448,8 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
     from pcmlab.tasks import content_hash
 
     output = Path(output)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least one worker")
     points = config.points()
     calibrations = {c: _calibration(c, base)
                     for c in {setting(p, "calibration", config) for p in points}}
