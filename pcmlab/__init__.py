@@ -37,6 +37,7 @@ _API = {
     "resume_run": "protocols.experiment", "StopToken": "protocols.interrupt",
     "deploy_network": "protocols.deploy", "DeployConfig": "protocols.deploy",
     "evaluate_file": "protocols.deploy",
+    "chip_accuracy": "protocols.chip_inference", "ChipInTheLoop": "protocols.chip_inference",
     # networks
     "AnalogEvaluator": "pcmlab.evaluator", "Periphery": "pcmlab.evaluator",
     "NoiseSwitches": "pcmlab.evaluator", "PCMModel": "pcmlab.pcm_model",
