@@ -139,16 +139,9 @@ class VisaDriver(RemoteDriverBase):
 
         def run() -> npt.NDArray[np.int16]:
             self._inst.write_binary_values(command, payload, datatype="B")
-            raw = self._inst.read_raw()
-            if raw in (b"\n", b"\r\n"):
+            raw, offset, length = self._block_reply(command)
+            if raw is None:
                 return np.zeros((0, outputs), np.int16)  # refused: the error queue says why
-            if not raw.startswith(b"#"):
-                raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
-            offset, length = pyvisa.util.parse_ieee_block_header(raw)
-            missing = offset + length + 1 - len(raw)
-            if missing > 0:  # binary: a 0x0A inside must not end each read
-                with self._inst.read_termination_context(None):
-                    raw += self._inst.read_bytes(missing)
             try:
                 return decode_reply(raw[offset:offset + length], n, outputs)
             except MvmFormatError as exc:
@@ -337,6 +330,21 @@ class VisaDriver(RemoteDriverBase):
                      for i in range(0, max(cell_arr.size, 1), self.max_records)]
             return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
+    def _block_reply(self, command: str) -> tuple[bytes | None, int, int]:
+        """A reply that is one IEEE 488.2 block: (the raw reply, the data's offset and
+        length), or (None, 0, 0) for the empty line of a refused query."""
+        raw = self._inst.read_raw()
+        if raw in (b"\n", b"\r\n"):
+            return None, 0, 0
+        if not raw.startswith(b"#"):
+            raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
+        offset, length = pyvisa.util.parse_ieee_block_header(raw)
+        missing = offset + length + 1 - len(raw)
+        if missing > 0:  # binary: a 0x0A inside must not end each read
+            with self._inst.read_termination_context(None):
+                raw += self._inst.read_bytes(missing)
+        return raw, offset, length
+
     def _read_block(self, command: str, cells: npt.NDArray[np.uint32] | None) -> F32:
         expected = self._info.n_cells if cells is None else cells.size
 
@@ -346,16 +354,9 @@ class VisaDriver(RemoteDriverBase):
             else:
                 block = cells.astype(self.dialect.cell_dtype).view(np.uint8)
                 self._inst.write_binary_values(command, block, datatype="B")
-            raw = self._inst.read_raw()
-            if raw in (b"\n", b"\r\n"):
+            raw, _, _ = self._block_reply(command)
+            if raw is None:
                 return np.zeros(0, np.float32)  # refused: the error queue says why
-            if not raw.startswith(b"#"):
-                raise _GarbledReplyError(f"reply to {command.strip()} starts with {raw[:8]!r}")
-            offset, length = pyvisa.util.parse_ieee_block_header(raw)
-            missing = offset + length + 1 - len(raw)
-            if missing > 0:  # binary: a 0x0A inside must not end each read
-                with self._inst.read_termination_context(None):
-                    raw += self._inst.read_bytes(missing)
             d = self.dialect
             values = pyvisa.util.from_ieee_block(
                 raw, d.conductance_dtype.char, d.byte_order == ">", np.array)

@@ -161,10 +161,8 @@ def level_convergence(ds: xr.Dataset, model: PCMModel | None = None) -> xr.Datas
     cells, converged_fraction, iterations_p50/p90, error_mean_us/error_std_us (verify
     reading minus target, converged cells) and sigma_prog_us (the model)."""
     _need_programming(ds)
-    target = ds["target_us"].values
-    rows = convergence_by_level(target, ds["programmed_us"].values, ds["converged"].values,
-                                ds["iterations"].values, model=model,
-                                groups=group_levels(target))
+    rows = convergence_by_level(ds["target_us"].values, ds["programmed_us"].values,
+                                ds["converged"].values, ds["iterations"].values, model=model)
     return _table(rows)
 
 

@@ -90,6 +90,12 @@ def group_matrices(weight: npt.ArrayLike, groups: int = 1) -> npt.NDArray[np.flo
     return w.reshape(groups, out // groups, -1).transpose(0, 2, 1)
 
 
+def devices_needed(specs) -> int:
+    """Devices a network's weight matrices take: two per weight (a differential pair).
+    ``specs``: (index, name, kind, weight shape, W_max[, groups]) as ``layer_specs``."""
+    return sum(2 * math.prod(spec[3]) for spec in specs)
+
+
 @dataclass(frozen=True)
 class NetworkMapping:
     """Where every weight of a network lives on the array, and at what scale."""
@@ -128,7 +134,7 @@ class NetworkMapping:
         placed: list[LayerMap] = []
         skylines = np.zeros((arrays, cols), dtype=np.int64)  # first free row of each column
         specs = [(*spec, 1) if len(spec) == 5 else tuple(spec) for spec in layers]
-        total = sum(2 * math.prod(s[1:]) * s[0] // g for _, _, _, s, _, g in specs)
+        total = devices_needed(specs)
         where = f"{arrays} arrays of {rows} x {cols}" if arrays > 1 else f"{rows} x {cols} array"
         if total > arrays * rows * cols:
             need = math.ceil(total / (rows * cols))

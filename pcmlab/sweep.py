@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -272,6 +271,7 @@ def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConf
 
     from pcmlab.analog.periphery import Periphery
     from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches
+    from pcmlab.mapping import devices_needed
     from pcmlab.pcm_model import PCMModel
 
     _one_thread()
@@ -286,7 +286,7 @@ def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConf
         ranges = None
     ev = AnalogEvaluator(trained.model, data.x_train, periphery, ranges=ranges,
                          keep_digital=task.keep_digital, device=device)
-    need = sum(2 * math.prod(spec[3]) for spec in ev.layer_specs())
+    need = devices_needed(ev.layer_specs())
     mapping = ev.mapping(task.rows, task.cols,
                          arrays=max(1, -(-need // (task.rows * task.cols))) + 1)
     noise = NoiseSwitches(programming=setting(point, "programming_noise", config),
@@ -624,17 +624,22 @@ def _write_netcdf(ds: xr.Dataset, output: Path) -> None:
         raise
 
 
-def is_sweep_file(path: str | Path) -> bool:
-    """Whether ``path`` is a sweep result (NetCDF with pcmlab's sweep schema)."""
+def sweep_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The attributes of a sweep result (NetCDF with pcmlab's sweep schema), read without
+    its data; None for any other file."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            value = f.attrs.get("schema")
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     except OSError:
-        return False
-    value = value.decode() if isinstance(value, bytes) else value
-    return value == SWEEP_SCHEMA
+        return None
+    return attrs if attrs.get("schema") == SWEEP_SCHEMA else None
+
+
+def is_sweep_file(path: str | Path) -> bool:
+    """Whether ``path`` is a sweep result."""
+    return sweep_attrs(path) is not None
 
 
 def open_sweep(path: str | Path) -> xr.Dataset:

@@ -18,7 +18,7 @@ from drivers.base import CrossbarDriver
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 from pcmlab.evaluator import AnalogEvaluator, Periphery, SimulatedAccuracy
-from pcmlab.mapping import NetworkMapping
+from pcmlab.mapping import NetworkMapping, devices_needed
 from pcmlab.pcm_model import ACCURACY_TIMES_S, YEAR_S, PCMModel
 from pcmlab.store import RunReader
 from pcmlab.store.evaluation import write_evaluation
@@ -178,7 +178,7 @@ def _place(evaluator: AnalogEvaluator, info: Any, cfg: DeployConfig) -> NetworkM
     if not cfg.parts:
         return evaluator.mapping(rows, cols, info.g_max_us, tiling=cfg.tiling,
                                  arrays=info.arrays)
-    need = sum(2 * math.prod(s[3]) for s in evaluator.layer_specs())
+    need = devices_needed(evaluator.layer_specs())
     start = max(info.arrays, math.ceil(need / (rows * cols)))
     for arrays in range(start, 2 * start + 2):  # placement leaves gaps: a few more
         try:

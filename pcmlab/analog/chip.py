@@ -114,31 +114,21 @@ class ChipBackend:
             lead = codes.shape[:-1]
             y = self._matmul(layer, lm, codes.reshape(-1, codes.shape[-1]), hi)
             return y.reshape(*lead, y.shape[-1])
+        # the layer's own padding amounts (torch's, for numbers, "same"/"valid" and every
+        # padding mode), applied to the codes; then im2col without padding
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        c = F.pad(codes, layer._pad, mode=mode)
         one_d = codes.dim() == 3
-        c = codes.unsqueeze(2) if one_d else codes
-        stride, pad, dil = (layer.stride, layer.padding, layer.dilation)
+        stride, dil, kernel = layer.stride, layer.dilation, tuple(layer.weight.shape[2:])
         if one_d:
-            stride, pad, dil = (1, stride[0]), (0, pad[0]), (1, dil[0])
-        kernel = tuple(layer.weight.shape[2:])
-        kernel = (1, kernel[0]) if one_d else kernel
-        if layer.padding_mode != "zeros":
-            c = F.pad(codes, layer._pad, mode=layer.padding_mode)
-            c = c.unsqueeze(2) if one_d else c
-            pad = (0, 0)
-        elif isinstance(layer.padding, str):  # "same" / "valid": torch's own arithmetic
-            ref = layer._conv(torch.zeros(1, *codes.shape[1:]), layer.weight.detach(), None,
-                              layer.stride, layer.padding, layer.dilation, layer.groups)
-            pad = _same_padding(codes.shape[2:], ref.shape[2:], kernel[-len(codes.shape[2:]):],
-                                layer.stride, layer.dilation)
-            c = F.pad(codes, pad)
-            c = c.unsqueeze(2) if one_d else c
-            pad = (0, 0)
+            c = c.unsqueeze(2)
+            stride, dil, kernel = (1, stride[0]), (1, dil[0]), (1, kernel[0])
         n = c.shape[0]
-        cols = F.unfold(c, kernel, dilation=dil, padding=pad, stride=stride)  # (N, rows, L)
+        cols = F.unfold(c, kernel, dilation=dil, stride=stride)  # (N, rows, L)
         length = cols.shape[-1]
         y = self._matmul(layer, lm, cols.transpose(1, 2).reshape(n * length, -1), hi)
         out_channels = y.shape[-1]
-        spatial = _out_size(c.shape[2:], kernel, stride, pad, dil)
+        spatial = _out_size(c.shape[2:], kernel, stride, dil)
         y = y.reshape(n, length, out_channels).transpose(1, 2).reshape(n, out_channels,
                                                                        *spatial)
         return y.squeeze(2) if one_d else y
@@ -174,15 +164,7 @@ def _channels_last(y: torch.Tensor, channel: int) -> torch.Tensor:
 
 
 def _out_size(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-              pad: tuple[int, ...], dil: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
-                 for s, k, st, p, d in zip(size, kernel, stride, pad, dil, strict=True))
-
-
-def _same_padding(size, out, kernel, stride, dil) -> tuple[int, ...]:
-    """F.pad amounts (last dimension first) that give ``out`` from ``size``."""
-    pads: list[int] = []
-    for s, o, k, st, d in reversed(list(zip(size, out, kernel, stride, dil, strict=True))):
-        total = max((o - 1) * st + d * (k - 1) + 1 - s, 0)
-        pads += [total // 2, total - total // 2]
-    return tuple(pads)
+              dil: tuple[int, ...]) -> tuple[int, ...]:
+    """Output size of an unpadded convolution (the input is padded already)."""
+    return tuple((s - d * (k - 1) - 1) // st + 1
+                 for s, k, st, d in zip(size, kernel, stride, dil, strict=True))

@@ -250,8 +250,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from protocols.deploy import evaluate_file
 
-    keep = list(args.keep_digital) or _file_keep_digital(args.run)
-    recorded = _file_data(args.run)
+    stored_keep, recorded = _deployment_record(args.run)
+    keep = list(args.keep_digital) or stored_keep
     data_path, digits_seed = args.data, None
     if args.data is None and recorded is not None:
         data_path, digits_seed = _find_recorded_data(args.run, recorded)
@@ -277,16 +277,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_data(path: Path):  # -> DataSource | None
-    """The data a deployment was evaluated on, as its file records it."""
+def _deployment_record(path: Path):  # -> (list[str], DataSource | None)
+    """What a deployment's file recorded: the layers kept digital, and the data it was
+    evaluated on (None for a file from before data was recorded)."""
     from pcmlab.store import RunReader
     from pcmlab.tasks import DataSource
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such measurement file")
     with RunReader(path) as run:
-        data = run.config.get("data")
-    return None if data is None else DataSource.from_json(data)
+        config = run.config
+    data = config.get("data")
+    return (list(config.get("keep_digital", [])),
+            None if data is None else DataSource.from_json(data))
 
 
 def _find_recorded_data(run: Path, recorded) -> tuple[Path | None, int | None]:
@@ -301,16 +304,6 @@ def _find_recorded_data(run: Path, recorded) -> tuple[Path | None, int | None]:
     raise ConfigError(f"{run} was evaluated on {recorded.describe()}; that file is neither "
                       f"at {given}, nor at {recorded.resolved_path}, nor beside the run; pass "
                       "it with --data FILE.npz")
-
-
-def _file_keep_digital(path: Path) -> list[str]:
-    """The layers a deployment kept digital, from its file's configuration."""
-    from pcmlab.store import RunReader
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such measurement file")
-    with RunReader(path) as run:
-        return list(run.config.get("keep_digital", []))
 
 
 def _epoch_log(bar: Progress, task):

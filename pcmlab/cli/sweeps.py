@@ -40,14 +40,15 @@ def task_progress(what: str) -> Iterator[Callable[[int, int], None]]:
 def _refuse_another_sweep(args: argparse.Namespace, config) -> None:
     """An existing result of another sweep is not replaced without --force (the same
     sweep is rebuilt from its finished tasks, with the same numbers)."""
-    from pcmlab.sweep import is_sweep_file, open_sweep
+    from pcmlab.sweep import sweep_attrs
 
     out = args.output
     if getattr(args, "force", False) or not out.exists():
         return
-    if not is_sweep_file(out):
+    attrs = sweep_attrs(out)
+    if attrs is None:
         refuse_overwrite(args, out)
-    theirs = json.loads(open_sweep(out).attrs.get("sweep_json", "{}"))
+    theirs = json.loads(attrs.get("sweep_json", "{}"))
     if theirs != config.model_dump(mode="json"):
         raise ConfigError(f"{out} holds the result of another sweep; choose another -o, or "
                           "pass --force to replace it")

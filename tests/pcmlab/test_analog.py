@@ -175,3 +175,39 @@ def test_simulated_mode_runs_any_network() -> None:
     quiet = ev.simulate(x, y, mapping, [25.0], 1, np.random.default_rng(0),
                         noise=NoiseSwitches(programming=False, drift=False, read=False))
     assert quiet.accuracy[0, 0] == pytest.approx(ev.ideal_accuracy(x, y))
+
+
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(4, 6, 3, padding=1), lambda: nn.Conv2d(4, 6, 4, padding="same"),
+    lambda: nn.Conv2d(4, 6, 3, padding="valid", stride=2),
+    lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, padding_mode="reflect"),
+    lambda: nn.Conv2d(4, 8, 3, padding=1, groups=2, padding_mode="circular"),
+    lambda: nn.Conv1d(4, 6, 4, padding="same"),
+    lambda: nn.Conv1d(4, 8, 3, padding=1, groups=4, stride=2),
+    lambda: nn.Conv1d(4, 6, 3, padding=1, padding_mode="replicate")])
+def test_chip_mode_im2col_is_the_convolution(conv) -> None:
+    """Chip mode turns a convolution into row vectors for the array (padding of every
+    form, stride, dilation, groups): with an exact product in place of the chip, the
+    result is the convolution's."""
+    import warnings
+
+    from pcmlab.analog.chip import ChipBackend
+    from pcmlab.analog.layers import AnalogConv, AnalogState
+    from pcmlab.analog.periphery import Periphery
+
+    torch.manual_seed(0)
+    layer = AnalogConv(conv(), AnalogState(Periphery()))
+    w, g = layer.weight.detach(), layer.groups
+    backend = object.__new__(ChipBackend)  # no chip: the exact product instead
+    backend.layer_of = {id(layer): None}
+    backend._codes = lambda layer, x: (x, 1.0)
+    backend._matmul = lambda layer, lm, rows, hi: torch.einsum(
+        "mgi,goi->mgo", rows.reshape(rows.shape[0], g, -1),
+        w.reshape(g, w.shape[0] // g, -1)).reshape(rows.shape[0], -1)
+    x = torch.randn(2, 4, 9, 9) if w.dim() == 4 else torch.randn(2, 4, 11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "same" with an even kernel pads a copy
+        expected = layer.mac(x, w)
+    got = backend._chip_mac(layer, x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
