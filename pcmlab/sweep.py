@@ -480,7 +480,8 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
                             tuple(config.network.keep_digital),
                             calibrations[full["calibration"]])
             key = _digest("eval", settings, train_id(training_key(p, config)),
-                          task.point, first, n, task.calibration.model_dump(mode="json"))
+                          task.point, first, n, task.keep_digital,
+                          task.calibration.model_dump(mode="json"))
             tasks.append((key, p, task))
     missing = [(k, p, t) for k, p, t in tasks if not parts.has("eval", k, ".npy")]
     needed = {training_key(p, config) for _, p, _ in missing} - {("as-is",)}

@@ -171,3 +171,19 @@ def test_another_sweeps_result_is_not_replaced(in_process: Path, tmp_path: Path)
     target.write_bytes(in_process.read_bytes())
     proc = pcmlab("sweep", "s.toml", "-o", "local.nc", cwd=tmp_path)
     assert proc.returncode == 2 and "holds the result of another sweep" in proc.stderr
+
+
+def test_a_changed_setting_is_computed_again_not_taken_from_the_parts(tmp_path: Path) -> None:
+    """Finished tasks are reused only for the same task: keeping a layer digital changes
+    every evaluation, so none is kept."""
+    from pcmlab.sweep import SweepConfig, run_sweep
+
+    base = {"runs": 2, "runs_per_task": 2, "times_s": [25.0, 86400.0],
+            "training": {"stage1_epochs": 1, "stage2_epochs": 0}, "axes": {"bits": [6]}}
+    first = run_sweep(SweepConfig.model_validate(base), tmp_path / "s.nc")
+    again = run_sweep(SweepConfig.model_validate(base), tmp_path / "s.nc")
+    assert (first.computed, again.kept, again.computed) == (1, 1, 0)
+    other = {**base, "network": {"keep_digital": ["9"]}}  # the classifier stays digital
+    changed = run_sweep(SweepConfig.model_validate(other), tmp_path / "s.nc")
+    assert (changed.kept, changed.computed) == (0, 1)
+    assert not np.array_equal(changed.dataset.accuracy.values, first.dataset.accuracy.values)
