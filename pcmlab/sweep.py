@@ -211,7 +211,8 @@ def _one_thread() -> None:
 
 
 def train_task(base: Trained, data: Dataset, key: tuple[Any, ...],
-               training: TrainingConfig, stage1: Any = None) -> Trained:
+               training: TrainingConfig, stage1: Any = None,
+               keep_digital: tuple[str, ...] = ()) -> Trained:
     """The training a ``training_key`` names, from the untrained ``base.model``
     (``stage1``: the AnalogNets stage-1 result)."""
     from pcmlab.tasks import train_classifier
@@ -229,7 +230,8 @@ def train_task(base: Trained, data: Dataset, key: tuple[Any, ...],
                                  weight_noise=eta, seed=training.seed)
         return Trained(model)
     cfg = training.model_copy(update={"eta": key[1], "adc_bits": key[2]})
-    result = train_analognets(stage1.model, data.x_train, data.y_train, cfg, stage1=stage1)
+    result = train_analognets(stage1.model, data.x_train, data.y_train, cfg, stage1=stage1,
+                              keep_digital=keep_digital)
     return Trained(result.model, result.ranges, result.periphery)
 
 
@@ -468,7 +470,8 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
 
     def train_id(key: tuple[Any, ...]) -> str:
         return _digest("train", settings["network"], settings["data"],
-                       config.training.model_dump(mode="json"), key)
+                       config.training.model_dump(mode="json"), key,
+                       list(config.network.keep_digital))
 
     tasks: list[tuple[str, dict[str, Any], EvalTask]] = []
     for p in points:
@@ -534,7 +537,8 @@ def _compute(config: SweepConfig, parts: _Parts, model: nn.Module, data: Dataset
             else:
                 trained_f[key] = submit("train", tid, train_task, base_f, data_f, key,
                                         config.training, stage1_f.get(key[1])
-                                        if key[0] == "full" else None)
+                                        if key[0] == "full" else None,
+                                        tuple(config.network.keep_digital))
         as_is = base_f
         for ekey, point, task in missing:
             tkey = training_key(point, config)
