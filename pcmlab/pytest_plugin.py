@@ -2,9 +2,10 @@
 
     pytest --pcmlab-resource TCPIP0::chip.mylab.org::5025::SOCKET --pcmlab-cells 0:1024
 
-One test item per rule (``pcmlab-check[limits]``, ...); a failed rule fails its item with
-the figure. Without ``--pcmlab-resource`` one item is collected and skipped. Registered
-under the ``pytest11`` entry point by the pcmlab package.
+One test item per rule (``pcmlab-check[limits]``, ...), the names of
+``protocols.conformance_rules``; a failed rule fails its item with the figure, and so does
+a rule the checks left without a result. Without ``--pcmlab-resource`` one item is
+collected and skipped. Registered under the ``pytest11`` entry point by the pcmlab package.
 """
 
 from __future__ import annotations
@@ -12,12 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-_RULES = ("identity", "limits", "all-or-nothing", "duplicates", "set-reset",
-          "read-agreement", "clock", "mvm-agreement", "physics", "timing")
-_WIRE = {"visa": ("wire-error-queue", "wire-limits", "wire-exactly-once", "wire-malformed"),
-         "serial": ("wire-limits", "wire-exactly-once", "wire-reads-fresh", "wire-sessions",
-                    "wire-malformed")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,8 +36,9 @@ class CheckItem(pytest.Item):
             pytest.skip("no --pcmlab-resource given: the chip conformance checks are skipped")
         results = _results(self.config, resource)
         result = results.get(self.rule)
-        if result is None:
-            pytest.skip(f"{self.rule}: not checked on this chip")
+        if result is None:  # a rule without a result was not checked: never a pass or skip
+            raise CheckFailedError(f"{self.rule}: the checks reported no result for this "
+                                   "rule")
         if result.status == "fail":
             raise CheckFailedError(f"{result.title}: {result.figure} ({result.meaning})")
         if result.status == "skip":
@@ -82,7 +78,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items.append(CheckItem.from_parent(session, name="pcmlab-check", rule="-"))
         return
     from drivers.plugins import resolve
+    from protocols.conformance_rules import rules_for
 
-    rules = list(_RULES) + list(_WIRE.get(resolve(resource).name, ()))
+    rules = rules_for(resolve(resource).name)
     items.extend(CheckItem.from_parent(session, name=f"pcmlab-check[{r}]", rule=r)
                  for r in rules)

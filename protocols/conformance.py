@@ -13,46 +13,37 @@ failed. Every pulse stays inside the cells the user gave.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from drivers.base import CrossbarDriver
-from pcmlab.config import ChipLimits
-from pcmlab.errors import ConfigError, LimitError, PcmlabError
+from pcmlab.errors import ConfigError, LimitError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.pulses import PulseKind
+from protocols.conformance_rules import (
+    DRIVER_RULES,
+    RULES,
+    WIRE_RULES,
+    CheckConfig,
+    CheckResult,
+    raised,
+    results_json,
+)
+from protocols.conformance_wire import scpi_wire_checks, serial_wire_checks
 from protocols.program_verify import ProgramVerifyConfig, program_and_verify
 from protocols.timing import measure_timing
 
+__all__ = ["CheckConfig", "CheckResult", "ConformanceSuite", "check_chip", "parse_cells",
+           "results_json"]
+
 log = logging.getLogger(__name__)
 
-Status = Literal["pass", "fail", "info", "skip"]
 MIN_CELLS = 64
 CALL_BUDGET_S = 2.0  # a driver call this long is still well inside common timeouts
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One rule: ``status`` pass / fail (the contract is broken) / info (a figure) /
-    skip (cannot be checked here, ``figure`` says why)."""
-
-    rule: str
-    title: str
-    status: Status
-    figure: str
-    meaning: str
-
-
-def results_json(results: list[CheckResult]) -> str:
-    return json.dumps({"results": [asdict(r) for r in results],
-                       "failed": [r.rule for r in results if r.status == "fail"]}, indent=2)
 
 
 class _Region:
@@ -86,25 +77,6 @@ class _Guard:
         if not np.all(self._allowed[c[inside]]):
             raise AssertionError("a check tried to pulse outside its cells")
         return self.driver.apply_pulses(cells, kind, amplitude_ua, width_ns)
-
-
-@dataclass(frozen=True)
-class CheckConfig:
-    """Pulse settings of the checks (defaults: from the program-and-verify defaults and
-    the chip's limits)."""
-
-    set_fraction: float = 0.45  # of the SET limit: a partial SET well above threshold
-    set_width_ns: float = ProgramVerifyConfig().set_width_ns
-    reset_width_ns: float = ProgramVerifyConfig().reset_width_ns
-    level_us: float = 10.0  # for the programmed-spread figure
-
-    def pulses(self, limits: ChipLimits) -> tuple[float, float, float, float]:
-        """(SET µA, RESET µA, SET width ns, RESET width ns) within the chip's limits."""
-        def width(w: float) -> float:
-            return min(max(w, limits.min_width_ns), limits.max_width_ns)
-
-        return (self.set_fraction * limits.max_set_ua, limits.max_reset_ua,
-                width(self.set_width_ns), width(self.reset_width_ns))
 
 
 class ConformanceSuite:
@@ -141,21 +113,27 @@ class ConformanceSuite:
         return bool(np.max(np.abs(after - before)) < 1.5 + 0.1 * np.max(np.abs(before)))
 
     # -- the checks ------------------------------------------------------------------------
+    def checks(self) -> dict[str, Callable[[], CheckResult]]:
+        """Each driver-level rule (by its name in ``RULES``) and its check."""
+        return {"identity": self.identity, "limits": self.limits_refused,
+                "all-or-nothing": self.all_or_nothing, "duplicates": self.duplicates,
+                "set-reset": self.set_and_reset, "read-agreement": self.read_agreement,
+                "clock": self.clock, "mvm-agreement": self.mvm_agreement,
+                "physics": self.physics, "timing": self.timing}
+
     def run(self) -> list[CheckResult]:
-        checks: list[Callable[[], CheckResult]] = [
-            self.identity, self.limits_refused, self.all_or_nothing, self.duplicates,
-            self.set_and_reset, self.read_agreement, self.clock, self.mvm_agreement,
-            self.physics, self.timing]
+        checks = self.checks()
+        assert tuple(checks) == DRIVER_RULES, "the suite and the rule table disagree"
         out = []
-        for check in checks:
+        for rule, check in checks.items():
             try:
-                out.append(check())
-            except PcmlabError as exc:  # a driver error where none was due: the rule fails
-                name = check.__name__
-                out.append(CheckResult(name, name.replace("_", " "), "fail",
-                                       f"{type(exc).__name__}: {exc}",
-                                       "the driver raised where the contract has an answer"))
-            log.info("%s: %s", out[-1].rule, out[-1].status)
+                result = check()
+                if result.rule != rule:
+                    raise AssertionError(f"the {rule} check reported as {result.rule}")
+            except Exception as exc:  # the driver raised where the contract has an answer
+                result = raised(rule, exc)
+            out.append(result)
+            log.info("%s: %s", rule, result.status)
         return out
 
     def identity(self) -> CheckResult:
@@ -426,22 +404,38 @@ def check_chip(driver: CrossbarDriver, cells: npt.ArrayLike, *, resource: str | 
         results = suite.run()
     finally:
         driver.close()
-    if not wire:
-        return results
     kind = resolve(resource).name if resource else None
-    if kind == "visa":  # SCPI over VISA
-        from protocols.conformance_wire import scpi_wire_checks
+    if not wire:
+        return _every_rule(results, DRIVER_RULES)
+    if kind in WIRE_RULES:
+        wire_out: list[CheckResult] = []
+        try:
+            if kind == "visa":  # SCPI over VISA
+                scpi_wire_checks(str(resource), info, suite.cells, config, dialect, wire_out)
+            else:  # framed binary on a serial port
+                port = str(resource).removeprefix("serial:")
+                serial_wire_checks(port, info, suite.cells, config, wire_out)
+        except Exception as exc:  # the rule that raised fails; the ones after it too
+            done = {r.rule for r in wire_out}
+            left = [r for r in WIRE_RULES[kind] if r not in done]
+            wire_out += [raised(left[0], exc)] + [CheckResult(
+                r, RULES[r], "fail", f"not checked: the wire checks stopped at {left[0]} "
+                f"({type(exc).__name__}: {exc})", "a wire rule that cannot be checked is "
+                "not passed") for r in left[1:]]
+        results += wire_out
+        return _every_rule(results, DRIVER_RULES + WIRE_RULES[kind])
+    why = ("the in-process mock has no wire" if kind in (None, "mock")
+           else "wire checks are for the built-in SCPI and serial protocols; this driver "
+           "is checked through its API")
+    results.append(CheckResult("wire", RULES["wire"], "skip", why,
+                               "run the driver-level checks above"))
+    return _every_rule(results, DRIVER_RULES)
 
-        results += scpi_wire_checks(str(resource), info, suite.cells, config, dialect)
-    elif kind == "serial":  # framed binary on a serial port
-        from protocols.conformance_wire import serial_wire_checks
 
-        port = str(resource).removeprefix("serial:")
-        results += serial_wire_checks(port, info, suite.cells, config)
-    else:
-        why = ("the in-process mock has no wire" if kind in (None, "mock")
-               else "wire checks are for the built-in SCPI and serial protocols; this driver "
-               "is checked through its API")
-        results.append(CheckResult("wire", "the chip's firmware on the raw wire", "skip", why,
-                                   "run the driver-level checks above"))
-    return results
+def _every_rule(results: list[CheckResult], rules: tuple[str, ...]) -> list[CheckResult]:
+    """``results`` with a failure for every rule of ``rules`` that has none (a rule
+    nobody checked is never passed, nor skipped)."""
+    have = {r.rule for r in results}
+    return results + [CheckResult(r, RULES[r], "fail", "no result: the check did not run",
+                                  "a rule that was not checked is not passed")
+                      for r in rules if r not in have]

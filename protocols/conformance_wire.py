@@ -23,7 +23,7 @@ from pyvisa.util import to_ieee_block
 from drivers.base import ChipInfo
 from pcmlab.errors import TransportError
 from pcmlab.scpi import DEFAULT, Dialect
-from protocols.conformance import CheckConfig, CheckResult
+from protocols.conformance_rules import CheckConfig, CheckResult
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,16 @@ def _session(resource: str, dialect: Dialect | None = None) -> Iterator[ScpiWire
 
 
 def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
-                     config: CheckConfig | None = None, dialect: Dialect | None = None
-                     ) -> list[CheckResult]:
+                     config: CheckConfig | None = None, dialect: Dialect | None = None,
+                     out: list[CheckResult] | None = None) -> list[CheckResult]:
     """The wire rules on ``cells`` of the SCPI chip at ``resource`` (speaking ``dialect``,
-    default pcmlab's)."""
+    default pcmlab's), appended to ``out`` as each is checked (what was checked is there
+    if a later one raises)."""
     d = dialect or DEFAULT
     lim = info.limits
     set_ua, reset_ua, set_w, reset_w = (config or CheckConfig()).pulses(lim)
     seq = random.SystemRandom().randrange(1, 2**31)
-    out: list[CheckResult] = []
+    out = [] if out is None else out
 
     def next_seq() -> int:
         nonlocal seq
@@ -238,8 +239,10 @@ class SerialWire:
 
 
 def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
-                       config: CheckConfig | None = None) -> list[CheckResult]:
-    """The wire rules on ``cells`` of the framed-binary chip on ``port``."""
+                       config: CheckConfig | None = None,
+                       out: list[CheckResult] | None = None) -> list[CheckResult]:
+    """The wire rules on ``cells`` of the framed-binary chip on ``port``, appended to
+    ``out`` as each is checked."""
     import struct
 
     from pcmlab import framing
@@ -248,7 +251,7 @@ def serial_wire_checks(port: str, info: ChipInfo, cells: npt.NDArray[np.uint32],
     lim = info.limits
     set_ua, reset_ua, set_w, reset_w = (config or CheckConfig()).pulses(lim)
     seq = random.SystemRandom().randrange(1, 2**16)
-    out: list[CheckResult] = []
+    out = [] if out is None else out
 
     def frame(opcode: int, payload: bytes = b"") -> bytes:
         nonlocal seq

@@ -125,3 +125,77 @@ def test_the_example_plugin_is_found_and_drives_the_commands(example_plugin: str
     assert proc.returncode == 0 and "ExampleLabs" in proc.stdout
     proc = pcmlab("program", "--resource", "nochip://x", "--cells", "10")
     assert proc.returncode == 2 and "no driver handles 'nochip://'" in proc.stderr
+
+
+RAISING_CONFTEST = '''
+import numpy as np
+
+from drivers import MockDriver
+from drivers.plugins import DriverPlugin, register
+from mock_chip import FaultRates, MockChipConfig
+from pcmlab.errors import DeviceError
+
+
+class Info:
+    """The mock's info, but asking the identity raises (the identity rule's call)."""
+
+    def __init__(self, info):
+        self._info = info
+
+    def __getattr__(self, name):
+        if name == "identity":
+            raise DeviceError("identity query failed")
+        return getattr(self._info, name)
+
+
+class Clock:
+    def now(self):
+        raise RuntimeError("the clock broke")  # not a pcmlab error: still that rule's fail
+
+    def sleep_until(self, t_s):
+        raise RuntimeError("the clock broke")
+
+
+class Raising(MockDriver):
+    """Every call a rule makes raises."""
+
+    @property
+    def info(self):
+        return Info(self._info)
+
+    @property
+    def clock(self):
+        return Clock()
+
+    def apply_pulses(self, cells, kind, amplitude_ua, width_ns):
+        raise DeviceError("pulse failed")
+
+    def read(self, cells=None):
+        raise DeviceError("read failed")
+
+    def mvm(self, region, inputs, **kw):
+        raise DeviceError("mvm failed")
+
+
+register(DriverPlugin("raising", lambda resource, **o: Raising(config=MockChipConfig(
+    geometry={"rows": 64, "cols": 128}, seed=1, faults=FaultRates.none())),
+    schemes=("raising",)))
+'''
+
+
+def test_the_pytest_plugin_fails_every_rule_of_a_driver_that_raises(tmp_path: Path) -> None:
+    """A rule whose check raises fails its pytest item (it was a skip: a green CI on a
+    broken driver), by the rule's one name."""
+    from protocols.conformance_rules import DRIVER_RULES
+
+    (tmp_path / "conftest.py").write_text(RAISING_CONFTEST)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-rfs", "--pcmlab-resource", "raising://x", "--pcmlab-cells",
+                           "0:512"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    out = proc.stdout
+    print(out[-3000:])
+    assert proc.returncode == 1, out
+    for rule in DRIVER_RULES:
+        assert f"FAILED ::pcmlab-check[{rule}]" in out, (rule, out[-3000:])
+    assert f"{len(DRIVER_RULES)} failed" in out and "skipped" not in out

@@ -143,3 +143,21 @@ def test_cells_are_checked() -> None:
     for bad in ("100", "5:2", "0:9000", "a:b"):
         with pytest.raises(ConfigError, match="--cells"):
             parse_cells(bad, 8192)
+
+
+def test_the_result_type_has_one_home_and_one_table_of_names() -> None:
+    """conformance_wire takes the result type from conformance_rules, not from
+    conformance (the two imported each other); a result under a name outside the table is
+    refused."""
+    import subprocess
+    import sys
+
+    from protocols.conformance_rules import RULES, CheckResult
+
+    code = ("import sys, protocols.conformance_wire; "
+            "assert 'protocols.conformance' not in sys.modules, 'import circle'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ValueError, match="unknown rule name 'limits_refused'"):
+        CheckResult("limits_refused", "t", "fail", "f", "m")
+    assert set(statuses(MockDriver(config=config()))) <= set(RULES)
