@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 SWEEP_SCHEMA = "pcmlab-sweep/1"
 METHODS = ("as-is", "off-the-shelf", "noise", "full")
 SWITCHES = ("programming_noise", "drift", "read_noise", "drift_compensation")
+# (axis, method) pairs where the axis cannot change the method's numbers: refused, never
+# ignored (every other axis changes every method's numbers; tests/pcmlab/test_sweep_axes.py)
+IGNORED: dict[tuple[str, str], str] = {
+    ("eta", "as-is"): "the given weights are evaluated untrained",
+    ("eta", "off-the-shelf"): "float training injects no weight noise",
+    ("adc_gain", "full"): "the full method learns its own ADC gain",
+}
 
 # axis -> (python type, default, what it is)
 AXES: dict[str, tuple[type, Any, str]] = {
@@ -147,6 +154,17 @@ class SweepConfig(StrictModel):
             raise ValueError(f"times_s = {list(self.times_s)}: need positive times")
         return self
 
+    @model_validator(mode="after")
+    def _no_axis_ignored(self) -> SweepConfig:
+        methods = self.axes.get("training") or [setting({}, "training", self)]
+        for (axis, method), why in IGNORED.items():
+            if axis in self.axes and method in methods:
+                raise ValueError(f"axis '{axis}' changes nothing for training = '{method}' "
+                                 f"({why}): its points would differ only by their random "
+                                 f"streams; sweep '{axis}' without '{method}' (a sweep "
+                                 "of its own for that method)")
+        return self
+
     def points(self) -> list[dict[str, Any]]:
         """Every grid point: axis -> value, in file order (the first axis slowest)."""
         names = list(self.axes)
@@ -180,6 +198,14 @@ def converters(point: dict[str, Any], config: SweepConfig) -> tuple[int, int]:
     return int(dac), int(adc)
 
 
+def point_settings(point: dict[str, Any], config: SweepConfig) -> dict[str, Any]:
+    """Every setting of a grid point (its axis values, the defaults for the rest), the
+    converters resolved."""
+    full = {name: setting(point, name, config) for name in AXES}
+    full["dac_bits"], full["adc_bits"] = converters(point, config)
+    return full
+
+
 def training_key(point: dict[str, Any], config: SweepConfig) -> tuple[Any, ...]:
     """What a point's trained model depends on (points that share it share one training)."""
     method = setting(point, "training", config)
@@ -187,7 +213,8 @@ def training_key(point: dict[str, Any], config: SweepConfig) -> tuple[Any, ...]:
         return (method,)
     if method == "noise":
         return (method, float(setting(point, "eta", config)))
-    return (method, float(setting(point, "eta", config)), converters(point, config)[1])
+    dac, adc = converters(point, config)  # the full method trains its converters
+    return (method, float(setting(point, "eta", config)), adc, dac)
 
 
 def _digest(*parts: Any) -> str:
@@ -229,7 +256,7 @@ def train_task(base: Trained, data: Dataset, key: tuple[Any, ...],
                                  epochs=epochs, lr=training.lr, batch=training.batch,
                                  weight_noise=eta, seed=training.seed)
         return Trained(model)
-    cfg = training.model_copy(update={"eta": key[1], "adc_bits": key[2]})
+    cfg = training.model_copy(update={"eta": key[1], "adc_bits": key[2], "dac_bits": key[3]})
     result = train_analognets(stage1.model, data.x_train, data.y_train, cfg, stage1=stage1,
                               keep_digital=keep_digital)
     return Trained(result.model, result.ranges, result.periphery)
@@ -475,8 +502,7 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
 
     tasks: list[tuple[str, dict[str, Any], EvalTask]] = []
     for p in points:
-        full = {name: setting(p, name, config) for name in AXES}
-        full["dac_bits"], full["adc_bits"] = converters(p, config)
+        full = point_settings(p, config)
         for first, n in config.blocks():
             task = EvalTask(tuple(sorted(full.items())), first, n, config.seed,
                             tuple(config.times_s), config.rows, config.cols,

@@ -43,6 +43,8 @@ class TrainingConfig(StrictModel):
     sigma_every: int = Field(10, ge=1, description="steps between sigma_W updates")
     eta: float = Field(0.05, ge=0, description="weight noise std relative to W_max")
     adc_bits: int = Field(8, ge=2, le=16, description="the DAC gets one bit more")
+    dac_bits: int | None = Field(None, ge=1, le=16, description="DAC bits; None: one more "
+                                 "than adc_bits")
     quant_noise: float = Field(0.0, ge=0, lt=1,
                                description="share of values left unquantized in training")
     seed: int = Field(0, ge=0)
@@ -98,8 +100,8 @@ def export_trained(network: AnalogNetwork, config: TrainingConfig
     """The float model (weights clipped), its trained ranges and periphery."""
     mats = network.matrices
     ranges = [m.ranges() for m in mats]
-    periphery = Periphery(dac_bits=config.adc_bits + 1, adc_bits=config.adc_bits,
-                          adc_gain=float(network.state.gain.detach()))
+    periphery = Periphery(dac_bits=config.dac_bits or config.adc_bits + 1,
+                          adc_bits=config.adc_bits, adc_gain=float(network.state.gain.detach()))
     return network.to_float(), LayerRanges(
         tuple(r[0] for r in ranges), tuple(r[1] for r in ranges),
         tuple(r[2] for r in ranges), tuple(n for n, _ in network.layers)), periphery
@@ -158,7 +160,7 @@ def train_analognets(
     if stage1 is None:
         stage1 = train_clipped(model, x, y, cfg, on_epoch=on_epoch)
     history += stage1.history
-    periphery = Periphery(dac_bits=cfg.adc_bits + 1, adc_bits=cfg.adc_bits)
+    periphery = Periphery(dac_bits=cfg.dac_bits or cfg.adc_bits + 1, adc_bits=cfg.adc_bits)
     # ranges calibrated on the float network, then learned
     ev = AnalogEvaluator(stage1.model, x, periphery, keep_digital=keep_digital)
     w_clip = [cfg.alpha * float(m.weight.detach().std()) or float(m.weight.abs().max()) or 1.0
