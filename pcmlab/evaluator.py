@@ -137,8 +137,8 @@ class AnalogEvaluator:
             raise ConfigError(
                 f"the model does not match the measurement file's network: the file was "
                 f"deployed with network {mapping.fingerprint}, this model is "
-                f"{self.fingerprint} (architecture or weights differ); evaluate with the "
-                "model that was deployed")
+                f"{self.fingerprint} (architecture, layer settings or weights differ); "
+                "evaluate with the model that was deployed")
         mine = [(k, kind, shape) for k, _, kind, shape, _, _ in self.layer_specs()]
         theirs = [(lm.index, lm.kind, tuple(lm.weight_shape)) for lm in mapping.layers]
         if mine != theirs:

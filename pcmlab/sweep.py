@@ -114,6 +114,19 @@ class SweepConfig(StrictModel):
     seed: int = Field(0, ge=0, description="the sweep's seed")
     rows: int = Field(256, ge=1, description="array rows of the mapping")
     cols: int = Field(512, ge=1, description="array columns of the mapping")
+    device: str = Field("cpu", description="torch device of the simulations ('cpu', "
+                        "'cuda', 'cuda:1', ...): a worker without it refuses the task")
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, device: str) -> str:
+        import torch
+
+        try:
+            return str(torch.device(device))
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device {device!r} is not a torch device; e.g. 'cpu', 'cuda', "
+                             "'cuda:1'") from None
 
     @field_validator("axes")
     @classmethod
@@ -284,6 +297,7 @@ class EvalTask:
     cols: int
     keep_digital: tuple[str, ...]
     calibration: PCMCalibration
+    device: str = "cpu"
 
     def stream(self) -> np.random.Generator:
         """This block's own random stream: keyed by the point and the first run, so no
@@ -293,10 +307,25 @@ class EvalTask:
                                                             spawn_key=(key, self.first_run)))
 
 
+def _worker_device(device: str) -> str:
+    """``device`` if this worker has it; otherwise the task is refused, naming it (numbers
+    computed on another device would be mixed into the sweep silently)."""
+    import socket
+
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(f"sweep device '{device}': this worker ({socket.gethostname()}) "
+                          f"has no such device ({exc}); set 'device' in the sweep file to "
+                          "one every worker has, e.g. 'cpu'") from None
+    return device
+
+
 def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConfig
               ) -> np.ndarray:
     """Accuracy (runs x times) of ``task``'s block in simulated mode."""
-    import torch
 
     from pcmlab.analog.periphery import Periphery
     from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches
@@ -305,7 +334,7 @@ def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConf
 
     _one_thread()
     point = dict(task.point)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _worker_device(task.device)
     if trained.periphery is not None:  # the full method: its learned ranges and gain
         periphery, ranges = trained.periphery, trained.ranges
     else:
@@ -463,6 +492,50 @@ def _client(workers: int | None, scheduler: str | None):  # -> dask.distributed.
     return Client(cluster)
 
 
+Plan = tuple[list[tuple[str, dict[str, Any], "EvalTask"]], Callable[[tuple[Any, ...]], str]]
+
+
+def plan(config: SweepConfig, model: nn.Module, data: Dataset, base: Path | None = None
+         ) -> Plan:
+    """Every evaluation task of the sweep as (part key, grid point, task), and the part key
+    of a training (by its ``training_key``). A key is a hash of everything that determines
+    the part's numbers."""
+    import torch
+
+    from pcmlab.analog import fingerprint
+    from pcmlab.tasks import content_hash
+
+    points = config.points()
+    calibrations = {c: _calibration(c, base)
+                    for c in {setting(p, "calibration", config) for p in points}}
+    settings = {"network": fingerprint(model),
+                "data": data.source.sha256 if data.source else content_hash(
+                    data.x_train, data.y_train, data.x_test, data.y_test),
+                "seed": config.seed, "times": list(config.times_s),
+                "rows": config.rows, "cols": config.cols, "device": config.device}
+    # the software the numbers are computed with (a resume elsewhere recomputes)
+    software = {"pcmlab": __version__, "torch": torch.__version__, "numpy": np.__version__}
+
+    def train_id(key: tuple[Any, ...]) -> str:
+        return _digest("train", software, settings["network"], settings["data"],
+                       config.training.model_dump(mode="json"), key,
+                       list(config.network.keep_digital))
+
+    tasks: list[tuple[str, dict[str, Any], EvalTask]] = []
+    for p in points:
+        full = point_settings(p, config)
+        for first, n in config.blocks():
+            task = EvalTask(tuple(sorted(full.items())), first, n, config.seed,
+                            tuple(config.times_s), config.rows, config.cols,
+                            tuple(config.network.keep_digital),
+                            calibrations[full["calibration"]], config.device)
+            key = _digest("eval", software, settings, train_id(training_key(p, config)),
+                          task.point, first, n, task.keep_digital,
+                          task.calibration.model_dump(mode="json"))
+            tasks.append((key, p, task))
+    return tasks, train_id
+
+
 def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = None,
               workers: int | None = None, scheduler: str | None = None,
               progress: Progress | None = None, sweep_text: str | None = None,
@@ -474,44 +547,16 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
     of that many worker processes; ``scheduler``: the address of a running
     ``dask.distributed`` scheduler (``tcp://HOST:PORT``); neither: in this process.
     ``model``, ``data``: objects instead of the sweep's network and data sections."""
-    from pcmlab.tasks import content_hash
-
     output = Path(output)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: need at least one worker")
     points = config.points()
-    calibrations = {c: _calibration(c, base)
-                    for c in {setting(p, "calibration", config) for p in points}}
     if model is None or data is None:
         loaded_model, loaded_data = _network_and_data(config, base)
         model = loaded_model if model is None else model
         data = loaded_data if data is None else data
     parts = _Parts(output)
-    from pcmlab.analog import fingerprint
-
-    settings = {"network": fingerprint(model),
-                "data": data.source.sha256 if data.source else content_hash(
-                    data.x_train, data.y_train, data.x_test, data.y_test),
-                "seed": config.seed, "times": list(config.times_s),
-                "rows": config.rows, "cols": config.cols}
-
-    def train_id(key: tuple[Any, ...]) -> str:
-        return _digest("train", settings["network"], settings["data"],
-                       config.training.model_dump(mode="json"), key,
-                       list(config.network.keep_digital))
-
-    tasks: list[tuple[str, dict[str, Any], EvalTask]] = []
-    for p in points:
-        full = point_settings(p, config)
-        for first, n in config.blocks():
-            task = EvalTask(tuple(sorted(full.items())), first, n, config.seed,
-                            tuple(config.times_s), config.rows, config.cols,
-                            tuple(config.network.keep_digital),
-                            calibrations[full["calibration"]])
-            key = _digest("eval", settings, train_id(training_key(p, config)),
-                          task.point, first, n, task.keep_digital,
-                          task.calibration.model_dump(mode="json"))
-            tasks.append((key, p, task))
+    tasks, train_id = plan(config, model, data, base)
     missing = [(k, p, t) for k, p, t in tasks if not parts.has("eval", k, ".npy")]
     needed = {training_key(p, config) for _, p, _ in missing} - {("as-is",)}
     to_train = sorted((k for k in needed if not parts.has("train", train_id(k), ".pt")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -323,13 +324,50 @@ def _twin(m: nn.Module, state: AnalogState) -> tuple[nn.Module | None, str | Non
 
 # -- fingerprint -------------------------------------------------------------------------
 def fingerprint(model: nn.Module) -> str:
-    """A short hash of a model's architecture (module tree with types) and weights
-    (every tensor of its state dict, names, shapes and values)."""
+    """A short hash of a model: its module tree (types), each module's settings (its
+    ``extra_repr``: stride, padding, dilation, ...; for a class defined outside torch also
+    its plain attributes and its source, since its ``forward`` can change the network
+    without changing a tensor) and its weights (every tensor of its state dict, names,
+    shapes and values)."""
     h = hashlib.sha256()
+    sources: dict[type, str] = {}
     for name, m in model.named_modules():
-        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}\n".encode())
+        cls = type(m)
+        h.update(f"{name}:{cls.__module__}.{cls.__qualname__}({m.extra_repr()})\n".encode())
+        if not cls.__module__.startswith("torch."):
+            if cls not in sources:
+                sources[cls] = _class_source(cls)
+            h.update(sources[cls].encode())
+            h.update(repr(_plain_attributes(m)).encode())
     for name, t in model.state_dict().items():
         a = t.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)}\n".encode())
         h.update(a.numpy().tobytes() if a.dtype != torch.bfloat16 else a.float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _class_source(cls: type) -> str:
+    """The source of a module class and of its bases outside torch; where there is no
+    source file, the byte code of its methods."""
+    out = []
+    for k in cls.__mro__:
+        if k.__module__.startswith(("torch.", "builtins")) or k is object:
+            continue
+        try:
+            out.append(inspect.getsource(k))
+        except (OSError, TypeError):
+            out += [f"{n}:{f.__code__.co_code.hex()}:{f.__code__.co_consts!r}"
+                    for n, f in sorted(vars(k).items()) if inspect.isfunction(f)]
+    return "\n".join(out)
+
+
+def _plain_attributes(m: nn.Module) -> list[tuple[str, str]]:
+    """A user module's public attributes of plain types (its constructor's settings)."""
+    plain = (bool, int, float, str, type(None))
+
+    def is_plain(v: object) -> bool:
+        return isinstance(v, plain) or (isinstance(v, tuple | list)
+                                        and all(is_plain(x) for x in v))
+
+    return [(k, repr(v)) for k, v in sorted(vars(m).items())
+            if not k.startswith("_") and k != "training" and is_plain(v)]
