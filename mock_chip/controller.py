@@ -41,7 +41,8 @@ VIOLATIONS = {
     "error-order": "the error queue answers newest first",
     "limits": "out-of-range amplitudes are clipped to the limit and applied",
     "all-or-nothing": "a batch with a bad record applies its good records",
-    "stale-reads": "serial: a repeated READ frame is answered from the replay memory",
+    "stale-reads": "a repeated read is answered from memory (serial: the replay memory; "
+                   "SCPI: the last reply to the same READ? block)",
     "shared-sessions": "serial: the replay memory ignores the session id",
     "silent-malformed": "SCPI: a malformed block is dropped without an error",
     "mvm-sign": "MVM: column pairs taken the wrong way round (G- minus G+)",

@@ -134,6 +134,7 @@ class ScpiServer(BackgroundServer):
         self._sock.settimeout(0.2)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self.connections = 0
+        self._stale: dict[bytes, bytes] = {}  # the "stale-reads" violation's memory
 
     @property
     def resource(self) -> str:
@@ -274,12 +275,17 @@ class ScpiServer(BackgroundServer):
                                   f"{d.cell_dtype.itemsize}-byte cells")
             if self.faults.draw("drop_request"):
                 return None
+            if "stale-reads" in c.violations and bytes(block) in self._stale:
+                return self._stale[bytes(block)]  # broken on purpose: an old measurement
             try:
                 g = c.read(np.frombuffer(block, d.cell_dtype).astype(np.uint32))
             except (CommandError, OverflowError, ValueError) as exc:
                 return self._fail(header, getattr(exc, "code", DATA_OUT_OF_RANGE),
                                   getattr(exc, "message", str(exc)))
-            return self._block_reply(g)
+            reply = self._block_reply(g)
+            if "stale-reads" in c.violations:
+                self._stale[bytes(block)] = reply
+            return reply
         # pulse: the arguments in the dialect's order, the block last
         names = [a for a in op.args if a != "block"]
         parts = [p.strip() for p in prefix.split(",")]

@@ -44,7 +44,8 @@ DRIVER_RULES: tuple[str, ...] = ("identity", "limits", "all-or-nothing", "duplic
                                  "physics", "timing")
 # the wire rules per built-in protocol (the driver plugin's name: visa = SCPI, serial)
 WIRE_RULES: dict[str, tuple[str, ...]] = {
-    "visa": ("wire-error-queue", "wire-limits", "wire-exactly-once", "wire-malformed"),
+    "visa": ("wire-error-queue", "wire-limits", "wire-exactly-once", "wire-reads-fresh",
+             "wire-malformed"),
     "serial": ("wire-limits", "wire-exactly-once", "wire-reads-fresh", "wire-sessions",
                "wire-malformed"),
 }

@@ -188,6 +188,23 @@ def scpi_wire_checks(resource: str, info: ChipInfo, cells: npt.NDArray[np.uint32
         "a retried batch after a timeout is not applied twice" if ok else
         "a retry pulses the devices again: a double pulse looks like device noise"))
 
+    # fresh reads: the same READ? block after a RESET answers the new state (a controller
+    # that caches replies would hand back an old measurement)
+    with _session(resource, d) as wire:
+        c = cells[50:82]
+        reset(wire, c)
+        wire.pulse(next_seq(), "SET", set_w, c, np.full(c.size, set_ua))
+        rise = float(np.median(wire.read(c)))
+        reset(wire, c)
+        again = float(np.median(wire.read(c)))
+    fresh = again < 0.5 * rise
+    out.append(CheckResult(
+        "wire-reads-fresh", "a read is executed every time, never answered from a memory",
+        "pass" if fresh else "fail",
+        f"the same READ? block after a RESET: median {again:.2f} µS (before the RESET "
+        f"{rise:.2f})", "every readout is a new measurement" if fresh else
+        "a repeated read returns an old measurement: stale conductances in the file"))
+
     # a malformed block is refused and the chip keeps serving
     with _session(resource, d) as wire:
         wire.write(d["clear_errors"].message())

@@ -34,11 +34,11 @@ def check(resource: str, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("violation", [None, "replay", "error-order", "limits",
-                                       "all-or-nothing", "silent-malformed"])
+                                       "all-or-nothing", "silent-malformed", "stale-reads"])
 def test_check_over_scpi(violation, tmp_path: Path) -> None:
     broken = {"replay": "wire-exactly-once", "error-order": "wire-error-queue",
               "limits": "wire-limits", "all-or-nothing": "wire-limits",
-              "silent-malformed": "wire-malformed"}
+              "silent-malformed": "wire-malformed", "stale-reads": "wire-reads-fresh"}
     with ScpiServer(controller(*([violation] if violation else [])), "127.0.0.1", 0) as srv:
         proc = check(srv.resource, "--json", str(tmp_path / "c.json"))
     report = json.loads((tmp_path / "c.json").read_text())
@@ -46,7 +46,7 @@ def test_check_over_scpi(violation, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert report["failed"] == [] and "keeps the contract" in proc.stdout
         rules = {r["rule"] for r in report["results"] if r["status"] == "pass"}
-        assert {"wire-error-queue", "wire-limits", "wire-exactly-once",
+        assert {"wire-error-queue", "wire-limits", "wire-exactly-once", "wire-reads-fresh",
                 "wire-malformed", "limits", "duplicates"} <= rules
     else:
         assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -88,11 +88,11 @@ def test_the_pytest_plugin_runs_the_checks_on_a_chip(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "1 skipped" in proc.stdout
     with ScpiServer(controller(), "127.0.0.1", 0) as srv:
         proc = run(srv.resource)
-    assert proc.returncode == 0 and "14 passed" in proc.stdout, proc.stdout
+    assert proc.returncode == 0 and "15 passed" in proc.stdout, proc.stdout
     with ScpiServer(controller("replay"), "127.0.0.1", 0) as srv:
         proc = run(srv.resource)
     assert proc.returncode == 1 and "pcmlab-check[wire-exactly-once]" in proc.stdout
-    assert "1 failed, 13 passed" in proc.stdout
+    assert "1 failed, 14 passed" in proc.stdout
 
 
 @pytest.fixture(scope="module")
