@@ -103,6 +103,7 @@ def deploy_network(
         log.warning("the network fits %d of the %d chips; the others stay unprogrammed",
                     mapping.arrays, info.arrays)
     times = cfg.schedule.times_s()
+    t0_s = (pcm or PCMModel()).calibration.t0_s  # recorded: the file's t0 from now on
     n_parts = math.ceil(mapping.arrays / info.arrays)
     paths = part_paths(Path(path), n_parts)
     if not overwrite:
@@ -129,7 +130,8 @@ def deploy_network(
         mine = part_of[plus] == k  # both devices of a pair sit in one tile, one part
         if n_parts > 1:
             log.info("part %d of %d: %d devices", k + 1, n_parts, sel.size)
-        record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json")}
+        record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json"),
+                    "drift_t0_s": t0_s}
         if n_parts > 1:
             record_k.update(parts=[q.name for q in paths], part=k)
         result, n = measure_into_file(
@@ -144,7 +146,7 @@ def deploy_network(
         if result.interrupted or n < times.size:
             break
     readouts = combined_readouts(paths[:len(results)], mapping, cells, info.n_cells)
-    t0_s = (pcm or PCMModel()).calibration.t0_s
+    t0_s = recorded_t0_s(path)
     measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us,
                                    time_s=readouts.time_s, t0_s=t0_s)
                 if readouts.n else np.zeros(0))
@@ -230,10 +232,25 @@ def combined_readouts(paths: list[Path], mapping: NetworkMapping,
     return _Combined(np.asarray(times[:n], dtype=np.float64), g)
 
 
+def recorded_t0_s(path: str | Path) -> float:
+    """The drift-compensation reference t0 (s after programming) a deployment's file
+    records (``drift_t0_s``, the PCM model's t0 it was deployed with); the one source of
+    t0 for its evaluation. A file from before pcmlab recorded it: the default 20 s."""
+    with RunReader(path) as run:
+        t0_s = run.config.get("drift_t0_s")
+    if t0_s is None:
+        t0_s = PCMModel().calibration.t0_s
+        log.warning("%s does not record its drift reference t0 (a file from an earlier "
+                    "pcmlab): taking the model's default, %g s", path, t0_s)
+    return float(t0_s)
+
+
 def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Tensor,
                   y_test: torch.Tensor) -> tuple[npt.NDArray[np.float64],
                                                  npt.NDArray[np.float64]]:
-    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy).
+    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy),
+    drift compensation referenced to the readout nearest the file's t0
+    (``recorded_t0_s``), as the deployment's own ``/evaluation``.
 
     Refuses a file without ``/network`` or one made for another model."""
     with RunReader(path) as run:
@@ -256,4 +273,5 @@ def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Te
         raise ConfigError(f"{path}: no readouts to evaluate")
     return readouts.time_s, evaluator.measured(x_test, y_test, mapping,
                                                readouts.conductance_us,
-                                               time_s=readouts.time_s)
+                                               time_s=readouts.time_s,
+                                               t0_s=recorded_t0_s(path))
