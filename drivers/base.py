@@ -138,7 +138,7 @@ class DriverBase:
         (n, rows; signed DAC codes) with the conductances of ``region`` (row0, col0, rows,
         cols); see ``pcmlab.mvm`` for the units. Checked against the chip's array and
         periphery before anything is sent; sent in as many requests as the chip's
-        ``max_vectors`` and the 64 MiB block need."""
+        ``max_vectors`` and the 64 MiB block limit (of the request and of the reply) need."""
         spec = self.info.mvm
         if spec is None:
             raise CapabilityError(f"{self.info.identity} has no MVM capability (its "
@@ -165,9 +165,12 @@ class DriverBase:
             raise LimitError(f"an MVM input code beyond +-{spec.dac_max} (the chip's "
                              f"{spec.dac_bits}-bit DAC)")
         codes = x.astype(CODE)
-        per = max(1, min(spec.max_vectors,
-                         (MAX_BLOCK_BYTES - MVM_HEAD.size) // (CODE.itemsize * r.rows)))
         outputs = r.cols // 2 if differential else r.cols
+        # both blocks within the limit: the request (head + n x rows codes) and the reply
+        # (n x outputs codes), which is the larger one when outputs > rows
+        per = max(1, min(spec.max_vectors,
+                         (MAX_BLOCK_BYTES - MVM_HEAD.size) // (CODE.itemsize * r.rows),
+                         MAX_BLOCK_BYTES // (CODE.itemsize * outputs)))
         parts = [self._mvm(MvmRequest(r, differential, float(full_scale), codes[i:i + per]))
                  for i in range(0, codes.shape[0], per)]
         return (np.concatenate(parts) if parts else np.zeros((0, outputs), np.int16))

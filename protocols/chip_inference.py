@@ -33,15 +33,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from drivers.base import CrossbarDriver
 from pcmlab.analog.chip import ChipBackend, ChipCalibration
-from pcmlab.errors import ConfigError
+from pcmlab.errors import CapabilityError, ConfigError
 from pcmlab.evaluator import AnalogEvaluator, Metric
 from pcmlab.mapping import NetworkMapping
+from pcmlab.mvm import MvmSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriverMvm:
+    """A driver's MVM as chip mode takes it (``pcmlab.analog.chip.MvmChip``)."""
+
+    driver: CrossbarDriver
+    periphery: MvmSpec
+
+    def mvm(self, region: tuple[int, int, int, int], inputs: npt.NDArray[np.int16], *,
+            full_scale: float, differential: bool = True) -> npt.NDArray[np.int16]:
+        return self.driver.mvm(region, inputs, full_scale=full_scale,
+                               differential=differential)
+
+
+def mvm_chip(driver: CrossbarDriver) -> DriverMvm:
+    """The driver's MVM and periphery for chip mode; CapabilityError on a chip without."""
+    spec = driver.info.mvm
+    if spec is None:
+        raise CapabilityError(f"{driver.info.identity} has no MVM capability: chip mode "
+                              "needs a chip that computes matrix-vector products")
+    return DriverMvm(driver, spec)
 
 
 @contextmanager
@@ -62,7 +86,7 @@ def chip_accuracy(evaluator: AnalogEvaluator, driver: CrossbarDriver, mapping: N
                   ) -> float:
     """The metric of the network run through the chip: each analog layer's outputs times
     its ``drift`` factor, then its ``calibration`` affine correction, if given."""
-    backend = ChipBackend(driver, mapping, evaluator.network)
+    backend = ChipBackend(mvm_chip(driver), mapping, evaluator.network)
     backend.calibration = calibration
     backend.gdc = dict(drift or {})
     with chip_mode(evaluator, backend):
@@ -100,7 +124,7 @@ def calibrate(evaluator: AnalogEvaluator, driver: CrossbarDriver, mapping: Netwo
     ``x_calibration`` (see the module docstring). Layers not yet calibrated during a pass
     use ``drift`` factors if given."""
     cal = ChipCalibration()
-    backend = ChipBackend(driver, mapping, evaluator.network)
+    backend = ChipBackend(mvm_chip(driver), mapping, evaluator.network)
     backend.calibration = cal
     backend.gdc = dict(drift or {})
     with chip_mode(evaluator, backend), torch.no_grad():
@@ -138,7 +162,7 @@ def refine(evaluator: AnalogEvaluator, driver: CrossbarDriver, mapping: NetworkM
                            for k, v in calibration.offset.items()})
     params = [*out.scale.values(), *out.offset.values()]
     opt = torch.optim.Adam(params, lr=lr)
-    backend = ChipBackend(driver, mapping, evaluator.network)
+    backend = ChipBackend(mvm_chip(driver), mapping, evaluator.network)
     backend.calibration, backend.gdc = out, dict(drift or {})
     backend.physics_aware = True
     gen = torch.Generator().manual_seed(0)

@@ -16,12 +16,13 @@ from pydantic import Field
 
 from drivers.base import CrossbarDriver
 from pcmlab.config import StrictModel
-from pcmlab.errors import ConfigError
+from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.evaluator import AnalogEvaluator, Periphery, SimulatedAccuracy
 from pcmlab.mapping import NetworkMapping, devices_needed
 from pcmlab.pcm_model import ACCURACY_TIMES_S, YEAR_S, PCMModel
 from pcmlab.store import RunReader
 from pcmlab.store.evaluation import write_evaluation
+from pcmlab.tasks import content_hash
 from protocols.chip_inference import CHIP_COLUMNS, ChipInTheLoop, ChipModeAccuracy
 from protocols.experiment import measure_into_file
 from protocols.interrupt import StopToken
@@ -88,8 +89,9 @@ def deploy_network(
     """Map the evaluator's network onto the chip, program it, read it on the schedule into
     ``path``, then store measured (one per readout) and simulated accuracy in
     ``/evaluation``. With ``chip_in_the_loop``, also chip-mode accuracy at every readout
-    (``protocols.chip_inference``; calibrated on ``x_calibration``, default the test
-    inputs' first ``calibration_samples``)."""
+    (``protocols.chip_inference``), calibrated on the first ``calibration_samples`` of
+    ``x_calibration``: training inputs, required then (never the test set); the file
+    records which (``chip_calibration_inputs``)."""
     cfg = config or DeployConfig()
     info = driver.info
     if cfg.chip_in_the_loop and info.mvm is None:
@@ -103,6 +105,7 @@ def deploy_network(
         log.warning("the network fits %d of the %d chips; the others stay unprogrammed",
                     mapping.arrays, info.arrays)
     times = cfg.schedule.times_s()
+    t0_s = (pcm or PCMModel()).calibration.t0_s  # recorded: the file's t0 from now on
     n_parts = math.ceil(mapping.arrays / info.arrays)
     paths = part_paths(Path(path), n_parts)
     if not overwrite:
@@ -110,14 +113,23 @@ def deploy_network(
             if p.exists():
                 raise ConfigError(f"{p} exists; choose another output file (measurements are "
                                   "never overwritten)")
-    loop = None
+    loop, calibration_record = None, {}
     if cfg.chip_in_the_loop:
         if n_parts > 1:
             raise ConfigError("chip-in-the-loop inference needs the whole network on the "
                               "chip(s) at once, not deployed in parts")
-        cal = (x_calibration if x_calibration is not None else x_test)
-        loop = ChipInTheLoop(evaluator, driver, mapping, x_test, y_test,
-                             cal[:cfg.calibration_samples])
+        if x_calibration is None or x_calibration.shape[0] == 0:
+            # never the test set: the calibrated accuracies are scored on x_test
+            raise ConfigError("chip-in-the-loop calibration fits on training inputs: give "
+                              "them as x_calibration (e.g. x_train); none were given")
+        cal = x_calibration[:cfg.calibration_samples]
+        calibration_record = {"chip_calibration_inputs": {
+            "argument": "x_calibration", "samples": int(cal.shape[0]),
+            "sha256": content_hash(cal), "same_as_test_inputs": _same_inputs(cal, x_test)}}
+        if calibration_record["chip_calibration_inputs"]["same_as_test_inputs"]:
+            log.warning("the chip-in-the-loop calibration inputs are the first test inputs: "
+                        "the calibrated accuracies are scored on inputs they were fitted to")
+        loop = ChipInTheLoop(evaluator, driver, mapping, x_test, y_test, cal)
     per_part = info.n_cells  # a part is what the driver's arrays hold at once
     part_of = cells // per_part
     plus, minus = mapping.pair_positions()
@@ -129,7 +141,8 @@ def deploy_network(
         mine = part_of[plus] == k  # both devices of a pair sit in one tile, one part
         if n_parts > 1:
             log.info("part %d of %d: %d devices", k + 1, n_parts, sel.size)
-        record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json")}
+        record_k = {**(record or {}), "deploy": cfg.model_dump(mode="json"),
+                    "drift_t0_s": t0_s, **calibration_record}
         if n_parts > 1:
             record_k.update(parts=[q.name for q in paths], part=k)
         result, n = measure_into_file(
@@ -143,32 +156,62 @@ def deploy_network(
         taken.append(n)
         if result.interrupted or n < times.size:
             break
-    readouts = combined_readouts(paths[:len(results)], mapping, cells, info.n_cells)
-    t0_s = (pcm or PCMModel()).calibration.t0_s
-    measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us,
-                                   time_s=readouts.time_s, t0_s=t0_s)
-                if readouts.n else np.zeros(0))
-    simulated = None
-    if cfg.simulated_runs > 0:
-        simulated = evaluator.simulate(x_test, y_test, mapping, times, cfg.simulated_runs,
-                                       np.random.default_rng(cfg.seed), pcm=pcm)
-    ideal = evaluator.ideal_accuracy(x_test, y_test)
     chip = tuple(loop.results) if loop is not None else ()
-    write_evaluation(
-        path, measured_time_s=readouts.time_s, measured_accuracy=measured,
-        simulated_time_s=None if simulated is None else simulated.time_s,
-        simulated_accuracy=None if simulated is None else simulated.accuracy,
-        ideal_accuracy=ideal,
-        attrs={"periphery": cfg.periphery.model_dump(mode="json"),
-               "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
-               "drift_compensation_estimator": evaluator.gdc_estimator,
-               "network_fingerprint": evaluator.fingerprint,
-               "layers": json.dumps([asdict(r) for r in evaluator.report])},
+    readouts, measured, simulated, ideal = _evaluate_into(
+        paths[:len(results)], mapping, evaluator, x_test, y_test, cfg, pcm,
+        complete=min(taken) == times.size,
         chip={name: [getattr(r, name) for r in chip] for name in CHIP_COLUMNS}
         if chip else None)
     return DeployResult(Path(path), mapping, results[0], min(taken), readouts.time_s,
                         measured, simulated, ideal, tuple(paths) if n_parts > 1 else (),
                         chip)
+
+
+def _evaluate_into(paths: list[Path], mapping: NetworkMapping, evaluator: AnalogEvaluator,
+                   x_test: torch.Tensor, y_test: torch.Tensor, cfg: DeployConfig,
+                   pcm: PCMModel | None, *, complete: bool,
+                   chip: dict[str, Any] | None = None, chip_note: str | None = None
+                   ) -> tuple[_Combined, npt.NDArray[np.float64], SimulatedAccuracy | None,
+                              float]:
+    """Measured (every readout in the files), simulated and ideal accuracy, written into
+    the first file's ``/evaluation`` (with ``chip`` columns, if given)."""
+    cells, _, _ = evaluator.device_targets(mapping)
+    per_part = mapping.rows * mapping.cols * (mapping.arrays // len(paths))
+    readouts = combined_readouts(paths, mapping, cells, per_part)
+    t0_s = recorded_t0_s(paths[0])
+    measured = (evaluator.measured(x_test, y_test, mapping, readouts.conductance_us,
+                                   time_s=readouts.time_s, t0_s=t0_s)
+                if readouts.n else np.zeros(0))
+    simulated = None
+    if cfg.simulated_runs > 0:
+        simulated = evaluator.simulate(x_test, y_test, mapping, cfg.schedule.times_s(),
+                                       cfg.simulated_runs, np.random.default_rng(cfg.seed),
+                                       pcm=pcm)
+    ideal = evaluator.ideal_accuracy(x_test, y_test)
+    attrs: dict[str, Any] = {
+        "periphery": cfg.periphery.model_dump(mode="json"),
+        "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
+        "drift_compensation_estimator": evaluator.gdc_estimator,
+        "network_fingerprint": evaluator.fingerprint,
+        "layers": json.dumps([asdict(r) for r in evaluator.report]),
+        # a stopped deployment's evaluation covers the readouts taken; 'pcmlab resume'
+        # makes it again over every readout
+        "schedule_complete": int(complete)}
+    if chip_note is not None:
+        attrs["chip_mode"] = chip_note
+    write_evaluation(
+        paths[0], measured_time_s=readouts.time_s, measured_accuracy=measured,
+        simulated_time_s=None if simulated is None else simulated.time_s,
+        simulated_accuracy=None if simulated is None else simulated.accuracy,
+        ideal_accuracy=ideal, attrs=attrs, chip=chip)
+    return readouts, measured, simulated, ideal
+
+
+def _same_inputs(x_calibration: torch.Tensor, x_test: torch.Tensor) -> bool:
+    """Whether the calibration batch is the test set's first inputs."""
+    n = x_calibration.shape[0]
+    return (x_test.shape[0] >= n and x_test.shape[1:] == x_calibration.shape[1:]
+            and bool(torch.equal(x_test[:n], x_calibration)))
 
 
 def _place(evaluator: AnalogEvaluator, info: Any, cfg: DeployConfig) -> NetworkMapping:
@@ -230,10 +273,25 @@ def combined_readouts(paths: list[Path], mapping: NetworkMapping,
     return _Combined(np.asarray(times[:n], dtype=np.float64), g)
 
 
+def recorded_t0_s(path: str | Path) -> float:
+    """The drift-compensation reference t0 (s after programming) a deployment's file
+    records (``drift_t0_s``, the PCM model's t0 it was deployed with); the one source of
+    t0 for its evaluation. A file from before pcmlab recorded it: the default 20 s."""
+    with RunReader(path) as run:
+        t0_s = run.config.get("drift_t0_s")
+    if t0_s is None:
+        t0_s = PCMModel().calibration.t0_s
+        log.warning("%s does not record its drift reference t0 (a file from an earlier "
+                    "pcmlab): taking the model's default, %g s", path, t0_s)
+    return float(t0_s)
+
+
 def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Tensor,
                   y_test: torch.Tensor) -> tuple[npt.NDArray[np.float64],
                                                  npt.NDArray[np.float64]]:
-    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy).
+    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy),
+    drift compensation referenced to the readout nearest the file's t0
+    (``recorded_t0_s``), as the deployment's own ``/evaluation``.
 
     Refuses a file without ``/network`` or one made for another model."""
     with RunReader(path) as run:
@@ -256,4 +314,81 @@ def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Te
         raise ConfigError(f"{path}: no readouts to evaluate")
     return readouts.time_s, evaluator.measured(x_test, y_test, mapping,
                                                readouts.conductance_us,
-                                               time_s=readouts.time_s)
+                                               time_s=readouts.time_s,
+                                               t0_s=recorded_t0_s(path))
+
+
+def replay_deployment(driver: CrossbarDriver, path: str | Path,
+                      evaluator: AnalogEvaluator) -> None:
+    """Bring a rebuilt (deterministic) mock chip to where the file's deployment stopped:
+    program it again as the deployment did (pair compensation included) and take the
+    readouts the file holds again, at their chip times, each checked bit for bit against
+    the file. Chip mode's products, which drew from the chip between readouts, cannot be
+    replayed: such a deployment is refused."""
+    from protocols.experiment import _read_cells
+    from protocols.program_verify import program_pairs
+
+    with RunReader(path) as run:
+        config = run.config
+        mapping = NetworkMapping.from_json(run.network_mapping_json or "{}")
+        stored = run.programming()
+        readouts = run.readouts()
+    cfg = DeployConfig.model_validate(config["deploy"])
+    if cfg.chip_in_the_loop or cfg.parts:
+        what = "ran chip mode" if cfg.chip_in_the_loop else "was deployed in parts"
+        raise ConfigError(f"{path} {what} on the in-process mock chip, which cannot be "
+                          "rebuilt to that state; resume runs on a chip or a mock server "
+                          "(--resource)")
+    if stored is None or stored.interrupted:
+        raise SchemaError(f"{path}: programming never finished; deploy again")
+    evaluator.check_mapping(mapping)
+    cells, target, _ = evaluator.device_targets(mapping)
+    plus, minus = mapping.pair_positions()
+    result = program_pairs(driver, cells, target, plus, minus, cfg.program)
+    if (not np.array_equal(result.g_us, stored.conductance_us, equal_nan=True)
+            or result.end_s != stored.end_chip_time_s):
+        raise SchemaError(f"{path}: the mock chip rebuilt from the file's seed did not "
+                          "program identically; the deployment cannot be resumed on it")
+    read_cells = _read_cells(driver.info, cells)
+    for i in range(readouts.n):
+        driver.clock.sleep_until(float(readouts.chip_time_s[i]))
+        if not np.array_equal(driver.read(read_cells), readouts.conductance_us[i],
+                              equal_nan=True):
+            raise SchemaError(f"{path}: readout {i + 1} on the rebuilt mock chip differs "
+                              "from the file's; the deployment cannot be resumed on it")
+
+
+def resume_deployment(driver: CrossbarDriver, path: str | Path, evaluator: AnalogEvaluator,
+                      x_test: torch.Tensor, y_test: torch.Tensor, *,
+                      pcm: PCMModel | None = None, on_wait: WaitCallback | None = None,
+                      stop: StopToken | None = None) -> tuple[int, int]:
+    """Continue a stopped deployment's schedule in its file (``resume_run``; the driver
+    reaches the programmed chip), then make its ``/evaluation`` again over every readout,
+    as ``deploy_network`` does. Chip mode is not resumed: its columns stay those of the
+    readouts before the stop (``chip_time_s`` says which). Returns (readouts that were
+    there, readouts there now)."""
+    from protocols.experiment import resume_run
+
+    with RunReader(path) as run:
+        config = run.config
+        if "deploy" not in config or run.network_mapping_json is None:
+            raise ConfigError(f"{path} is not a network deployment; resume it with "
+                              "protocols.experiment.resume_run")
+        mapping = NetworkMapping.from_json(run.network_mapping_json)
+        old = run.evaluation() or {}
+    if config.get("parts"):
+        raise ConfigError(f"{path} is part of a deployment in parts; resuming one is not "
+                          "supported: deploy it again")
+    evaluator.check_mapping(mapping)
+    cfg = DeployConfig.model_validate(config["deploy"])
+    chip = {name: old[f"chip_{name}"] for name in CHIP_COLUMNS if f"chip_{name}" in old}
+    before, after = resume_run(driver, path, reason="deployment resumed after it stopped",
+                               on_wait=on_wait, stop=stop)
+    note = None
+    if chip:
+        note = (f"chip mode at the first {len(chip['time_s'])} readouts only: the "
+                "deployment stopped and chip mode is not resumed")
+    _evaluate_into([Path(path)], mapping, evaluator, x_test, y_test, cfg, pcm,
+                   complete=after == cfg.schedule.times_s().size, chip=chip or None,
+                   chip_note=note)
+    return before, after

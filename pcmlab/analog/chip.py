@@ -2,9 +2,10 @@
 
 With a ``ChipBackend`` installed on a network (``AnalogState.chip``), every analog layer
 turns its input into DAC codes with its calibrated input range, sends them tile by tile to
-the chip's in-array MVM (``CrossbarDriver.mvm``, differential column pairs as the mapping
-placed them) and turns the ADC codes back into its output: for a tile with weight scale
-W_max and input range h,
+the chip's in-array MVM (an ``MvmChip``: ``CrossbarDriver.mvm`` through
+``protocols.chip_inference``, differential column pairs as the mapping placed them) and
+turns the ADC codes back into its output: for a tile with weight scale W_max and input
+range h,
 
     y = code * full_scale / adc_max * W_max * h,    full_scale = ADC range / (W_max h)
 
@@ -20,19 +21,36 @@ outputs by ``protocols.chip_inference.calibrate``), and the layer's bias.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from pcmlab.errors import CapabilityError
+from pcmlab.mvm import MvmSpec
 
 if TYPE_CHECKING:
-    from drivers.base import CrossbarDriver
     from pcmlab.analog.convert import AnalogNetwork
     from pcmlab.analog.layers import AnalogMatrix
     from pcmlab.mapping import LayerMap, NetworkMapping
+
+
+class MvmChip(Protocol):
+    """What chip mode needs of a chip: its MVM periphery and the MVM itself (the core
+    knows no driver; ``protocols.chip_inference.mvm_chip`` makes one of a
+    ``CrossbarDriver``)."""
+
+    @property
+    def periphery(self) -> MvmSpec:
+        """DAC and ADC resolution and the most vectors per request."""
+        ...
+
+    def mvm(self, region: tuple[int, int, int, int], inputs: npt.NDArray[np.int16], *,
+            full_scale: float, differential: bool = True) -> npt.NDArray[np.int16]:
+        """ADC codes (n, outputs) of ``inputs`` (n, rows; DAC codes) on ``region`` (row0,
+        col0, rows, cols), as ``CrossbarDriver.mvm``."""
+        ...
 
 
 @dataclass
@@ -46,14 +64,10 @@ class ChipCalibration:
 class ChipBackend:
     """Runs a network's analog MACs on a chip (see the module docstring)."""
 
-    def __init__(self, driver: CrossbarDriver, mapping: NetworkMapping,
+    def __init__(self, chip: MvmChip, mapping: NetworkMapping,
                  network: AnalogNetwork) -> None:
-        spec = driver.info.mvm
-        if spec is None:
-            raise CapabilityError(f"{driver.info.identity} has no MVM capability: chip mode "
-                                  "needs a chip that computes matrix-vector products")
-        self.driver = driver
-        self.spec = spec
+        self.chip = chip
+        self.spec = chip.periphery
         self.mapping = mapping
         self.layer_of: dict[int, LayerMap] = {
             id(m): lm for m, lm in zip(network.matrices, mapping.layers, strict=True)}
@@ -90,7 +104,7 @@ class ChipBackend:
         unit = np.float32(fs / self.spec.adc_max * lm.w_max * hi)
         for t in lm.tiles:
             region = (t.array * self.mapping.rows + t.row0, t.col0, t.n_in, 2 * t.n_out)
-            codes = self.driver.mvm(region, x[:, t.group, t.in_start:t.in_stop],
+            codes = self.chip.mvm(region, x[:, t.group, t.in_start:t.in_stop],
                                     full_scale=fs, differential=True)
             self.mvm_calls += 1
             y[:, t.group, t.out_start:t.out_stop] += codes.astype(np.float32) * unit

@@ -38,7 +38,7 @@ def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
                    "(default: pcmlab's; see docs/writing-a-driver.md)")
     g.add_argument("--chips", type=int, default=1, metavar="N",
                    help="in-process mock chips (a group for a network larger than one chip; "
-                   "seeds SEED, SEED+1, ...)")
+                   "seeds SEED, SEED+1, ..., SEED being --seed or the --chip file's seed)")
     g.add_argument("--chip", type=Path, metavar="FILE",
                    help="mock chip configuration (.toml or .json, MockChipConfig)")
     g.add_argument("--rows", type=int, default=rows, help=f"array rows (default {rows})")
@@ -70,11 +70,13 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
         one = argparse.Namespace(**{**vars(args), "chips": 1})
         drivers = []
         for k in range(chips):
-            one.seed = args.seed + k
+            one.seed, one.chip_index = args.seed + k, k
             drivers.append(make_driver(one))
         return ChipGroup(drivers)
     if args.chip is not None:
         cfg = load_model(MockChipConfig, args.chip)
+        # chip k of a group from one file: the file's chip with seed SEED + k
+        cfg = cfg.model_copy(update={"seed": cfg.seed + getattr(args, "chip_index", 0)})
     else:
         data: dict[str, object] = {
             "geometry": validate_model(ArrayGeometry, {"rows": args.rows, "cols": args.cols},

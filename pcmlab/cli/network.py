@@ -221,21 +221,34 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise ConfigError(f"--runs {args.runs}: need at least one simulated run per time "
                           "point (the simulated column of the table)")
     loaded, data = _model_and_data(args.model, args.weights, args.data)
+    if args.mvm and data.x_train is data.x_test:  # load_npz_dataset's stand-in
+        raise ConfigError(f"--mvm: the chip-in-the-loop calibration fits on training "
+                          f"inputs, and {args.data} has none; add x_train, y_train to it "
+                          "(the test set is never used to calibrate)")
     evaluator = _evaluator_for(loaded, data, args.bits, args.keep_digital)
     periphery = evaluator.periphery
     cfg = validate_model(DeployConfig, {"simulated_runs": args.runs, "seed": args.seed,
                                         "periphery": periphery, "tiling": not args.no_tiling,
-                                        "parts": args.parts},
+                                        "parts": args.parts, "chip_in_the_loop": args.mvm},
                          "deploy options")
+    calibration = calibration_of(args)
+    n = cfg.schedule.times_s().size
     driver = make_driver(args)
-    with driver, readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
-        result = deploy_network(driver, evaluator, data.x_test, data.y_test, args.output, cfg,
-                                pcm=PCMModel(calibration_of(args)), on_wait=on_wait,
-                                record={**record_of(args, driver),
-                                        "keep_digital": list(args.keep_digital),
-                                        "model": str(args.model),
-                                        "data": data.source.to_json()},
-                                x_calibration=data.x_train)
+    with driver:
+        if args.mvm and driver.info.mvm is None:
+            raise ConfigError(f"--mvm: the chip {driver.info.identity} has no MVM capability "
+                              "(it does not compute matrix-vector products); deploy without "
+                              "--mvm for measured mode, or use a chip with MVM")
+        with readout_progress(n) as (_, on_wait):
+            result = deploy_network(
+                driver, evaluator, data.x_test, data.y_test, args.output, cfg,
+                pcm=PCMModel(calibration), on_wait=on_wait,
+                record={**record_of(args, driver), "keep_digital": list(args.keep_digital),
+                        "model": str(args.model),
+                        "weights": None if args.weights is None else str(args.weights),
+                        "bits": args.bits, "calibration": calibration.model_dump(mode="json"),
+                        "data": data.source.to_json()},
+                x_calibration=data.x_train)
     console.print(layers_table(evaluator, result.mapping))
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{Path(str(args.model)).name} on "
@@ -244,6 +257,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         console.print(chip_table(result, "chip mode: the test set through the chip's MVM"))
     written = ", ".join(str(p) for p in result.part_paths) or str(args.output)
     console.print(f"wrote [bold]{written}[/]")
+    if result.programming.interrupted:
+        err_console.print("[yellow]interrupted[/] during programming: no readouts; deploy "
+                          "again", highlight=False)
+        return 130
+    if result.readouts_taken < n:
+        err_console.print(f"[yellow]stopped[/] after {result.readouts_taken} of {n} readouts "
+                          "(the evaluation covers those); continue with 'pcmlab resume "
+                          f"{args.output}'", highlight=False)
+        return 130
     return 0
 
 
@@ -275,6 +297,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
     return 0
+
+
+def resume_deploy(args: argparse.Namespace, stored: dict, n: int) -> int:
+    """``pcmlab resume`` of a stopped deployment: the network and data it recorded, the
+    chip it ran on (the in-process mock chip rebuilt from its seed and brought to where
+    the deployment stopped, or the chip at --resource / the recorded resource)."""
+    from drivers import ChipGroup, open_driver
+    from drivers.mock import MockDriver
+    from mock_chip import MockChipConfig
+    from pcmlab.pcm_model import PCMCalibration
+    from pcmlab.tasks import DataSource
+    from protocols.deploy import replay_deployment, resume_deployment
+
+    source = f"{args.run} (stored configuration)"
+    if "model" not in stored:
+        raise ConfigError(f"{args.run} does not record the network it deployed (a file from "
+                          "an earlier pcmlab, or a deployment from Python): resume it from "
+                          "Python with protocols.deploy.resume_deployment")
+    if stored.get("data") is None:
+        raise ConfigError(f"{args.run} does not record the data it was evaluated on; "
+                          "resume it from Python with protocols.deploy.resume_deployment")
+    data_path, digits_seed = _find_recorded_data(args.run, DataSource.from_json(stored["data"]))
+    weights = None if stored.get("weights") is None else Path(stored["weights"])
+    loaded, data = _model_and_data(stored["model"], weights, data_path,
+                                   digits_seed=digits_seed)
+    evaluator = _evaluator_for(loaded, data, stored.get("bits"),
+                               list(stored.get("keep_digital", [])))
+    pcm = PCMModel(validate_model(PCMCalibration, stored.get("calibration", {}), source))
+    resource = args.resource or stored.get("resource", "mock")
+    rebuilt = resource == "mock"
+    if not rebuilt:
+        driver = open_driver(resource)
+    elif "chips" in stored:
+        driver = ChipGroup([MockDriver(config=validate_model(MockChipConfig, c, source))
+                            for c in stored["chips"]])
+    else:
+        driver = MockDriver(config=validate_model(MockChipConfig, stored["chip"], source))
+    with driver:
+        if rebuilt:  # the in-process chip died with the deployment: rebuilt and replayed
+            replay_deployment(driver, args.run, evaluator)
+        with readout_progress(n) as (_, on_wait):
+            before, after = resume_deployment(driver, args.run, evaluator, data.x_test,
+                                              data.y_test, pcm=pcm, on_wait=on_wait)
+    console.print(f"{args.run}: {before} readouts were there, {after} of {n} now; "
+                  "evaluation made again over every readout")
+    return 0 if after == n else 130
 
 
 def _deployment_record(path: Path):  # -> (list[str], DataSource | None)

@@ -149,6 +149,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         console.print(f"{args.run}: {done} readouts were there, {done} of {n} now "
                       "(complete: nothing to resume)")
         return 0
+    if "deploy" in stored:  # a network deployment: continued, then evaluated again
+        from pcmlab.cli.network import resume_deploy
+
+        return resume_deploy(args, stored, n)
     resource = args.resource or stored.get("resource", "mock")
     if "characterize" in stored:
         program = validate_model(ProgramVerifyConfig, stored["characterize"].get("program", {}),

@@ -19,6 +19,7 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +85,12 @@ class RunWriter:
         interruptions: list[dict[str, Any]] | None = None,
         network_mapping: str | None = None,
         geometry: dict[str, int] | None = None,
+        prepare: Callable[[h5py.File], None] | None = None,
     ) -> RunWriter:
         """A new file with every dataset of the schema, in SWMR mode: readouts empty,
         programming unset (NaN end time). ``trace_iterations`` > 0 reserves per-iteration
-        traces of programming."""
+        traces of programming. ``prepare(file)`` adds objects of its own before SWMR mode
+        goes on (after it, none can be added)."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; choose another output file (measurements are "
@@ -111,6 +114,8 @@ class RunWriter:
                 f.attrs[S.ATTR_GEOMETRY] = json.dumps(geometry, sort_keys=True)
             if network_mapping is not None:
                 f.create_group(S.NETWORK).attrs[S.ATTR_MAPPING] = network_mapping
+            if prepare is not None:
+                prepare(f)
             f.swmr_mode = True  # flushes everything above first
         except BaseException:
             f.close()
@@ -309,6 +314,23 @@ class RunWriter:
                                             dir=path.parent)
             os.close(fd)
             tmp = Path(tmp_name)
+            # other groups (e.g. an evaluation) and attributes are copied before SWMR goes
+            # on, so the writer handed back stays open; a resume leaves out the evaluation
+            # of the readouts taken so far (derived, and partial: it is made again when
+            # the schedule is complete, protocols.deploy.resume_deployment)
+            extra = [name for name in old.file if name not in S.GROUPS
+                     and not (resuming and name == S.EVALUATION)]
+            if resuming and S.EVALUATION in old.file:
+                log.info("%s: the evaluation of the first %d readouts is left out; it is "
+                         "made again over every readout", path, readouts.n)
+
+            def prepare(new: h5py.File) -> None:
+                for name in extra:
+                    old.file.copy(old.file[name], new, name)
+                for key, value in old.file.attrs.items():
+                    if key not in new.attrs:
+                        new.attrs[key] = value
+
             try:
                 writer = cls.create(
                     tmp, config=old.config, driver_identity=old.driver_identity,
@@ -317,7 +339,8 @@ class RunWriter:
                     overwrite=True, created=old.created,
                     interruptions=[*old.interruptions,
                                    {**entry, "completed_readouts": readouts.n}],
-                    network_mapping=old.network_mapping_json, geometry=old.geometry)
+                    network_mapping=old.network_mapping_json, geometry=old.geometry,
+                    prepare=prepare)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -333,15 +356,6 @@ class RunWriter:
                                           float(readouts.chip_time_s[i]),
                                           float(readouts.wall_time[i]),
                                           readouts.conductance_us[i])
-                extra = [name for name in old.file if name not in S.GROUPS]
-                extra_attrs = {k: v for k, v in old.file.attrs.items()
-                               if k not in writer._f.attrs}
-                if extra or extra_attrs:  # e.g. an evaluation: SWMR cannot add objects
-                    writer.close()
-                    with h5py.File(tmp, "a") as new:
-                        for name in extra:
-                            old.file.copy(old.file[name], new, name)
-                        new.attrs.update(extra_attrs)
             except BaseException:
                 writer.close()
                 tmp.unlink(missing_ok=True)

@@ -164,3 +164,30 @@ def test_mvm_batches_travel_as_one_block_each() -> None:
         assert d.mvm((0, 0, 16, 16), x, full_scale=1.0).shape == (2500, 8)
     assert calls == [1000, 1000, 500]
     assert MVM_HEAD.size == 28
+
+
+def test_mvm_batches_are_bounded_by_the_reply_block_too() -> None:
+    """A wide region (outputs > rows) on a chip with a large max_vectors: the reply, n x
+    outputs x 2 bytes, must stay within the 64 MiB block limit as the request does."""
+    from drivers.base import MAX_BLOCK_BYTES, ChipInfo, DriverBase
+    from pcmlab.config import ArrayGeometry, ChipLimits
+    from pcmlab.mvm import MvmSpec
+
+    class Recording(DriverBase):
+        def __init__(self) -> None:
+            self._info = ChipInfo(identity="x,wide,0,0", geometry=ArrayGeometry(rows=2,
+                                  cols=2048), limits=ChipLimits(),
+                                  mvm=MvmSpec(dac_bits=8, adc_bits=8, max_vectors=1 << 20))
+            self.replies: list[int] = []
+
+        def _mvm(self, request: MvmRequest) -> np.ndarray:
+            out = np.zeros((request.inputs.shape[0], request.outputs), dtype=np.int16)
+            self.replies.append(out.nbytes)
+            return out
+
+    d = Recording()
+    x = np.ones((17_000, 1), dtype=np.int16)  # 17 000 x 2048 x 2 bytes: 70 MB of reply
+    assert d.mvm((0, 0, 1, 2048), x, full_scale=1.0, differential=False).shape == (17_000,
+                                                                                   2048)
+    print("reply bytes per request", d.replies, "limit", MAX_BLOCK_BYTES)
+    assert len(d.replies) == 2 and max(d.replies) <= MAX_BLOCK_BYTES

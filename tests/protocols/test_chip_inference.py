@@ -168,3 +168,37 @@ def test_physics_aware_training_trains_the_calibration_through_the_chip(digits_m
     assert [p.requires_grad for p in ev.network.parameters()] == flags
     assert all(torch.equal(p, w) for p, w in zip(ev.network.parameters(), weights,
                                                   strict=True))
+
+
+def test_chip_in_the_loop_calibrates_on_training_inputs_never_the_test_set(
+        digits_model, tmp_path: Path) -> None:
+    """deploy_network with chip mode and no calibration inputs is refused, naming the
+    argument (it used to fit the calibration on the test set it then scored); given
+    training inputs, the file records which inputs calibrated it."""
+    from pcmlab.errors import ConfigError
+    from pcmlab.tasks import content_hash
+    from protocols.deploy import DeployConfig, deploy_network
+    from protocols.readout import ReadoutSchedule
+
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery())
+    cfg = DeployConfig(chip_in_the_loop=True, simulated_runs=0, calibration_samples=64,
+                       schedule=ReadoutSchedule(t0_s=20.0, t_end_s=3600.0, n_readouts=2))
+
+    def driver() -> MockDriver:
+        return MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512},
+                                                faults=FaultRates.none(), seed=2))
+
+    with pytest.raises(ConfigError, match="x_calibration") as refused:
+        deploy_network(driver(), ev, d.x_test, d.y_test, tmp_path / "x.h5", cfg)
+    print("refused:", refused.value)
+    assert "training inputs" in str(refused.value)
+    assert not (tmp_path / "x.h5").exists()
+    r = deploy_network(driver(), ev, d.x_test, d.y_test, tmp_path / "y.h5", cfg,
+                       x_calibration=d.x_train)
+    assert len(r.chip) == 2
+    with RunReader(r.path) as run:
+        used = run.config["chip_calibration_inputs"]
+    print("recorded:", used)
+    assert used == {"argument": "x_calibration", "samples": 64,
+                    "sha256": content_hash(d.x_train[:64]), "same_as_test_inputs": False}

@@ -232,3 +232,34 @@ def test_a_network_larger_than_the_chip_deploys_in_successive_parts(digits_model
     r.part_paths[1].rename(tmp_path / "elsewhere.h5")
     with pytest.raises(ConfigError, match=r"p.part2.h5 is missing"):
         evaluate_file(r.path, ev, d.x_test, d.y_test)
+
+
+def test_one_drift_reference_t0_the_files_for_deployment_and_evaluate_file(
+        digits_model, tmp_path: Path) -> None:
+    """A calibration whose t0 is 60 s: the deployment records it, and evaluate_file
+    (pcmlab evaluate) references drift compensation to the same readout as the
+    deployment's own /evaluation."""
+    from pcmlab.pcm_model import PCMCalibration, PCMModel
+    from protocols.readout import ReadoutSchedule
+
+    d = digits_model.data
+    ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery(dac_bits=6, adc_bits=6))
+    schedule = ReadoutSchedule(t0_s=20.0, t_end_s=365 * 86400.0, n_readouts=2,
+                               include_s=(60.0,))
+    r = deploy_network(chip(FaultRates.none(), seed=5), ev, d.x_test, d.y_test,
+                       tmp_path / "t0.h5", DeployConfig(simulated_runs=0, schedule=schedule),
+                       pcm=PCMModel(PCMCalibration(t0_s=60.0)))
+    np.testing.assert_allclose(r.time_s, [20.0, 60.0, 365 * 86400.0], rtol=1e-3)
+    with RunReader(r.path) as run:
+        rows = run.readouts().conductance_us
+        recorded_t0_s = run.config.get("drift_t0_s")
+        stored = run.evaluation()
+    by_t0 = {t0: ev.measured(d.x_test, d.y_test, r.mapping, rows, time_s=r.time_s, t0_s=t0)
+             for t0 in (20.0, 60.0)}
+    print("measured with t0 = 20 s:", by_t0[20.0], "t0 = 60 s:", by_t0[60.0])
+    assert not np.array_equal(by_t0[20.0], by_t0[60.0])  # the reference matters here
+    _, evaluated = evaluate_file(r.path, ev, d.x_test, d.y_test)
+    print("deployment:", stored["measured_accuracy"], "evaluate_file:", evaluated)
+    np.testing.assert_array_equal(stored["measured_accuracy"], by_t0[60.0])
+    np.testing.assert_array_equal(evaluated, stored["measured_accuracy"])
+    assert "60 s" in stored["drift_compensation_reference"] and recorded_t0_s == 60.0
