@@ -22,6 +22,7 @@ from protocols.program_verify import (
     ProgramResult,
     ProgramVerifyConfig,
     ProgressCallback,
+    check_target_unit,
     check_targets,
     program_and_verify,
     program_pairs,
@@ -174,6 +175,7 @@ def measure_into_file(
     info = driver.info
     program.check_against(info)
     check_targets(info, cells, target_us)  # before the file exists: nothing half-made
+    check_target_unit(info, target_us, program)
     stop = stop or StopToken()
     writer = RunWriter.create(
         path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,

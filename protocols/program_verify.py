@@ -74,6 +74,10 @@ class ProgramVerifyConfig(StrictModel):
         "once; \"auto\" measures the chip's per-call cost first and keeps every call within "
         "call_budget_s ('pcmlab check' reports the same figures)")
     call_budget_s: float = Field(2.0, gt=0, description="with max_batch_cells = \"auto\"")
+    allow_targets_below_resolution: bool = Field(
+        False, description="program targets whose non-zero values all lie below the read "
+        "resolution (refused by default: such targets are nearly always in siemens or "
+        "millisiemens instead of µS, and would 'converge' without a pulse)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProgramVerifyConfig:
@@ -104,6 +108,12 @@ class ProgramVerifyConfig(StrictModel):
             if not lim.min_width_ns <= width <= lim.max_width_ns:
                 raise LimitError(f"{name}={width} ns is outside the chip's range "
                                  f"{lim.min_width_ns}..{lim.max_width_ns} ns")
+
+    def read_resolution_us(self, info: ChipInfo) -> float:
+        """The smallest conductance program-and-verify tells from a RESET cell: the verify
+        window at G = 0 (``tolerance_abs_us``), at least an 8-bit read of the range
+        (G_max / 256)."""
+        return max(self.tolerance_abs_us, info.g_max_us / 256)
 
     def tolerance_us(self, target_us: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return (self.tolerance_abs_us + self.tolerance_rel * target_us).astype(np.float32)
@@ -242,11 +252,43 @@ def check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
                           f"{info.g_max_us} µS (a negative weight goes on the minus device of "
                           "its differential pair)")
     if high.size:
+        top = float(tgt.max())
+        unit = (f"; they look like nanosiemens (nS): divide by 1e3 to give µS ({top:g} nS = "
+                f"{top / 1e3:g} µS)" if top / 1e3 <= info.g_max_us else "")
         raise ConfigError(f"{high.size} target(s) are above the chip's {info.g_max_us} µS, "
                           f"the first {float(tgt[high[0]])} µS for cell "
-                          f"{int(cell_arr[high[0]])}; lower them (or map weights with a "
+                          f"{int(cell_arr[high[0]])}{unit}; lower them (or map weights with a "
                           "larger W_max)")
     return cell_arr, tgt
+
+
+# Units a number given as µS may really be in: (name, factor to µS).
+_SMALL_UNITS = (("siemens (S)", "1e6", 1e6), ("millisiemens (mS)", "1e3", 1e3))
+
+
+def check_target_unit(info: ChipInfo, target_us: npt.ArrayLike,
+                      config: ProgramVerifyConfig) -> None:
+    """Refuse targets only a wrong unit explains: non-zero values that all lie below the
+    read resolution (they would read as converged from the RESET state, without a pulse),
+    naming the likely unit; ``config.allow_targets_below_resolution`` lets them through."""
+    tgt = np.asarray(target_us, dtype=np.float64)
+    nonzero = tgt[np.isfinite(tgt) & (tgt > 0)]
+    resolution = config.read_resolution_us(info)
+    if config.allow_targets_below_resolution or nonzero.size == 0:
+        return
+    top = float(nonzero.max())
+    if top >= resolution:
+        return
+    unit = next((f"they look like {name}: multiply by {text} to give µS ({top:g} x {text} "
+                 f"= {top * factor:g} µS)" for name, text, factor in _SMALL_UNITS
+                 if resolution <= top * factor <= info.g_max_us),
+                "check their unit: targets are in µS")
+    raise ConfigError(
+        f"all {nonzero.size} non-zero targets lie below the chip's read resolution of "
+        f"{resolution:g} µS (largest {top:g} µS), so program-and-verify would call them "
+        f"converged without a pulse; {unit}; to program them as given, pass "
+        "--allow-targets-below-resolution (allow_targets_below_resolution = true in the "
+        "program-and-verify settings)")
 
 
 def program_and_verify(
@@ -267,6 +309,7 @@ def program_and_verify(
     info = driver.info
     cfg.check_against(info)
     cells_arr, target = check_targets(info, cells, target_us)
+    check_target_unit(info, target, cfg)
     batch = batch_cells(driver, cells_arr, cfg)
     if batch is not None and batch < cells_arr.size:
         driver = BatchedDriver(driver, batch)
@@ -420,7 +463,11 @@ def program_pairs(
     tgt[p[fix_p]] = new_p[fix_p]
     log.info("compensating %d pairs with a stuck device by re-programming the partner",
              redo.size)
-    again = program_and_verify(driver, result.cells[redo], tgt[redo], cfg, stop=stop)
+    # compensating targets may all be small (a partner a few tenths of a µS above its
+    # stuck device): they are the protocol's, not a user's in another unit
+    again = program_and_verify(driver, result.cells[redo], tgt[redo],
+                               cfg.model_copy(update={"allow_targets_below_resolution": True}),
+                               stop=stop)
     g_us = result.g_us.copy()
     g_us[redo] = again.g_us
     iterations = result.iterations.copy()

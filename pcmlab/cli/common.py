@@ -125,6 +125,8 @@ def program_config(args: argparse.Namespace):  # -> ProgramVerifyConfig
     data: dict[str, object] = {}
     if args.pv_config is not None:
         data = load_model(ProgramVerifyConfig, args.pv_config).model_dump()
+    if getattr(args, "allow_targets_below_resolution", False):
+        data["allow_targets_below_resolution"] = True
     for opt, name in (("tolerance_abs", "tolerance_abs_us"), ("tolerance_rel", "tolerance_rel"),
                       ("max_iterations", "max_iterations"), ("gain", "gain_ua_per_us"),
                       ("max_batch_cells", "max_batch_cells")):
@@ -145,6 +147,9 @@ def add_program_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-cells", type=_batch_option, metavar="N|auto",
                    help="most cells per driver call; 'auto' measures the chip's per-call "
                    "cost and keeps each call within 2 s (default: all cells in one call)")
+    g.add_argument("--allow-targets-below-resolution", action="store_true",
+                   help="program targets whose non-zero values all lie below the read "
+                   "resolution (by default refused as a likely unit mistake: µS expected)")
 
 
 def _batch_option(text: str) -> int | str:

@@ -66,6 +66,9 @@ def cmd_program(args: argparse.Namespace) -> int:
             rng = np.random.default_rng(args.target_seed)
             cells = np.arange(n, dtype=np.uint32)
             targets = rng.uniform(0, info.g_max_us, n).astype(np.float32)
+        from protocols.program_verify import check_target_unit
+
+        check_target_unit(info, targets, cfg)  # before anything is printed or pulsed
         console.print(f"chip [bold]{info.identity}[/]: {info.geometry.rows} x "
                       f"{info.geometry.cols}; programming {cells.size} cells")
         t_start = time.perf_counter()
