@@ -1,4 +1,7 @@
-"""Reading a measurement file: validation, typed access, live (SWMR) following, xarray."""
+"""Reading a measurement file: validation, typed access, live (SWMR) following.
+
+The xarray view of a run (``pcmlab.open_run``) lives above the store, in
+``pcmlab/dataset.py``; the store knows nothing of it."""
 
 from __future__ import annotations
 
@@ -280,12 +283,6 @@ class RunReader:
                         chip_time_s=self.file[r + S.CHIP_TIME][sel],
                         wall_time=self.file[r + S.WALL_TIME][sel],
                         conductance_us=g)
-
-    def to_xarray(self):  # -> xarray.Dataset
-        """The run as an ``xarray.Dataset`` (see ``pcmlab.dataset.open_run``)."""
-        from pcmlab.dataset import run_dataset
-
-        return run_dataset(self)
 
     def close(self) -> None:
         if self.file.id.valid:
