@@ -159,11 +159,37 @@ def _table(rows: list[LevelStats] | list[DriftStats]) -> xr.Dataset:
 def level_convergence(ds: xr.Dataset, model: PCMModel | None = None) -> xr.Dataset:
     """Programming per target level (as ``pcmlab inspect`` shows it), dimension ``level``:
     cells, converged_fraction, iterations_p50/p90, error_mean_us/error_std_us (verify
-    reading minus target, converged cells) and sigma_prog_us (the model)."""
+    reading minus target, converged cells) and sigma_prog_us (the model); t0_std_us, the
+    RMS of the readout nearest t0 minus the target (converged cells), beside
+    t0_model_std_us, the model's spread of a read at that time. The table's attribute
+    ``t0_readout_time_s`` says which readout that was (NaN: none within a factor 1.5 of
+    t0, and those two columns NaN)."""
     _need_programming(ds)
+    model = model or PCMModel()
+    k = _t0_readout(ds["time_s"].values, model.calibration.t0_s)
+    g_t0 = t0_s = None
+    if k is not None:
+        g_t0 = ds["conductance_us"].isel(readout=k).values
+        t0_s = float(ds["time_s"].values[k])
     rows = convergence_by_level(ds["target_us"].values, ds["programmed_us"].values,
-                                ds["converged"].values, ds["iterations"].values, model=model)
-    return _table(rows)
+                                ds["converged"].values, ds["iterations"].values,
+                                g_t0_us=g_t0, t0_s=t0_s, model=model)
+    table = _table(rows)
+    table.attrs["t0_readout_time_s"] = np.nan if t0_s is None else t0_s
+    return table
+
+
+T0_READOUT_FACTOR = 1.5  # a readout this close to t0 (as a ratio of times) counts as at t0
+
+
+def _t0_readout(time_s: np.ndarray, t0_s: float) -> int | None:
+    """The readout nearest t0 (in log time), if one lies within ``T0_READOUT_FACTOR``."""
+    if not time_s.size or not np.isfinite(time_s).any():
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.abs(np.log(time_s / t0_s))
+    k = int(np.nanargmin(distance))
+    return k if distance[k] <= np.log(T0_READOUT_FACTOR) else None
 
 
 def level_drift(ds: xr.Dataset, model: PCMModel | None = None) -> xr.Dataset:
