@@ -133,6 +133,14 @@ def _add_evaluation(data: dict[str, Any], coords: dict[str, Any], attrs: dict[st
         if "simulated_accuracy_runs" in ev:
             data["simulated_accuracy_runs"] = (("simulated_run", "simulated_time_s"),
                                                ev["simulated_accuracy_runs"], {"units": "1"})
+    if "chip_time_s" in ev:  # chip mode; "chip_time_s" is the readouts' chip clock here
+        coords["chip_mode_time_s"] = ("chip_mode_time_s", ev["chip_time_s"], {
+            "units": "s", "long_name": "time since the end of programming (chip mode)"})
+        for key, value in ev.items():
+            if key.startswith("chip_") and key != "chip_time_s" and np.ndim(value) == 1:
+                data[key] = ("chip_mode_time_s", value, {
+                    "units": "1", "long_name": f"metric through the chip's MVM, "
+                    f"{key.removeprefix('chip_').replace('_', ' ')}"})
     for key, value in ev.items():
         if np.isscalar(value) and key not in data:
             attrs[f"evaluation_{key}"] = value
@@ -216,10 +224,13 @@ def drift_exponents(ds: xr.Dataset, t_min_s: float | None = None) -> xr.DataArra
 
 
 def accuracy_over_time(ds: xr.Dataset) -> xr.Dataset:
-    """A deployment's accuracy over time: measured (from each readout) and the simulated
-    mean and std (Monte Carlo over the PCM model), each on its own time dimension."""
+    """A deployment's accuracy over time: measured (from each readout), the simulated
+    mean and std (Monte Carlo over the PCM model) and, for chip mode, the ``chip_*``
+    columns, each on its own time dimension."""
     names = [n for n in ("measured_accuracy", "simulated_accuracy_mean",
                          "simulated_accuracy_std") if n in ds]
+    names += [n for n in ds.data_vars if str(n).startswith("chip_")
+              and ds[n].dims == ("chip_mode_time_s",)]
     if not names:
         raise ConfigError(f"{ds.attrs.get('source', 'this run')}: no accuracy in this file; "
                           "it is not an evaluated network deployment")
