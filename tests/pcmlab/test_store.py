@@ -68,12 +68,12 @@ def test_xarray_view(tmp_path: Path) -> None:
 
     path = tmp_path / "run.h5"
     make_run(path)
-    with RunReader(path) as run:
+    with RunReader(path) as run:  # the view reads the conductances while the reader is open
         ds = run_dataset(run)
-    assert ds["conductance_us"].dims == ("readout", "cell")
-    np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
-    by_time = ds.swap_dims(readout="time_s")
-    assert float(by_time["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
+        assert ds["conductance_us"].dims == ("readout", "cell")
+        np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
+        by_time = ds.swap_dims(readout="time_s")
+        assert float(by_time["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
     # the file itself, in xarray without pcmlab: real dimension scales, no phony dims
     import warnings
 
