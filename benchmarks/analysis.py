@@ -177,11 +177,15 @@ def _rss_mb() -> float:
 
 def child(what: str, which: str, path: str) -> None:
     """One measurement in this fresh process; prints its figures as JSON."""
-    import h5py  # noqa: F401  (the imports are not the work)
+    import dask.array  # noqa: F401  (the imports are not the work: both sides import)
+    import h5py  # noqa: F401
     import xarray  # noqa: F401
 
     import pcmlab
+    import pcmlab.analysis
     import pcmlab.dataset
+    import pcmlab.pcm_model
+    import pcmlab.store
 
     pcmlab.level_drift  # noqa: B018  (resolve the lazy name outside the clock)
     fn = WORK[what][0 if which == "pcmlab" else 1]
