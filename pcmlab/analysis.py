@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -170,46 +173,99 @@ class DriftStats:
 
 
 def fit_drift_exponents(
-    time_s: npt.ArrayLike, g_us: npt.ArrayLike, *, t_min_s: float = 20.0
+    time_s: npt.ArrayLike, g_us: Any, *, t_min_s: float = 20.0
 ) -> npt.NDArray[np.float64]:
     """Per-device drift exponent nu from readouts (see ``fit_drift``)."""
     return fit_drift(time_s, g_us, t_min_s=t_min_s)[0]
 
 
+ROW_BLOCK_BYTES = 8 << 20  # conductances read at a time when the rows are not in memory
+
+
+def row_blocks(g_us: Any) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+    """The rows of a readout x cell array, a block at a time, as (first row, numpy block):
+    a dask array chunk by chunk, anything else that slices by rows (an ndarray, an h5py
+    dataset) in blocks of about ``ROW_BLOCK_BYTES``. Memory stays one block."""
+    n_rows, n_cells = (int(k) for k in g_us.shape)
+    chunks = getattr(g_us, "chunks", None)
+    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], tuple):  # dask
+        bounds = np.cumsum((0, *chunks[0]))
+    else:
+        step = max(1, ROW_BLOCK_BYTES // max(1, 4 * n_cells))
+        bounds = np.r_[np.arange(0, n_rows, step), n_rows]
+    for a, b in itertools.pairwise(bounds):
+        if b > a:
+            yield int(a), np.asarray(g_us[int(a):int(b)])
+
+
+def _as_rows(g_us: Any) -> Any:
+    """An array of readouts left where it is if it reads by rows (dask, h5py), else
+    as a numpy array."""
+    if hasattr(g_us, "shape") and hasattr(g_us, "__getitem__") and getattr(g_us, "ndim", 0) == 2:
+        return g_us
+    return np.asarray(g_us, dtype=np.float32)
+
+
 def fit_drift(
-    time_s: npt.ArrayLike, g_us: npt.ArrayLike, *, t_min_s: float = 20.0
+    time_s: npt.ArrayLike, g_us: Any, *, t_min_s: float = 20.0
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per-device drift exponent nu and the variance of that estimate (from the fit's
     residuals): least squares of ln G on ln t over the readouts at or after ``t_min_s``
     (G <= 0 readings are left out). NaN where fewer than two (for the variance, three)
-    readings remain."""
+    readings remain.
+
+    ``g_us`` is readouts x cells: an array, or anything that reads by rows (a dask array,
+    an h5py dataset); it is read once, a block of rows at a time, so memory is a few
+    per-cell sums whatever the number of readouts. The sums are taken about a shift (the
+    mean ln t, each cell's first ln G), which keeps them as accurate as centred ones."""
     t = np.asarray(time_s, dtype=np.float64)
-    g = np.asarray(g_us, dtype=np.float64)
+    g_rows = _as_rows(g_us)
     use = t >= t_min_s
     if use.sum() < 2:
         raise ConfigError(f"need at least two readouts at or after {t_min_s} s to fit drift, "
                          f"have {int(use.sum())}")
-    x = np.log(t[use])[:, None]
-    y = g[use]
-    valid = y > 0
-    y = np.log(np.where(valid, y, 1.0))
-    w = valid.astype(np.float64)
-    n = w.sum(axis=0)
+    if g_rows.shape[0] != t.size:
+        raise ConfigError(f"{t.size} readout times for {g_rows.shape[0]} readouts")
+    x_all = np.log(np.where(use, t, 1.0)) - np.log(t[use]).mean()
+    n_cells = int(g_rows.shape[1])
+    n, sx, sy, sxx, sxy, syy = np.zeros((6, n_cells))
+    y_ref = None
+    for first, block in row_blocks(g_rows):
+        rows = use[first:first + block.shape[0]]
+        if not rows.any():
+            continue
+        g = block[rows].astype(np.float64)
+        x = x_all[first:first + block.shape[0]][rows][:, None]
+        valid = g > 0
+        y = np.log(np.where(valid, g, 1.0), out=g)
+        if y_ref is None:  # each cell's first reading (0 where it is not valid)
+            y_ref = np.where(valid[0], y[0], 0.0)
+        y -= y_ref
+        if not valid.all():
+            y *= valid
+            n += valid.sum(axis=0)
+            sx += (x * valid).sum(axis=0)
+            sxx += (x * x * valid).sum(axis=0)
+        else:
+            n += valid.shape[0]
+            sx += x.sum()
+            sxx += (x * x).sum()
+        sy += y.sum(axis=0)
+        sxy += (x * y).sum(axis=0)
+        syy += np.einsum("ij,ij->j", y, y)
     with np.errstate(invalid="ignore", divide="ignore"):
-        x_mean = (w * x).sum(axis=0) / n
-        y_mean = (w * y).sum(axis=0) / n
-        dx = (x - x_mean) * w
-        sxx = (dx * (x - x_mean)).sum(axis=0)
-        slope = (dx * (y - y_mean)).sum(axis=0) / sxx
-        resid = (y - y_mean - slope * (x - x_mean)) * w
-        slope_var = (resid**2).sum(axis=0) / (n - 2) / sxx
+        x_var = sxx - sx * sx / n
+        xy_cov = sxy - sx * sy / n
+        slope = xy_cov / x_var
+        rss = np.maximum(syy - sy * sy / n - slope * xy_cov, 0.0)
+        slope_var = rss / (n - 2) / x_var
     slope[n < 2] = np.nan
     slope_var[n < 3] = np.nan
     return -slope, slope_var
 
 
 def drift_by_level(
-    target_us: npt.ArrayLike, time_s: npt.ArrayLike, g_us: npt.ArrayLike, *,
+    target_us: npt.ArrayLike, time_s: npt.ArrayLike, g_us: Any, *,
     mask: npt.ArrayLike | None = None, model: PCMModel | None = None,
     groups: LevelGroups | None = None,
 ) -> list[DriftStats]:
@@ -217,9 +273,11 @@ def drift_by_level(
     readout and the fitted drift exponents, beside the model's mu_nu and sigma_nu."""
     model = model or PCMModel()
     target = np.asarray(target_us, dtype=np.float32)
-    g = np.asarray(g_us, dtype=np.float32)
+    g = _as_rows(g_us)  # read by rows: the fit, then the first and the last readout
     keep = np.ones(target.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     nu = fit_drift_exponents(time_s, g, t_min_s=model.calibration.t0_s)
+    g_first = np.asarray(g[0], dtype=np.float32)
+    g_last = np.asarray(g[g.shape[0] - 1], dtype=np.float32)
     groups = groups or group_levels(target)
     rows = []
     for k in range(len(groups)):
@@ -229,8 +287,9 @@ def drift_by_level(
         mu = model.drift_nu_mean(target[sel])
         rows.append(DriftStats(
             target_us=float(groups.mean_target_us[k]), cells=int(sel.sum()),
-            g_first_mean_us=float(g[0, sel].mean()), g_first_std_us=float(g[0, sel].std()),
-            g_last_mean_us=float(g[-1, sel].mean()),
+            g_first_mean_us=float(g_first[sel].mean()),
+            g_first_std_us=float(g_first[sel].std()),
+            g_last_mean_us=float(g_last[sel].mean()),
             nu_mean=float(nu[sel].mean()), nu_std=float(nu[sel].std()),
             nu_median=float(np.median(nu[sel])),
             model_nu_mean=float(mu.mean()),

@@ -109,6 +109,29 @@ def test_level_tables_are_the_inspect_tables(first_run: Path) -> None:
         pcmlab.accuracy_over_time(ds)
 
 
+
+def test_level_convergence_reports_the_spread_of_the_read_at_t0(first_run: Path) -> None:
+    """t0_std_us: RMS of (the readout nearest t0 minus the target) over each level's
+    converged cells, beside the model's spread of a read at that time (was NaN)."""
+    ds = pcmlab.open_run(first_run)
+    conv = pcmlab.level_convergence(ds)
+    model = pcmlab.PCMModel()
+    with h5py.File(first_run, "r") as f:  # the same figures from the file by hand
+        t_s = f["readouts/time_s"][...]
+        k = int(np.argmin(np.abs(np.log(t_s / model.calibration.t0_s))))
+        g_t0 = f["readouts/conductance_us"][k].astype(np.float64)
+        target = f["targets/conductance_us"][...]
+        converged = f["programming/converged"][...]
+    assert conv.attrs["t0_readout_time_s"] == t_s[k]
+    assert abs(t_s[k] - model.calibration.t0_s) < 5  # the schedule reads first at t0
+    for level in conv.level.values:
+        sel = (target == np.float32(level)) & converged
+        want = np.sqrt(np.mean((g_t0[sel] - target[sel]) ** 2))
+        assert float(conv.t0_std_us.sel(level=level)) == pytest.approx(want, rel=1e-6)
+        spread = np.sqrt(np.mean(model.total_sigma_us(target[sel], t_s[k]) ** 2))
+        assert float(conv.t0_model_std_us.sel(level=level)) == pytest.approx(spread)
+
+
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np

@@ -1,9 +1,13 @@
-"""Reading a measurement file: validation, typed access, live (SWMR) following, xarray."""
+"""Reading a measurement file: validation, typed access, live (SWMR) following.
+
+The xarray view of a run (``pcmlab.open_run``) lives above the store, in
+``pcmlab/dataset.py``; the store knows nothing of it."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,18 +101,79 @@ def opens_closed(path: str | Path) -> bool:
     return True
 
 
-def _open(path: Path) -> h5py.File:
+class _SwmrFiles:
+    """The files this process reads in SWMR mode, each opened once and shared by every
+    reader of it, with one handle per dataset.
+
+    HDF5 refreshes (``H5Drefresh``) one dataset handle; any other handle of the same
+    dataset open in the process then reads wrong values (zeros) without an error. A
+    dataset handle also dies with the ``h5py.File`` it was opened through. So readers of
+    one SWMR file (a notebook's lazy ``open_run`` datasets, ``pcmlab inspect`` in the same
+    process, ...) share the file, counted, and its dataset handles, and only those are
+    refreshed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._files: dict[tuple[int, int], tuple[h5py.File, int, dict[str, h5py.Dataset]]] = {}
+
+    def acquire(self, path: Path) -> tuple[tuple[int, int] | None, h5py.File | None]:
+        """(key, file) of the file at ``path`` if this process reads it in SWMR mode
+        already (one more reader), else (None, None)."""
+        st = path.stat()
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            entry = self._files.get(key)
+            if entry is None or not entry[0].id.valid:
+                return None, None
+            self._files[key] = (entry[0], entry[1] + 1, entry[2])
+            return key, entry[0]
+
+    def add(self, path: Path, f: h5py.File) -> tuple[int, int]:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            self._files[key] = (f, 1, {})
+        return key
+
+    def dataset(self, key: tuple[int, int], name: str) -> h5py.Dataset:
+        with self._lock:
+            f, _, handles = self._files[key]
+            ds = handles.get(name)
+            if ds is None or not ds.id.valid:
+                ds = handles[name] = f[name]
+            return ds
+
+    def release(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            f, count, handles = self._files[key]
+            if count > 1:
+                self._files[key] = (f, count - 1, handles)
+                return
+            del self._files[key]
+            if f.id.valid:
+                f.close()
+
+
+_SWMR = _SwmrFiles()
+
+
+def _open(path: Path) -> tuple[h5py.File, tuple[int, int] | None]:
+    """The file, and its key among the shared SWMR files (None: opened plainly)."""
     _check_hdf5(path)
+    key, f = _SWMR.acquire(path)
+    if f is not None:
+        return f, key
     # A plain open first: it checks the file against truncation. A file a writer has open
     # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
     f = _open_plain(path)
     if f is not None:
-        return f
+        return f, None
     try:
-        return h5py.File(path, "r", swmr=True)
+        f = h5py.File(path, "r", swmr=True)
     except OSError as exc:
         raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
                           f"({exc})") from None
+    return f, _SWMR.add(path, f)
 
 
 class RunReader:
@@ -116,12 +181,20 @@ class RunReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.file = _open(self.path)
+        self.file, self._swmr_key = _open(self.path)
         try:
             self._validate()
+            if self._swmr_key is not None:
+                self.refresh()  # another reader in this process may have opened it earlier
         except BaseException:
-            self.file.close()
+            self.close()
             raise
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        """A dataset of the file: for a SWMR file, the process's one handle of it."""
+        if self._swmr_key is None:
+            return self.file[name]
+        return _SWMR.dataset(self._swmr_key, name)
 
     def _validate(self) -> None:
         f = self.file
@@ -213,7 +286,7 @@ class RunReader:
     # -- data ------------------------------------------------------------------------------
     def _read(self, name: str) -> np.ndarray:
         try:
-            return self.file[name][...]
+            return self._dataset(name)[...]
         except (OSError, KeyError) as exc:
             raise SchemaError(f"{self.path}: cannot read /{name}, the file is corrupt or "
                               f"truncated ({exc})") from None
@@ -252,7 +325,7 @@ class RunReader:
                                                   S.LAST_PULSE, S.INTERRUPTED, S.END_CHIP_TIME)]
         try:
             for name in names:
-                self.file[name].refresh()
+                self._dataset(name).refresh()
         except (OSError, KeyError) as exc:
             raise SchemaError(f"{self.path}: cannot read /{name}, the file is corrupt or "
                               f"truncated ({exc})") from None
@@ -260,35 +333,48 @@ class RunReader:
     @property
     def n_readouts(self) -> int:
         """Completed rows: time_s written (it is written last) and the row present."""
-        r = self.file[S.READOUTS]
-        t = r[S.TIME][...]
+        r = f"{S.READOUTS}/"
+        t = self._dataset(r + S.TIME)[...]
         done = np.isfinite(t)
         n = int(np.argmin(done)) if not done.all() else t.size
-        return min(n, r[S.CONDUCTANCE].shape[0], r[S.CHIP_TIME].shape[0],
-                   r[S.WALL_TIME].shape[0])
+        return min(n, *(self._dataset(r + name).shape[0]
+                        for name in (S.CONDUCTANCE, S.CHIP_TIME, S.WALL_TIME)))
 
     def readouts(self, start: int = 0, stop: int | None = None) -> Readouts:
-        """Completed readouts ``start`` to ``stop`` (default: all of them)."""
+        """Completed readouts ``start`` to ``stop`` (default: all of them), read into
+        memory."""
         n = self.n_readouts
         sel = slice(*slice(start, stop).indices(n)[:2])
-        r = f"{S.READOUTS}/"
         try:
-            g = self.file[r + S.CONDUCTANCE][sel]
+            g = self.conductance_rows()[sel]
         except OSError as exc:
             raise SchemaError(f"{self.path}: readouts are corrupt ({exc})") from None
-        return Readouts(time_s=self.file[r + S.TIME][sel],
-                        chip_time_s=self.file[r + S.CHIP_TIME][sel],
-                        wall_time=self.file[r + S.WALL_TIME][sel],
-                        conductance_us=g)
+        return Readouts(**self._times(sel), conductance_us=g)
 
-    def to_xarray(self):  # -> xarray.Dataset
-        """The run as an ``xarray.Dataset`` (see ``pcmlab.dataset.open_run``)."""
-        from pcmlab.dataset import run_dataset
+    def readout_times(self) -> dict[str, npt.NDArray[np.float64]]:
+        """``time_s``, ``chip_time_s`` and ``wall_time`` of every completed readout."""
+        return self._times(slice(0, self.n_readouts))
 
-        return run_dataset(self)
+    def conductance_rows(self) -> h5py.Dataset:
+        """``/readouts/conductance_us`` itself (readout x cell, float32 µS), nothing read:
+        rows are read as they are indexed, so a reader can take what it selects. Only the
+        first ``n_readouts`` rows are complete readouts; valid while the reader is open."""
+        try:
+            return self._dataset(f"{S.READOUTS}/{S.CONDUCTANCE}")
+        except (OSError, KeyError) as exc:
+            raise SchemaError(f"{self.path}: readouts are corrupt ({exc})") from None
+
+    def _times(self, sel: slice) -> dict[str, np.ndarray]:
+        r = f"{S.READOUTS}/"
+        return {"time_s": self._dataset(r + S.TIME)[sel],
+                "chip_time_s": self._dataset(r + S.CHIP_TIME)[sel],
+                "wall_time": self._dataset(r + S.WALL_TIME)[sel]}
 
     def close(self) -> None:
-        if self.file.id.valid:
+        if self._swmr_key is not None:
+            key, self._swmr_key = self._swmr_key, None
+            _SWMR.release(key)
+        elif self.file.id.valid:
             self.file.close()
 
     def __enter__(self) -> RunReader:

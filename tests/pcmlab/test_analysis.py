@@ -89,3 +89,51 @@ def test_nan_targets_belong_to_no_level() -> None:
     groups = group_levels([1.0, np.nan, 1.0, 3.0])
     assert groups.index.tolist() == [0, -1, 0, 1]
     assert groups.mean_target_us.tolist() == [1.0, 3.0]
+
+
+def _centred_fit(t: np.ndarray, g: np.ndarray, t_min_s: float):
+    """The two-pass centred least squares fit_drift computed before it read by rows."""
+    use = t >= t_min_s
+    x = np.log(t[use])[:, None]
+    y = g[use].astype(np.float64)
+    w = (y > 0).astype(np.float64)
+    y = np.log(np.where(w > 0, y, 1.0))
+    n = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm, ym = (w * x).sum(axis=0) / n, (w * y).sum(axis=0) / n
+        dx = (x - xm) * w
+        sxx = (dx * (x - xm)).sum(axis=0)
+        slope = (dx * (y - ym)).sum(axis=0) / sxx
+        resid = (y - ym - slope * (x - xm)) * w
+        var = (resid**2).sum(axis=0) / (n - 2) / sxx
+    slope[n < 2] = np.nan
+    var[n < 3] = np.nan
+    return -slope, var
+
+
+def test_fit_drift_by_blocks_of_rows_is_the_centred_fit(tmp_path: Path, monkeypatch) -> None:
+    """fit_drift reads readouts a block of rows at a time (numpy, h5py, dask alike) and
+    gives the numbers of the centred fit: readings <= 0 left out, rows before t_min too."""
+    import dask.array as da
+    import h5py
+
+    import pcmlab.analysis as analysis
+
+    rng = np.random.default_rng(3)
+    t = np.concatenate([[5.0, 10.0], np.geomspace(20, 3e7, 40)])
+    nu = np.abs(rng.normal(0.06, 0.02, 3000))
+    g = (rng.uniform(1, 25, 3000) * (t[:, None] / 20) ** -nu
+         + rng.normal(0, 0.3, (t.size, 3000))).astype(np.float32)
+    g[:, :50] = np.where(g[:, :50] > 5, g[:, :50], -1.0)  # some readings <= 0
+    g[3:, 50] = 0.0  # one cell with a single valid reading: NaN
+    want_nu, want_var = _centred_fit(t, g, 20.0)
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f["g"] = g
+    monkeypatch.setattr(analysis, "ROW_BLOCK_BYTES", 7 * 3000 * 4)  # 7 rows a block
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        for rows in (g, f["g"], da.from_array(g, chunks=(5, 3000))):
+            got_nu, got_var = analysis.fit_drift(t, rows, t_min_s=20.0)
+            np.testing.assert_array_equal(np.isnan(got_nu), np.isnan(want_nu))
+            np.testing.assert_allclose(got_nu, want_nu, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(got_var, want_var, rtol=1e-6, atol=1e-15)
+    assert np.isnan(want_nu[50]) and np.isfinite(want_nu[:50]).sum() > 25  # data as meant

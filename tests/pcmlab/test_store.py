@@ -64,14 +64,16 @@ def test_reader_typed_access(tmp_path: Path) -> None:
 def test_xarray_view(tmp_path: Path) -> None:
     import xarray as xr
 
+    from pcmlab.dataset import run_dataset
+
     path = tmp_path / "run.h5"
     make_run(path)
-    with RunReader(path) as run:
-        ds = run.to_xarray()
-    assert ds["conductance_us"].dims == ("readout", "cell")
-    np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
-    by_time = ds.swap_dims(readout="time_s")
-    assert float(by_time["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
+    with RunReader(path) as run:  # the view reads the conductances while the reader is open
+        ds = run_dataset(run)
+        assert ds["conductance_us"].dims == ("readout", "cell")
+        np.testing.assert_array_equal(ds["time_s"].values, [20, 40, 60])
+        by_time = ds.swap_dims(readout="time_s")
+        assert float(by_time["conductance_us"].sel(time_s=40.0, cell=3)) == 1.0
     # the file itself, in xarray without pcmlab: real dimension scales, no phony dims
     import warnings
 
@@ -290,3 +292,21 @@ def test_recover_keeps_every_group_and_attribute_of_a_killed_file(tmp_path: Path
         assert f.attrs["operator"] == "jd"
         assert f["readouts/conductance_us"][0].tolist() == [1.5, 2.5, 3.5]
     assert RunWriter.recover(path) is None
+
+
+def test_the_store_imports_none_of_its_views() -> None:
+    """pcmlab/dataset.py (the xarray view) sits above pcmlab/store/: no module of the
+    store imports it, or anything else of pcmlab but the store, the errors and the version
+    (imports inside functions included), so there is no import circle."""
+    import ast
+
+    allowed = {"pcmlab", "pcmlab.errors"}
+    store = Path(__file__).resolve().parents[2] / "pcmlab" / "store"
+    found = []
+    for module in sorted(store.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{module.name}: {n}" for n in names if n.startswith("pcmlab")
+                      and not n.startswith("pcmlab.store") and n not in allowed]
+    assert found == []
