@@ -96,6 +96,9 @@ class MockChip:
         self.pulse_count = np.zeros(n, dtype=np.uint32)
         self._all = np.arange(n, dtype=np.uint32)
         self._seen = np.zeros(n, dtype=np.bool_)
+        # sqrt(ln((t + t_r) / (2 t_r))) at the minimum read delay, as _read_block computes it
+        delay = np.array([config.physics.min_read_delay_s], dtype=np.float32)
+        self._young_read_sigma = np.sqrt(self.model.read_noise_log_factor(delay))[0]
         log.info("mock chip %s ready: %d x %d, seed %d", self.identity,
                  self.geometry.rows, self.geometry.cols, config.seed)
 
@@ -128,6 +131,8 @@ class MockChip:
     def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]] | None:
         """Positions of ``cells`` split into rounds with no repeated cell, in request order;
         None when no cell repeats (one round: all of them)."""
+        if cells.size < 2 or bool((cells[1:] > cells[:-1]).all()):
+            return None  # increasing (the usual request): no repeat, no scatter needed
         self._seen[cells] = True
         unique = int(np.count_nonzero(self._seen)) == cells.size
         self._seen[cells] = False
@@ -190,14 +195,29 @@ class MockChip:
         n = self.n_cells if isinstance(idx, slice) else idx.size
         out = np.empty(n, dtype=np.float32)
         for sub, part in self._blocks(idx):
-            out[part] = self._read_block(sub)
+            self._read_block(sub, out[part])
         timing = self.config.timing
         self._spend(timing.read_call_s + timing.read_per_cell_s * n)
         return out
 
-    def _read_block(self, idx: slice | npt.NDArray[np.uint32]) -> F32:
+    def _read_block(self, idx: slice | npt.NDArray[np.uint32], out: F32 | None = None
+                    ) -> F32:
+        """Read the devices ``idx`` into ``out`` (a new array if None)."""
         t = self.clock.now()
         dev = self.devices
+        if out is None:
+            out = np.empty(self.n_cells if isinstance(idx, slice) else idx.size,
+                           dtype=np.float32)
+        f32 = np.float32
+        if dev.young(idx, t):
+            # every device read within the minimum delay of its last pulse (a verify read):
+            # the programmed state, and white noise of the minimum delay's variance
+            g = dev.g_prog_us[idx]
+            sigma = g * self._young_read_sigma
+            sigma *= dev.q_s[idx]
+            sigma *= self.rng.standard_normal(sigma.size, dtype=np.float32)
+            np.add(g, sigma, out=out)
+            return np.clip(out, f32(0.0), f32(np.inf), out=out)  # np.maximum, faster
         age = t - dev.t_prog_s[idx]
         g = dev.conductance_us(idx, t, self.rng, age)
         np.maximum(age, self.config.physics.min_read_delay_s, out=age)
@@ -206,8 +226,8 @@ class MockChip:
         sigma *= g
         sigma *= dev.q_s[idx]
         sigma *= self.noise.sample(idx, t, age, self.rng)
-        g += sigma
-        return np.maximum(g, np.float32(0.0), out=g)
+        np.add(g, sigma, out=out)
+        return np.clip(out, f32(0.0), f32(np.inf), out=out)
 
     def mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
         """ADC codes of an in-array matrix-vector product (``mock_chip.mvm``): ValueError
