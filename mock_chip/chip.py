@@ -94,7 +94,6 @@ class MockChip:
         self.mvm_rng = np.random.default_rng(seeds[4])
         self.clock = clock if clock is not None else VirtualClock()
         self.pulse_count = np.zeros(n, dtype=np.uint32)
-        self._all = np.arange(n, dtype=np.uint32)
         self._seen = np.zeros(n, dtype=np.bool_)
         # sqrt(ln((t + t_r) / (2 t_r))) at the minimum read delay, as _read_block computes it
         delay = np.array([config.physics.min_read_delay_s], dtype=np.float32)
@@ -113,26 +112,34 @@ class MockChip:
         return self.geometry.n_cells
 
     # -- indexing helpers ------------------------------------------------------------------
-    def _as_index(self, cells: npt.NDArray[np.uint32]) -> slice | npt.NDArray[np.uint32]:
-        """The whole array in order becomes a slice: no gather/scatter on the hot path."""
-        if cells.size == self.n_cells and cells[0] == 0 and np.array_equal(cells, self._all):
-            return slice(None)
+    def _as_index(self, cells: npt.NDArray[np.uint32], increasing: bool
+                  ) -> slice | npt.NDArray[np.uint32]:
+        """An increasing run of consecutive cells (the whole array, a block of rows)
+        becomes a slice: no gather/scatter on the hot path. ``increasing``: the cells
+        strictly increase (then they are consecutive exactly when last - first + 1 is
+        their number)."""
+        if increasing and cells.size and int(cells[-1]) - int(cells[0]) + 1 == cells.size:
+            return slice(int(cells[0]), int(cells[-1]) + 1)
         return cells
+
+    @staticmethod
+    def _size(idx: slice | npt.NDArray[np.uint32]) -> int:
+        return idx.stop - idx.start if isinstance(idx, slice) else idx.size
 
     def _blocks(self, idx: slice | npt.NDArray[np.uint32]
                 ) -> Iterator[tuple[slice | npt.NDArray[np.uint32], slice]]:
         """Split work into cache-sized blocks: the elementwise chains then run from L2
         instead of main memory (about twice as fast on large arrays)."""
-        n = self.n_cells if isinstance(idx, slice) else idx.size
+        n = self._size(idx)
         for start in range(0, n, _BLOCK):
             part = slice(start, min(start + _BLOCK, n))
-            yield (part if isinstance(idx, slice) else idx[part]), part
+            yield ((slice(idx.start + part.start, idx.start + part.stop)
+                    if isinstance(idx, slice) else idx[part]), part)
 
     def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]] | None:
         """Positions of ``cells`` split into rounds with no repeated cell, in request order;
-        None when no cell repeats (one round: all of them)."""
-        if cells.size < 2 or bool((cells[1:] > cells[:-1]).all()):
-            return None  # increasing (the usual request): no repeat, no scatter needed
+        None when no cell repeats (one round: all of them). Called for cells that do not
+        strictly increase (those cannot repeat)."""
         self._seen[cells] = True
         unique = int(np.count_nonzero(self._seen)) == cells.size
         self._seen[cells] = False
@@ -159,19 +166,28 @@ class MockChip:
         All or nothing: the whole batch is checked against the limits first. Amplitude 0 is
         valid and does nothing. Returns the number of pulses applied.
         """
+        scalar = np.ndim(amplitude_ua) == 0
         kind, cell_arr, amp, _width = check_pulses(
             cells, kind, amplitude_ua, width_ns, self.n_cells, self.limits)
+        return self._apply_checked(kind, cell_arr, amp[0] if scalar and amp.size else amp)
+
+    def _apply_checked(self, kind: PulseKind, cell_arr: npt.NDArray[np.uint32],
+                       amp: npt.NDArray[np.float32] | np.float32) -> int:
+        """``apply_pulses`` after the limit checks (the in-process driver has made them,
+        against the same limits). ``amp``: one float32 amplitude per cell, or one for all."""
         if cell_arr.size == 0:
             return 0
         t = self.clock.now()
         apply = self.devices.apply_set if kind is PulseKind.SET else self.devices.apply_reset
-        idx = self._as_index(cell_arr)
-        rounds = None if isinstance(idx, slice) else self._rounds(cell_arr)
+        increasing = cell_arr.size < 2 or bool((cell_arr[1:] > cell_arr[:-1]).all())
+        idx = self._as_index(cell_arr, increasing)
+        rounds = None if increasing else self._rounds(cell_arr)
+        scalar = np.ndim(amp) == 0
         batches = ([(idx, amp)] if rounds is None
-                   else [(cell_arr[pos], amp[pos]) for pos in rounds])
+                   else [(cell_arr[pos], amp if scalar else amp[pos]) for pos in rounds])
         for batch, batch_amp in batches:
             for sub, part in self._blocks(batch):
-                apply(sub, batch_amp[part], t, self.rng)
+                apply(sub, batch_amp if scalar else batch_amp[part], t, self.rng)
                 self.pulse_count[sub] += np.uint32(1)
         timing = self.config.timing
         self._spend(timing.pulse_call_s + timing.pulse_per_cell_s * cell_arr.size)
@@ -186,13 +202,14 @@ class MockChip:
         """Conductances in µS (drift plus correlated 1/f noise, never negative)."""
         idx: slice | npt.NDArray[np.uint32]
         if cells is None:
-            idx = slice(None)
+            idx = slice(0, self.n_cells)
         else:
             cell_arr = check_cells(cells, self.n_cells)
             if cell_arr.size == 0:
                 return np.zeros(0, dtype=np.float32)
-            idx = self._as_index(cell_arr)
-        n = self.n_cells if isinstance(idx, slice) else idx.size
+            increasing = cell_arr.size < 2 or bool((cell_arr[1:] > cell_arr[:-1]).all())
+            idx = self._as_index(cell_arr, increasing)
+        n = self._size(idx)
         out = np.empty(n, dtype=np.float32)
         for sub, part in self._blocks(idx):
             self._read_block(sub, out[part])
@@ -206,8 +223,7 @@ class MockChip:
         t = self.clock.now()
         dev = self.devices
         if out is None:
-            out = np.empty(self.n_cells if isinstance(idx, slice) else idx.size,
-                           dtype=np.float32)
+            out = np.empty(self._size(idx), dtype=np.float32)
         f32 = np.float32
         if dev.young(idx, t):
             # every device read within the minimum delay of its last pulse (a verify read):
@@ -250,5 +266,6 @@ class MockChip:
     # -- for tests and analysis: the truth a real chip would not tell ----------------------
     def true_conductance_us(self, cells: npt.ArrayLike | None = None) -> F32:
         """Noiseless drifted conductance now."""
-        idx = slice(None) if cells is None else check_cells(cells, self.n_cells)
+        idx = (slice(0, self.n_cells) if cells is None
+               else check_cells(cells, self.n_cells))
         return self.devices.conductance_us(idx, self.clock.now(), self.rng)

@@ -17,6 +17,7 @@ F32 = npt.NDArray[np.float32]
 Index = slice | npt.NDArray[np.uint32]
 
 OK, STUCK_RESET, STUCK_SET = 0, 1, 2
+_RELAX, _NU = 1, 2  # bits of DeviceArray._pending: drawn/computed at the first read needing it
 
 
 def select(idx: Index, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -129,14 +130,16 @@ class DeviceArray:
         # deviate behind nu is drawn anew at every melt-quench (RESET) and kept through
         # partial SETs, which grow crystal into the same plug.
         self.nu_deviate = rng.standard_normal(n, dtype=f32)
-        # nu is a function of the state an effective pulse left and of the deviate: it is
-        # computed when a read first needs it (after t0; NaN: not yet), so pulse-and-verify
-        # loops pay nothing for it. Q_s is needed by every read and is kept up to date.
-        self._nu = np.full(n, np.nan, dtype=f32)
+        # Two things are computed only when a read first needs them, after each effective
+        # pulse: the post-programming relaxation deviate (drawn by the first read past the
+        # minimum read delay) and nu, a function of the state the pulse left and of the
+        # deviate (after t0). So pulse-and-verify loops pay nothing for them, and a pulse
+        # marks both pending in one byte per device. Q_s is needed by every read and is
+        # kept up to date.
+        self._nu = np.zeros(n, dtype=f32)
+        self._relax = np.zeros(n, dtype=f32)
+        self._pending = np.full(n, _RELAX | _NU, dtype=np.uint8)
         self.q_s = model.device_q_s(self.g_prog_us)
-        # Post-programming relaxation deviate, drawn lazily on the first read that sees it
-        # (NaN: not drawn yet), so pulse-and-verify loops pay nothing for it.
-        self.relax_deviate = np.full(n, np.nan, dtype=f32)
 
     @property
     def n_cells(self) -> int:
@@ -146,19 +149,25 @@ class DeviceArray:
     @property
     def nu(self) -> F32:
         """Every device's drift exponent (those not computed yet are computed now)."""
-        self._nu_of(np.flatnonzero(np.isnan(self._nu)))
+        self._nu_of(np.flatnonzero(self._pending & _NU))
         return self._nu
 
-    def _nu_of(self, sel: npt.NDArray[np.intp], nu: F32 | None = None) -> F32:
-        """nu of the devices ``sel``, computing (and keeping) those not computed yet;
-        ``nu``: their current values if already gathered."""
-        if nu is None:
-            nu = self._nu[sel]
-        missing = np.isnan(nu)
+    @property
+    def relax_deviate(self) -> F32:
+        """Every device's relaxation deviate; NaN where not drawn since its last pulse."""
+        out = self._relax.copy()
+        out[(self._pending & _RELAX) != 0] = np.nan
+        return out
+
+    def _nu_of(self, sel: npt.NDArray[np.intp]) -> F32:
+        """nu of the devices ``sel``, computing (and keeping) those not computed yet."""
+        nu = self._nu[sel]
+        missing = (self._pending[sel] & _NU) != 0
         if missing.any():
             fill = sel[missing]
             nu[missing] = self.model.device_nu(self.g_prog_us[fill], self.nu_deviate[fill])
             self._nu[fill] = nu[missing]
+            self._pending[fill] &= np.uint8(~_NU & 0xFF)
         return nu
 
     def young(self, idx: Index, t_s: float) -> bool:
@@ -195,12 +204,16 @@ class DeviceArray:
         if self.physics.relaxation_share > 0 and relaxing.any():
             every = bool(relaxing.all())  # then whole arrays, not masked copies
             sel = idx if every else select(idx, relaxing)
-            r = self.relax_deviate[sel]  # a view when sel is a slice
-            missing = np.isnan(r)
+            r = self._relax[sel]  # a view when sel is a slice
+            pending = self._pending[sel]
+            missing = (pending & _RELAX) != 0
             if missing.any():
                 r[missing] = rng.standard_normal(int(missing.sum()), dtype=np.float32)
-                if not isinstance(sel, slice):
-                    self.relax_deviate[sel[missing]] = r[missing]
+                if isinstance(sel, slice):
+                    pending &= np.uint8(~_RELAX & 0xFF)  # a view: clears them in place
+                else:
+                    self._relax[sel[missing]] = r[missing]
+                    self._pending[sel[missing]] &= np.uint8(~_RELAX & 0xFF)
             age_rel = age if every else age[relaxing]
             h = np.log(np.minimum(age_rel, t0) / d) / np.log(t0 / d)
             g_rel = g if every else g[relaxing]
@@ -228,8 +241,7 @@ class DeviceArray:
             np.clip(g_new, f32(0.0), f32(np.inf), out=g_prog)
             if g_prog is g_new:
                 self.g_prog_us[idx] = g_new
-            self.relax_deviate[idx] = np.nan
-            self._nu[idx] = np.nan
+            self._pending[idx] = _RELAX | _NU
             self.t_prog_s[idx] = t_s
             if isinstance(idx, slice):
                 self.model.device_q_s(g_prog, out=self.q_s[idx])
@@ -238,16 +250,14 @@ class DeviceArray:
             return
         np.clip(g_new, f32(0.0), f32(np.inf), out=g_new)
         if isinstance(idx, slice):  # masked copies into views: no gather, no scatter
-            np.copyto(self.relax_deviate[idx], np.nan, where=effective)
-            np.copyto(self._nu[idx], np.nan, where=effective)
+            np.copyto(self._pending[idx], _RELAX | _NU, where=effective)
             np.copyto(self.g_prog_us[idx], g_new, where=effective)
             np.copyto(self.t_prog_s[idx], t_s, where=effective)
             np.copyto(self.q_s[idx], self.model.device_q_s(g_new), where=effective)
         else:
             sel = idx[effective]
             g_eff = g_new[effective]
-            self.relax_deviate[sel] = np.nan
-            self._nu[sel] = np.nan
+            self._pending[sel] = _RELAX | _NU
             self.g_prog_us[sel] = g_eff
             self.t_prog_s[sel] = t_s
             self.q_s[sel] = self.model.device_q_s(g_eff)
