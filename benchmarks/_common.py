@@ -8,6 +8,10 @@ script imports it before the project's packages (isort's order does that).
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +22,18 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))  # the repository: its examples/ are importable
+
+
+def _load_registry():
+    """benchmarks/registry.py (this folder is off sys.path, so it is loaded by file)."""
+    spec = importlib.util.spec_from_file_location("benchmarks_registry", _HERE / "registry.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+registry = _load_registry()
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -42,3 +58,44 @@ def numpy_reference(n_cells: int, rounds: int = 20, seed: int = 0) -> Callable[[
         return g
 
     return run
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    """``--json PATH``: also write the figures machine-readably (``run_all.py`` does)."""
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="write the figures with their targets as JSON to PATH")
+
+
+class Figures:
+    """The figures a benchmark script reports, judged against benchmarks/registry.py."""
+
+    def __init__(self, script: str) -> None:
+        self.entry = registry.benchmark(script)
+        self.values: dict[str, float] = {}
+
+    def add(self, key: str, value: float) -> str:
+        """Record a figure; returns its verdict text for the script's own line."""
+        target = self.entry.figures[key]
+        self.values[key] = float(value)
+        met = target.met(float(value))
+        if met is None:
+            return "for information"
+        return f"target {target.describe()}: {'met' if met else 'MISSED'}"
+
+    def write(self, path: Path | None) -> None:
+        if path is None:
+            return
+        path.write_text(json.dumps({"script": self.entry.script, "figures": self.values,
+                                    "load_average": os.getloadavg()}))
+
+
+def cpu_best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
+    """(fastest wall time, fastest CPU time of this thread) over ``repeats`` runs, in s:
+    on a machine shared with other work the CPU time is the steadier of the two."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.thread_time()
+        fn()
+        cpus.append(time.thread_time() - c)
+        walls.append(time.perf_counter() - w)
+    return min(walls), min(cpus)

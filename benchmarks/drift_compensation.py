@@ -8,9 +8,11 @@ The relative spread (std / mean over runs) of alpha is the noise the estimator a
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (takes this folder off sys.path: see _common.py)
+import argparse
+
 import numpy as np
 import torch
+from _common import Figures, add_report_options
 
 from pcmlab.evaluator import AnalogEvaluator, Periphery
 from pcmlab.pcm_model import YEAR_S, PCMModel, global_drift_compensation
@@ -18,11 +20,16 @@ from pcmlab.tasks import load_digits, reference_cnn, train_classifier
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=25)
+    add_report_options(parser)
+    args = parser.parse_args()
+    figures = Figures("drift_compensation.py")
     torch.set_num_threads(1)
     data = load_digits()
     model = train_classifier(reference_cnn(), data.x_train, data.y_train, epochs=20,
                              weight_noise=0.05).eval()
-    pcm, runs = PCMModel(), 25
+    pcm, runs = PCMModel(), args.runs
     print(f"digits CNN, {runs} runs, alpha at 1 year: relative spread over runs per layer; "
           "simulated accuracy at 1 year")
     for estimator in ("column_sum", "device_sum"):
@@ -49,6 +56,8 @@ def main() -> None:
         print(f"  {estimator:<10}: alpha spread % per layer "
               f"{', '.join(f'{s:.2f}' for s in spread)}; accuracy at 1 year "
               f"{100 * sim.mean[0]:.2f} ± {100 * sim.std[0]:.2f} %")
+        figures.add(f"{estimator}_spread_pct", float(spread.max()))
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Prints the wall time, the iteration histogram, the convergence and the ratio to the
 bare-numpy reference loop of the mock-chip benchmark (20 x: N normals + N-float update)
-timed in the same run. Targets: whole array <= 3 s, ratio <= 6.
+timed in the same run. Targets (benchmarks/registry.py): whole array <= 3 s, ratio <= 3.
+The chip's virtual clock does not move (operation times zero, stated here).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import argparse
 import time
 
 import numpy as np
-from _common import best_of, numpy_reference
+from _common import Figures, add_report_options, best_of, numpy_reference
 
 from drivers import MockDriver
 from mock_chip import MockChipConfig
+from mock_chip.chip import OperationTimes
 from protocols import program_and_verify
 
 
@@ -23,36 +25,42 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--cols", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
+    add_report_options(parser)
     args = parser.parse_args()
+    figures = Figures("program_verify.py")
     n = args.rows * args.cols
     target = np.random.default_rng(0).uniform(0, 25, n).astype(np.float32)
     cells = np.arange(n, dtype=np.uint32)
 
-    times, result = [], None
-    for i in range(args.repeats):
+    times, ref_times, result = [], [], None
+    ref = numpy_reference(n, 20)
+    for i in range(args.repeats):  # interleaved with the reference: both see the same load
+        ref_times.append(best_of(ref, 1))
         driver = MockDriver(config=MockChipConfig(
-            geometry={"rows": args.rows, "cols": args.cols}, seed=i))
+            geometry={"rows": args.rows, "cols": args.cols}, seed=i, timing=OperationTimes()))
         t = time.perf_counter()
         result = program_and_verify(driver, cells, target)
         times.append(time.perf_counter() - t)
     t_pv = min(times)
-    t_ref = best_of(numpy_reference(n, 20))
+    t_ref = min(ref_times)
     assert result is not None
     ratio = t_pv / t_ref
     print(f"program-and-verify of {args.rows} x {args.cols} = {n} cells, uniform 0-25 µS, "
-          f"MockDriver (best of {args.repeats})")
-    print(f"wall time        : {t_pv:.2f} s  (target <= 3 s: {'met' if t_pv <= 3 else 'MISSED'})")
+          f"MockDriver (best of {args.repeats}, interleaved)")
+    print(f"wall time        : {t_pv:.2f} s  ({figures.add('wall_s', t_pv)})")
     print(f"driver calls     : {result.n_driver_calls}")
     nonzero = result.target_us > 0
     print(f"converged        : {100 * result.converged.mean():.3f} % of all cells, "
-          f"{100 * result.converged_fraction_nonzero:.3f} % of non-zero")
+          f"{100 * result.converged_fraction_nonzero:.3f} % of non-zero "
+          f"({figures.add('converged_pct', 100 * result.converged_fraction_nonzero)})")
     hist = np.bincount(result.iterations, minlength=int(result.iterations.max()) + 1)
     print("iterations       : " + "  ".join(f"{i}:{c}" for i, c in enumerate(hist) if c))
     print(f"iterations p50/p90/max (non-zero): {np.percentile(result.iterations[nonzero], 50):.0f}"
           f" / {np.percentile(result.iterations[nonzero], 90):.0f}"
           f" / {result.iterations[nonzero].max()}")
     print(f"numpy reference  : {t_ref:.3f} s  (20 x: N normals + N-float update)")
-    print(f"ratio            : {ratio:.2f}  (target <= 6: {'met' if ratio <= 6 else 'MISSED'})")
+    print(f"ratio            : {ratio:.2f}  ({figures.add('ratio', ratio)})")
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

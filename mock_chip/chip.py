@@ -94,8 +94,10 @@ class MockChip:
         self.mvm_rng = np.random.default_rng(seeds[4])
         self.clock = clock if clock is not None else VirtualClock()
         self.pulse_count = np.zeros(n, dtype=np.uint32)
-        self._all = np.arange(n, dtype=np.uint32)
         self._seen = np.zeros(n, dtype=np.bool_)
+        # sqrt(ln((t + t_r) / (2 t_r))) at the minimum read delay, as _read_block computes it
+        delay = np.array([config.physics.min_read_delay_s], dtype=np.float32)
+        self._young_read_sigma = np.sqrt(self.model.read_noise_log_factor(delay))[0]
         log.info("mock chip %s ready: %d x %d, seed %d", self.identity,
                  self.geometry.rows, self.geometry.cols, config.seed)
 
@@ -110,24 +112,34 @@ class MockChip:
         return self.geometry.n_cells
 
     # -- indexing helpers ------------------------------------------------------------------
-    def _as_index(self, cells: npt.NDArray[np.uint32]) -> slice | npt.NDArray[np.uint32]:
-        """The whole array in order becomes a slice: no gather/scatter on the hot path."""
-        if cells.size == self.n_cells and cells[0] == 0 and np.array_equal(cells, self._all):
-            return slice(None)
+    def _as_index(self, cells: npt.NDArray[np.uint32], increasing: bool
+                  ) -> slice | npt.NDArray[np.uint32]:
+        """An increasing run of consecutive cells (the whole array, a block of rows)
+        becomes a slice: no gather/scatter on the hot path. ``increasing``: the cells
+        strictly increase (then they are consecutive exactly when last - first + 1 is
+        their number)."""
+        if increasing and cells.size and int(cells[-1]) - int(cells[0]) + 1 == cells.size:
+            return slice(int(cells[0]), int(cells[-1]) + 1)
         return cells
+
+    @staticmethod
+    def _size(idx: slice | npt.NDArray[np.uint32]) -> int:
+        return idx.stop - idx.start if isinstance(idx, slice) else idx.size
 
     def _blocks(self, idx: slice | npt.NDArray[np.uint32]
                 ) -> Iterator[tuple[slice | npt.NDArray[np.uint32], slice]]:
         """Split work into cache-sized blocks: the elementwise chains then run from L2
         instead of main memory (about twice as fast on large arrays)."""
-        n = self.n_cells if isinstance(idx, slice) else idx.size
+        n = self._size(idx)
         for start in range(0, n, _BLOCK):
             part = slice(start, min(start + _BLOCK, n))
-            yield (part if isinstance(idx, slice) else idx[part]), part
+            yield ((slice(idx.start + part.start, idx.start + part.stop)
+                    if isinstance(idx, slice) else idx[part]), part)
 
     def _rounds(self, cells: npt.NDArray[np.uint32]) -> list[npt.NDArray[np.intp]] | None:
         """Positions of ``cells`` split into rounds with no repeated cell, in request order;
-        None when no cell repeats (one round: all of them)."""
+        None when no cell repeats (one round: all of them). Called for cells that do not
+        strictly increase (those cannot repeat)."""
         self._seen[cells] = True
         unique = int(np.count_nonzero(self._seen)) == cells.size
         self._seen[cells] = False
@@ -154,19 +166,28 @@ class MockChip:
         All or nothing: the whole batch is checked against the limits first. Amplitude 0 is
         valid and does nothing. Returns the number of pulses applied.
         """
+        scalar = np.ndim(amplitude_ua) == 0
         kind, cell_arr, amp, _width = check_pulses(
             cells, kind, amplitude_ua, width_ns, self.n_cells, self.limits)
+        return self._apply_checked(kind, cell_arr, amp[0] if scalar and amp.size else amp)
+
+    def _apply_checked(self, kind: PulseKind, cell_arr: npt.NDArray[np.uint32],
+                       amp: npt.NDArray[np.float32] | np.float32) -> int:
+        """``apply_pulses`` after the limit checks (the in-process driver has made them,
+        against the same limits). ``amp``: one float32 amplitude per cell, or one for all."""
         if cell_arr.size == 0:
             return 0
         t = self.clock.now()
         apply = self.devices.apply_set if kind is PulseKind.SET else self.devices.apply_reset
-        idx = self._as_index(cell_arr)
-        rounds = None if isinstance(idx, slice) else self._rounds(cell_arr)
+        increasing = cell_arr.size < 2 or bool((cell_arr[1:] > cell_arr[:-1]).all())
+        idx = self._as_index(cell_arr, increasing)
+        rounds = None if increasing else self._rounds(cell_arr)
+        scalar = np.ndim(amp) == 0
         batches = ([(idx, amp)] if rounds is None
-                   else [(cell_arr[pos], amp[pos]) for pos in rounds])
+                   else [(cell_arr[pos], amp if scalar else amp[pos]) for pos in rounds])
         for batch, batch_amp in batches:
             for sub, part in self._blocks(batch):
-                apply(sub, batch_amp[part], t, self.rng)
+                apply(sub, batch_amp if scalar else batch_amp[part], t, self.rng)
                 self.pulse_count[sub] += np.uint32(1)
         timing = self.config.timing
         self._spend(timing.pulse_call_s + timing.pulse_per_cell_s * cell_arr.size)
@@ -181,23 +202,38 @@ class MockChip:
         """Conductances in µS (drift plus correlated 1/f noise, never negative)."""
         idx: slice | npt.NDArray[np.uint32]
         if cells is None:
-            idx = slice(None)
+            idx = slice(0, self.n_cells)
         else:
             cell_arr = check_cells(cells, self.n_cells)
             if cell_arr.size == 0:
                 return np.zeros(0, dtype=np.float32)
-            idx = self._as_index(cell_arr)
-        n = self.n_cells if isinstance(idx, slice) else idx.size
+            increasing = cell_arr.size < 2 or bool((cell_arr[1:] > cell_arr[:-1]).all())
+            idx = self._as_index(cell_arr, increasing)
+        n = self._size(idx)
         out = np.empty(n, dtype=np.float32)
         for sub, part in self._blocks(idx):
-            out[part] = self._read_block(sub)
+            self._read_block(sub, out[part])
         timing = self.config.timing
         self._spend(timing.read_call_s + timing.read_per_cell_s * n)
         return out
 
-    def _read_block(self, idx: slice | npt.NDArray[np.uint32]) -> F32:
+    def _read_block(self, idx: slice | npt.NDArray[np.uint32], out: F32 | None = None
+                    ) -> F32:
+        """Read the devices ``idx`` into ``out`` (a new array if None)."""
         t = self.clock.now()
         dev = self.devices
+        if out is None:
+            out = np.empty(self._size(idx), dtype=np.float32)
+        f32 = np.float32
+        if dev.young(idx, t):
+            # every device read within the minimum delay of its last pulse (a verify read):
+            # the programmed state, and white noise of the minimum delay's variance
+            g = dev.g_prog_us[idx]
+            sigma = g * self._young_read_sigma
+            sigma *= dev.q_s[idx]
+            sigma *= self.rng.standard_normal(sigma.size, dtype=np.float32)
+            np.add(g, sigma, out=out)
+            return np.clip(out, f32(0.0), f32(np.inf), out=out)  # np.maximum, faster
         age = t - dev.t_prog_s[idx]
         g = dev.conductance_us(idx, t, self.rng, age)
         np.maximum(age, self.config.physics.min_read_delay_s, out=age)
@@ -206,8 +242,8 @@ class MockChip:
         sigma *= g
         sigma *= dev.q_s[idx]
         sigma *= self.noise.sample(idx, t, age, self.rng)
-        g += sigma
-        return np.maximum(g, np.float32(0.0), out=g)
+        np.add(g, sigma, out=out)
+        return np.clip(out, f32(0.0), f32(np.inf), out=out)
 
     def mvm(self, request: MvmRequest) -> npt.NDArray[np.int16]:
         """ADC codes of an in-array matrix-vector product (``mock_chip.mvm``): ValueError
@@ -230,5 +266,6 @@ class MockChip:
     # -- for tests and analysis: the truth a real chip would not tell ----------------------
     def true_conductance_us(self, cells: npt.ArrayLike | None = None) -> F32:
         """Noiseless drifted conductance now."""
-        idx = slice(None) if cells is None else check_cells(cells, self.n_cells)
+        idx = (slice(0, self.n_cells) if cells is None
+               else check_cells(cells, self.n_cells))
         return self.devices.conductance_us(idx, self.clock.now(), self.rng)

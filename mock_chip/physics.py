@@ -17,6 +17,7 @@ F32 = npt.NDArray[np.float32]
 Index = slice | npt.NDArray[np.uint32]
 
 OK, STUCK_RESET, STUCK_SET = 0, 1, 2
+_RELAX, _NU = 1, 2  # bits of DeviceArray._pending: drawn/computed at the first read needing it
 
 
 def select(idx: Index, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -129,16 +130,57 @@ class DeviceArray:
         # deviate behind nu is drawn anew at every melt-quench (RESET) and kept through
         # partial SETs, which grow crystal into the same plug.
         self.nu_deviate = rng.standard_normal(n, dtype=f32)
-        self.nu, self.q_s = model.device_params(self.g_prog_us, self.nu_deviate)
-        # Post-programming relaxation deviate, drawn lazily on the first read that sees it
-        # (NaN: not drawn yet), so pulse-and-verify loops pay nothing for it.
-        self.relax_deviate = np.full(n, np.nan, dtype=f32)
+        # Two things are computed only when a read first needs them, after each effective
+        # pulse: the post-programming relaxation deviate (drawn by the first read past the
+        # minimum read delay) and nu, a function of the state the pulse left and of the
+        # deviate (after t0). So pulse-and-verify loops pay nothing for them, and a pulse
+        # marks both pending in one byte per device. Q_s is needed by every read and is
+        # kept up to date.
+        self._nu = np.zeros(n, dtype=f32)
+        self._relax = np.zeros(n, dtype=f32)
+        self._pending = np.full(n, _RELAX | _NU, dtype=np.uint8)
+        self.q_s = model.device_q_s(self.g_prog_us)
 
     @property
     def n_cells(self) -> int:
         return int(self.g_prog_us.size)
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def nu(self) -> F32:
+        """Every device's drift exponent (those not computed yet are computed now)."""
+        self._nu_of(np.flatnonzero(self._pending & _NU))
+        return self._nu
+
+    @property
+    def relax_deviate(self) -> F32:
+        """Every device's relaxation deviate; NaN where not drawn since its last pulse."""
+        out = self._relax.copy()
+        out[(self._pending & _RELAX) != 0] = np.nan
+        return out
+
+    def _nu_of(self, sel: npt.NDArray[np.intp]) -> F32:
+        """nu of the devices ``sel``, computing (and keeping) those not computed yet."""
+        nu = self._nu[sel]
+        missing = (self._pending[sel] & _NU) != 0
+        if missing.any():
+            fill = sel[missing]
+            nu[missing] = self.model.device_nu(self.g_prog_us[fill], self.nu_deviate[fill])
+            self._nu[fill] = nu[missing]
+            self._pending[fill] &= np.uint8(~_NU & 0xFF)
+        return nu
+
+    def young(self, idx: Index, t_s: float) -> bool:
+        """No device of ``idx`` has aged past the minimum read delay (nor t0) at ``t_s``:
+        each is in its programmed state and its read noise is white. Programming times
+        never lie below the chip's start, and rounding is monotone, so the oldest age is
+        at most t and exactly t - min(t_prog)."""
+        young_s = min(self.physics.min_read_delay_s, self.model.calibration.t0_s)
+        if t_s <= young_s:
+            return True
+        t_prog = self.t_prog_s[idx]
+        return t_prog.size == 0 or t_s - float(t_prog.min()) <= young_s
+
     def conductance_us(self, idx: Index, t_s: float, rng: np.random.Generator,
                        age_s: npt.NDArray[np.float64] | None = None) -> F32:
         """Noiseless conductance now (a copy): the programmed state, its relaxation toward
@@ -150,53 +192,75 @@ class DeviceArray:
         ``relaxation_share * sigma_prog(G)``, growing linearly in log time.
         """
         g = np.array(self.g_prog_us[idx], dtype=np.float32, copy=True)
-        age = t_s - self.t_prog_s[idx] if age_s is None else age_s
+        if age_s is None:
+            if self.young(idx, t_s):
+                return g
+            age = t_s - self.t_prog_s[idx]
+        else:
+            age = age_s
         t0 = self.model.calibration.t0_s
         d = self.physics.min_read_delay_s
         relaxing = age > d
-        if relaxing.any() and self.physics.relaxation_share > 0:
-            sel = select(idx, relaxing)
-            r = self.relax_deviate[sel]
-            missing = np.isnan(r)
+        if self.physics.relaxation_share > 0 and relaxing.any():
+            every = bool(relaxing.all())  # then whole arrays, not masked copies
+            sel = idx if every else select(idx, relaxing)
+            r = self._relax[sel]  # a view when sel is a slice
+            pending = self._pending[sel]
+            missing = (pending & _RELAX) != 0
             if missing.any():
                 r[missing] = rng.standard_normal(int(missing.sum()), dtype=np.float32)
-                self.relax_deviate[sel[missing]] = r[missing]
-            h = np.log(np.minimum(age[relaxing], t0) / d) / np.log(t0 / d)
-            g_rel = g[relaxing]
+                if isinstance(sel, slice):
+                    pending &= np.uint8(~_RELAX & 0xFF)  # a view: clears them in place
+                else:
+                    self._relax[sel[missing]] = r[missing]
+                    self._pending[sel[missing]] &= np.uint8(~_RELAX & 0xFF)
+            age_rel = age if every else age[relaxing]
+            h = np.log(np.minimum(age_rel, t0) / d) / np.log(t0 / d)
+            g_rel = g if every else g[relaxing]
             sigma = self.model.prog_noise_sigma_us(g_rel).astype(np.float32)
             g_rel += np.float32(self.physics.relaxation_share) * sigma * r * h.astype(np.float32)
-            g[relaxing] = np.maximum(g_rel, np.float32(0.0))
+            if every:
+                np.maximum(g, np.float32(0.0), out=g)
+            else:
+                g[relaxing] = np.maximum(g_rel, np.float32(0.0))
         late = age > t0
         if late.any():
-            nu = self.nu[idx][late]
+            nu = self._nu_of(select(idx, late))
             g[late] *= (age[late] / t0).astype(np.float32) ** -nu
         return g
 
     def _restart(
         self, idx: Index, g_new: F32, effective: npt.NDArray[np.bool_], t_s: float
     ) -> None:
-        """An effective pulse leaves state g_new and restarts drift and 1/f noise."""
-        np.maximum(g_new, np.float32(0.0), out=g_new)
-        nu, q_s = self.model.device_params(g_new, self.nu_deviate[idx])
+        """An effective pulse leaves state g_new (overwritten) and restarts drift and 1/f
+        noise."""
+        f32 = np.float32
         if effective.all():
-            self.relax_deviate[idx] = np.nan
-            self.g_prog_us[idx] = g_new
+            # never negative (clip with both bounds is maximum, in one fast pass)
+            g_prog = self.g_prog_us[idx] if isinstance(idx, slice) else g_new
+            np.clip(g_new, f32(0.0), f32(np.inf), out=g_prog)
+            if g_prog is g_new:
+                self.g_prog_us[idx] = g_new
+            self._pending[idx] = _RELAX | _NU
             self.t_prog_s[idx] = t_s
-            self.nu[idx] = nu
-            self.q_s[idx] = q_s
-        elif isinstance(idx, slice):  # masked copies into views: no gather, no scatter
-            np.copyto(self.relax_deviate[idx], np.nan, where=effective)
+            if isinstance(idx, slice):
+                self.model.device_q_s(g_prog, out=self.q_s[idx])
+            else:
+                self.q_s[idx] = self.model.device_q_s(g_prog)
+            return
+        np.clip(g_new, f32(0.0), f32(np.inf), out=g_new)
+        if isinstance(idx, slice):  # masked copies into views: no gather, no scatter
+            np.copyto(self._pending[idx], _RELAX | _NU, where=effective)
             np.copyto(self.g_prog_us[idx], g_new, where=effective)
             np.copyto(self.t_prog_s[idx], t_s, where=effective)
-            np.copyto(self.nu[idx], nu, where=effective)
-            np.copyto(self.q_s[idx], q_s, where=effective)
+            np.copyto(self.q_s[idx], self.model.device_q_s(g_new), where=effective)
         else:
             sel = idx[effective]
-            self.relax_deviate[sel] = np.nan
-            self.g_prog_us[sel] = g_new[effective]
+            g_eff = g_new[effective]
+            self._pending[sel] = _RELAX | _NU
+            self.g_prog_us[sel] = g_eff
             self.t_prog_s[sel] = t_s
-            self.nu[sel] = nu[effective]
-            self.q_s[sel] = q_s[effective]
+            self.q_s[sel] = self.model.device_q_s(g_eff)
 
     # -- pulses (idx must not repeat a device) ---------------------------------------------
     def apply_set(self, idx: Index, amplitude_ua: F32, t_s: float, rng: np.random.Generator
@@ -213,23 +277,26 @@ class DeviceArray:
         effective &= self.ok[idx]
         if not effective.any():
             return
-        g = self.conductance_us(idx, t_s, rng)
+        # the state now; young devices are in their programmed state (read, not copied)
+        g = (self.g_prog_us[idx] if self.young(idx, t_s)
+             else self.conductance_us(idx, t_s, rng))
         delta = i_th - amplitude_ua
         delta *= f32(1.0 / p.set_current_scale_ua)
         np.expm1(delta, out=delta)
-        delta *= -self.g_sat_us[idx]  # G_inf(I)
-        delta -= g
+        delta *= self.g_sat_us[idx]  # -G_inf(I)
+        delta += g
+        np.negative(delta, out=delta)  # G_inf(I) - G (rounding is symmetric: bit for bit)
         rising = delta > 0
-        np.maximum(delta, f32(0.0), out=delta)
+        np.clip(delta, f32(0.0), f32(np.inf), out=delta)
         delta *= f32(p.set_fraction)  # the step
         # cycle-to-cycle noise: a share of the step plus a floor (smaller when stalled)
         sigma = delta * f32(p.set_noise_rel)
-        sigma += rising * f32(p.set_noise_abs_us - p.stall_noise_us)
+        np.add(sigma, f32(p.set_noise_abs_us - p.stall_noise_us), out=sigma, where=rising)
         sigma += f32(p.stall_noise_us)
-        sigma *= rng.standard_normal(g.shape, dtype=np.float32)
-        g += delta
-        g += sigma
-        self._restart(idx, g, effective, t_s)
+        sigma *= rng.standard_normal(delta.shape, dtype=np.float32)
+        delta += g  # the new state: G + step + noise
+        delta += sigma
+        self._restart(idx, delta, effective, t_s)
 
     def apply_reset(self, idx: Index, amplitude_ua: F32, t_s: float, rng: np.random.Generator
                     ) -> None:

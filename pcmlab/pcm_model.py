@@ -79,7 +79,11 @@ class PCMModel:
         float32 input stays float32 (the mock chip's hot path); anything else is float64.
         """
         g = _as_float(g_us)
-        return np.maximum(g * g.dtype.type(1.0 / self.calibration.g_max_us), _G_REL_FLOOR)
+        rel = g * g.dtype.type(1.0 / self.calibration.g_max_us)
+        if not isinstance(rel, np.ndarray):  # a scalar in, a scalar out
+            return np.maximum(rel, _G_REL_FLOOR)
+        # clip with both bounds is np.maximum here, in a faster pass
+        return np.clip(rel, _G_REL_FLOOR, np.inf, out=rel)
 
     # -- programming noise -----------------------------------------------------------------
     def prog_noise_sigma_us(self, g_target_us: ArrayLike) -> FloatArray:
@@ -121,19 +125,37 @@ class PCMModel:
         ``nu_deviate`` are standard-normal deviates, one per device:
         nu = |mu_nu(G) + sigma_nu(G) * deviate|.
         """
-        c = self.calibration
         log_g = np.log(self.relative(g_us))
+        nu = self._nu_of_log(log_g, nu_deviate)
+        return nu, self._q_s_of_log(log_g)
+
+    def device_nu(self, g_us: ArrayLike, nu_deviate: FloatArray) -> FloatArray:
+        """nu alone, exactly as ``device_params`` computes it (the mock chip computes a
+        device's nu only when a read needs it: after t0)."""
+        return self._nu_of_log(np.log(self.relative(g_us)), nu_deviate)
+
+    def device_q_s(self, g_us: ArrayLike, out: FloatArray | None = None) -> FloatArray:
+        """Q_s alone, exactly as ``device_params`` computes it (into ``out`` if given)."""
+        rel = self.relative(g_us)
+        return self._q_s_of_log(np.log(rel, out=rel), out)
+
+    def _nu_of_log(self, log_g: FloatArray, nu_deviate: FloatArray) -> FloatArray:
+        c = self.calibration
         (ma, mb), (mlo, mhi) = c.drift_mu_coeffs, c.drift_mu_range
         (sa, sb), (slo, shi) = c.drift_sigma_coeffs, c.drift_sigma_range
         nu = np.clip(sa * log_g + sb, slo, shi)  # sigma_nu
         nu *= nu_deviate
         nu += np.clip(ma * log_g + mb, mlo, mhi)  # mu_nu
-        np.abs(nu, out=nu)
+        return np.abs(nu, out=nu)
+
+    def _q_s_of_log(self, log_g: FloatArray, out: FloatArray | None = None) -> FloatArray:
+        """Q_s from ln g_T (overwrites ``log_g``), into ``out`` if given."""
+        c = self.calibration
         log_g *= -c.read_noise_exponent
         q_s = np.exp(log_g, out=log_g)
         q_s *= c.read_noise_q
-        np.minimum(q_s, c.read_noise_q_max, out=q_s)
-        return nu, q_s
+        # clip with both bounds is np.minimum here (Q_s > 0), in a faster pass
+        return np.clip(q_s, -np.inf, c.read_noise_q_max, out=q_s if out is None else out)
 
     def drift(self, g_prog_us: ArrayLike, nu: ArrayLike, t_s: ArrayLike) -> FloatArray:
         """G(t) = G_prog (t / t0)^(-nu), flat before t0."""

@@ -34,8 +34,8 @@ def test_limits_checked_before_the_chip_sees_anything(driver: MockDriver,
     same words, so only counting its calls tells the two apart)."""
     counts = driver.chip.pulse_count.copy()
     calls = []
-    real = driver.chip.apply_pulses
-    monkeypatch.setattr(driver.chip, "apply_pulses",
+    real = driver.chip._apply_checked  # the chip's pulse entry once the limits are checked
+    monkeypatch.setattr(driver.chip, "_apply_checked",
                         lambda *a, **k: calls.append(a) or real(*a, **k))
     for args in (([0, 1], "SET", [100.0, 300.0], 500), ([0], "RESET", 900.0, 50),
                  ([0], "SET", float("nan"), 500), ([0], "SET", 100.0, 1e9),
