@@ -52,6 +52,22 @@ def refuse_if_written(path: Path) -> None:
         os.close(fd)
 
 
+def writer_alive(path: str | Path) -> bool | None:
+    """Whether a live RunWriter (any process on this machine) holds ``path``'s lock; None
+    if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock, if we got it
+    return False
+
+
 class RunWriter:
     """The one process that writes a run's file."""
 
