@@ -173,7 +173,7 @@ class Catalog:
             chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
             if chip_identity:
                 values.setdefault("driver", chip_identity)
-            existing = conn.execute(sa.select(T.runs.c.meta).where(
+            existing = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id).where(
                 T.runs.c.run_id == run_id)).first()
             if chip_id is not None:
                 values["chip_id"] = chip_id
@@ -191,6 +191,8 @@ class Catalog:
                 conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
                              .values(updated_at=now, **values))
             if cells is not None:
+                if chip_id is None and existing is not None:
+                    chip_id = existing.chip_id
                 self._set_cells(conn, run_id, chip_id, cells)
         return run_id
 
