@@ -132,26 +132,36 @@ class RunWriter:
         if not cell_arr.ndim == 1 or tgt.shape != cell_arr.shape or lay.shape != cell_arr.shape:
             raise ConfigError(f"cells {cell_arr.shape}, targets {tgt.shape} and layer "
                               f"{lay.shape} must be 1-D of one length")
-        f = h5py.File(path, "w", libver="latest")
+        run_id = run_id or _new_run_id()
+        registration = None
+        if register:  # before the file exists: a kill now leaves no half-made file behind
+            registration = _register_start(run_id, path, kind, config, driver_identity,
+                                           cell_arr.size, geometry, network_mapping)
+        try:
+            f = h5py.File(path, "w", libver="latest")
+        except BaseException:
+            if registration is not None:
+                registration.finish("failed", hash_file=False)
+            raise
         try:
             cls._create_layout(f, config, driver_identity, cell_arr, tgt, lay,
                                np.asarray(schedule_time_s, dtype=np.float64), trace_iterations)
             f.attrs[S.ATTR_CREATED] = created or utc_now_iso()
             f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(interruptions or [])
             f.attrs[S.ATTR_KIND] = kind
-            f.attrs[S.ATTR_RUN_ID] = run_id or _new_run_id()
+            f.attrs[S.ATTR_RUN_ID] = run_id
             if geometry is not None:
                 f.attrs[S.ATTR_GEOMETRY] = json.dumps(geometry, sort_keys=True)
             if network_mapping is not None:
                 f.create_group(S.NETWORK).attrs[S.ATTR_MAPPING] = network_mapping
-            registration = None
-            if register:  # before SWMR: a pending registration is an attribute
-                registration = _register_start(f, path, kind, config, driver_identity,
-                                               cell_arr.size, geometry, network_mapping)
+            if registration is not None and registration.pending is not None:
+                f.attrs[S.ATTR_CATALOG_PENDING] = registration.pending_record()
             f.swmr_mode = True  # flushes everything above first
         except BaseException:
             f.close()
             path.unlink(missing_ok=True)
+            if registration is not None:
+                registration.finish("failed", hash_file=False)
             raise
         return cls(f, path, registration)
 
@@ -454,20 +464,19 @@ def _new_run_id() -> str:
     return new_run_id()
 
 
-def _register_start(f: h5py.File, path: Path, kind: str, config: dict[str, Any],
+def _register_start(run_id: str, path: Path, kind: str, config: dict[str, Any],
                     driver_identity: str, n_cells: int, geometry: dict[str, int] | None,
                     network_mapping: str | None) -> Registration:
-    """Register a run file being created; a pending registration goes into its attributes."""
+    """Register a run file about to be created (``pending`` says if the catalog did not
+    take it: the file then records it)."""
     from pcmlab.catalog.registration import Registration
 
     fingerprint = json.loads(network_mapping).get("fingerprint") if network_mapping else None
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     meta = {k: config[k] for k in ("part", "parts") if k in config}
     reg = Registration.start(
-        kind, path, run_id=str(f.attrs[S.ATTR_RUN_ID]), chip_identity=driver_identity,
+        kind, path, run_id=run_id, chip_identity=driver_identity,
         driver=driver_identity, resource=config.get("resource"), geometry=geometry,
         config=config, n_cells=n_cells, n_readouts=0, network_fingerprint=fingerprint,
         data_hash=data.get("sha256"), meta=meta)
-    if reg.pending is not None:
-        f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
     return reg
