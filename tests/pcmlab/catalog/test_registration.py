@@ -145,3 +145,18 @@ def test_two_processes_registering_at_once(catalog_url) -> None:
         assert len(runs) == 2 * n
         assert len({r["path"] for r in runs}) == 2 * n
         assert len(cat.chips()) == 1
+
+
+def test_registered_before_the_file_exists(tmp_path, monkeypatch) -> None:
+    """A kill while the catalog answers must not find a file that is not yet in SWMR mode
+    (it would open in no mode at all)."""
+    seen = []
+    start = registration.Registration.start.__func__
+
+    def spy(cls, kind, path, **fields):
+        seen.append(Path(path).exists())
+        return start(cls, kind, path, **fields)
+
+    monkeypatch.setattr(registration.Registration, "start", classmethod(spy))
+    _measure(tmp_path / "a.h5")
+    assert seen == [False]
