@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -41,13 +42,17 @@ with pcmlab.open_driver("mock://?rows=8&cols=8&seed=3") as d:
                        target_us=np.linspace(0, 20, 64), on_wait=wait)
 """
 
+# both processes start together (a go file) and add the same new chips in the same order,
+# so they race on every chip's first row as well as on the runs
 REGISTER_MANY = """
-import sys
+import os, sys, time
 from pcmlab.catalog import new_run_id, open_catalog
 with open_catalog(sys.argv[1]) as cat:
+    while not os.path.exists(sys.argv[4]):
+        time.sleep(0.005)
     for i in range(int(sys.argv[2])):
         cat.register(new_run_id(), kind="run", path=f"/data/{sys.argv[3]}-{i}.h5",
-                     chip_identity="pcmlab,MockPCM,SN-1,1.0", meta={"i": i})
+                     chip_identity=f"pcmlab,MockPCM,SN-{i // 2},1.0", meta={"i": i})
 """
 
 
@@ -134,17 +139,20 @@ def test_catalog_unavailable_never_costs_a_measurement(how, tmp_path, monkeypatc
             assert cat.list_runs() == []
 
 
-def test_two_processes_registering_at_once(catalog_url) -> None:
+def test_two_processes_registering_at_once(catalog_url, tmp_path) -> None:
     open_catalog(catalog_url).close()  # both find the tables made
     n = 40
+    go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", REGISTER_MANY, catalog_url, str(n),
-                               name], env=_env(catalog_url)) for name in ("a", "b")]
+                               name, str(go)], env=_env(catalog_url)) for name in ("a", "b")]
+    time.sleep(3)  # both connected and waiting
+    go.touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     with open_catalog(catalog_url) as cat:
         runs = cat.list_runs()
         assert len(runs) == 2 * n
         assert len({r["path"] for r in runs}) == 2 * n
-        assert len(cat.chips()) == 1
+        assert len(cat.chips()) == n // 2
 
 
 def test_registered_before_the_file_exists(tmp_path, monkeypatch) -> None:
