@@ -50,10 +50,12 @@ def open_run(path: str | Path) -> xr.Dataset:
     the same for any number of readouts, and memory follows what is selected and
     computed. Everything per cell and per readout else is read at once. The file stays
     open until ``ds.close()`` (or the end of a ``with pcmlab.open_run(path) as ds:``
-    block); ``ds.load()`` reads the conductances into memory."""
+    block); ``ds.load()`` reads the conductances into memory. ``path`` may also be a run
+    id from the catalog (or a unique prefix of one)."""
+    from pcmlab.catalog.history import run_path
     from pcmlab.store import RunReader
 
-    run = RunReader(path)
+    run = RunReader(run_path(path))
     try:
         ds = run_dataset(run)
     except BaseException:

@@ -16,11 +16,12 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import CrossbarDriver
+from drivers.base import ChipInfo, CrossbarDriver
 from pcmlab.errors import ConfigError, LimitError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.pulses import PulseKind
@@ -44,6 +45,28 @@ log = logging.getLogger(__name__)
 
 MIN_CELLS = 64
 CALL_BUDGET_S = 2.0  # a driver call this long is still well inside common timeouts
+
+
+def write_report(path: str | Path, results: list[CheckResult], info: ChipInfo,
+                 cells: npt.ArrayLike, resource: str | None = None) -> str:
+    """Write the results as JSON (with the chip, the cells the checks may pulse and a run
+    id) and register the report in the catalog; returns its run id."""
+    from pcmlab.catalog.records import cell_ranges, new_run_id
+    from pcmlab.catalog.registration import register_file
+
+    run_id = new_run_id()
+    c = np.asarray(cells, dtype=np.int64)
+    Path(path).write_text(results_json(
+        results, run_id=run_id, driver=info.identity, resource=resource,
+        cells={"start": int(c.min()), "stop": int(c.max()) + 1, "n": int(c.size)}),
+        encoding="utf-8")
+    register_file("check", path, run_id=run_id, chip_identity=info.identity,
+                  driver=info.identity, resource=resource, n_cells=int(c.size),
+                  geometry={"rows": info.geometry.rows, "cols": info.geometry.cols,
+                            "arrays": info.arrays},
+                  cells=cell_ranges(c, "pulsed"),
+                  meta={"failed": [r.rule for r in results if r.status == "fail"]})
+    return run_id
 
 
 class _Region:

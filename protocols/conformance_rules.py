@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pcmlab.config import ChipLimits
 from protocols.program_verify import ProgramVerifyConfig
@@ -79,9 +79,11 @@ def raised(rule: str, exc: BaseException) -> CheckResult:
                        "the driver or the chip raised where the contract has an answer")
 
 
-def results_json(results: list[CheckResult]) -> str:
+def results_json(results: list[CheckResult], **extra: Any) -> str:
+    """The results as JSON (``--json``), with ``extra`` fields (run id, chip, cells)."""
     return json.dumps({"results": [asdict(r) for r in results],
-                       "failed": [r.rule for r in results if r.status == "fail"]}, indent=2)
+                       "failed": [r.rule for r in results if r.status == "fail"], **extra},
+                      indent=2)
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,7 @@ def measure_into_file(
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
     after_readout: Callable[[int, float], None] | None = None,
+    kind: str = "run",
 ) -> RunOutcome:
     """The lower level of ``measure_run`` (deployments use it): program ``cells`` to
     ``target_us``, then read them at ``times_s`` after programming, everything into a new
@@ -171,7 +172,8 @@ def measure_into_file(
     (positions of G+ and G- in ``cells``), pairs with a stuck device are compensated
     (``program_pairs``) and the file's targets are the ones finally programmed.
     ``after_readout(i, time_s)`` runs after readout i is in the file (e.g. chip-mode
-    inference at that moment)."""
+    inference at that moment). ``kind`` (run, deployment, characterization) is what the
+    file and the catalog record."""
     info = driver.info
     program.check_against(info)
     check_targets(info, cells, target_us)  # before the file exists: nothing half-made
@@ -181,7 +183,7 @@ def measure_into_file(
         path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,
         layer=layer, schedule_time_s=times_s, network_mapping=network_mapping,
         overwrite=overwrite, geometry={"rows": info.geometry.rows, "cols": info.geometry.cols,
-                                       "arrays": info.arrays},
+                                       "arrays": info.arrays}, kind=kind,
         trace_iterations=program.max_iterations if program.record_traces else 0)
     with writer:
         if pairs is None:
@@ -195,7 +197,8 @@ def measure_into_file(
             conductance_us=result.g_us, iterations=result.iterations,
             converged=result.converged, last_pulse_s=result.last_pulse_s,
             end_chip_time_s=result.end_s, interrupted=result.interrupted,
-            traces=result.traces or None)
+            traces=result.traces or None, set_pulses=result.set_pulses,
+            reset_pulses=result.reset_pulses)
         if result.interrupted:
             log.warning("programming interrupted: no readouts taken")
             return RunOutcome(result, 0)
@@ -336,3 +339,27 @@ def resume_run(
                              cells=_read_cells(info, cells), start=done, stop=stop,
                              on_wait=on_wait)
     return done, taken
+
+
+def interrupted_run_plan(path: str | Path) -> dict[str, str]:
+    """What ``pcmlab resume`` and ``pcmlab recover`` would do with the file of a run that
+    stopped or was killed (the command line shows it beside a killed run)."""
+    from pcmlab.store.reader import opens_closed
+
+    with RunReader(path) as run:
+        prog = run.programming()
+        n = run.n_readouts
+        planned = int(run.schedule_time_s.size)
+    closed = opens_closed(path)
+    recover = ("nothing: the file is closed, any HDF5 tool opens it" if closed else
+               f"close the file for plain h5py/xarray, keeping its {n} complete readouts")
+    if prog is None:
+        resume = "cannot: programming never finished; start a new run"
+    elif prog.interrupted:
+        resume = "cannot: programming was interrupted; start a new run"
+    elif n >= planned:
+        resume = f"nothing to take: all {planned} readouts are in the file"
+    else:
+        resume = (f"keep the {n} completed readouts and take the remaining {planned - n} "
+                  f"of {planned} on the schedule")
+    return {"resume": resume, "recover": recover}
