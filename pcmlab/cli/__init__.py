@@ -31,6 +31,7 @@ from pcmlab.cli.runs import (
     cmd_resume,
     cmd_run,
 )
+from pcmlab.cli.serve import add_serve_parser
 from pcmlab.cli.sweeps import cmd_sweep
 from pcmlab.errors import PcmlabError
 
@@ -304,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "this axis (default: bits, else the first axis)")
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_plot)
+
+    add_serve_parser(sub)
     return parser
 
 
