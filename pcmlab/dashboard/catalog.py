@@ -101,11 +101,16 @@ class FileIndex:
     """A catalog of the files given (each a run, deployment or sweep file)."""
 
     def __init__(self, paths: Iterable[str | Path]) -> None:
-        self._paths = {}
+        self._paths: dict[str, Path] = {}
         for p in paths:
-            path = Path(p).resolve()
-            entry = _describe(path)
-            self._paths[entry.id] = path
+            self.add(p)
+
+    def add(self, path: str | Path) -> str:
+        """Register a file; its id."""
+        path = Path(path).resolve()
+        entry = _describe(path)
+        self._paths[entry.id] = path
+        return entry.id
 
     def _entries(self) -> list[RunEntry]:
         return [_describe(p) for p in self._paths.values()]

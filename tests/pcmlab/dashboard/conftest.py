@@ -1,0 +1,161 @@
+"""Fixtures of the dashboard tests: a server in a thread, a run written by another
+process, and a headless Chromium (Debian's chromium and chromium-driver)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+WRITER = Path(__file__).with_name("live_writer.py")
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class LiveWriter:
+    """``live_writer.py`` in its own process: the next readout on demand."""
+
+    def __init__(self, path: Path, **options: int) -> None:
+        args = [sys.executable, str(WRITER), str(path)]
+        for k, v in options.items():
+            args += [f"--{k}", str(v)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"live writer did not start: {line!r}")
+
+    def next(self) -> dict:
+        """Append one readout; its index and the Unix time it was flushed."""
+        self.proc.stdin.write("next\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("\n\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ServerThread:
+    """The dashboard on 127.0.0.1 (a free port) in a thread with its own event loop."""
+
+    def __init__(self, catalog, **kwargs) -> None:
+        from tornado.ioloop import IOLoop
+
+        from pcmlab.dashboard.server import start
+
+        ready = threading.Event()
+        box: dict = {}
+
+        def run() -> None:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            loop = IOLoop.current()
+            try:
+                box["dash"] = start(catalog, io_loop=loop, **kwargs)
+            except BaseException as exc:
+                box["error"] = exc
+                ready.set()
+                return
+            box["loop"] = loop
+            ready.set()
+            loop.start()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(30)
+        if "error" in box:
+            raise box["error"]
+        self.dash, self.loop = box["dash"], box["loop"]
+        self.base = f"http://127.0.0.1:{self.dash.port}"
+
+    def stop(self) -> None:
+        def halt() -> None:
+            self.dash.stop()
+            self.loop.stop()
+
+        self.loop.add_callback(halt)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve():
+    servers: list[ServerThread] = []
+
+    def make(catalog, **kwargs) -> ServerThread:
+        s = ServerThread(catalog, **kwargs)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def live_writer(tmp_path):
+    writers: list[LiveWriter] = []
+
+    def make(name: str = "live.h5", **options: int) -> tuple[Path, LiveWriter]:
+        path = tmp_path / name
+        w = LiveWriter(path, **options)
+        writers.append(w)
+        return path, w
+
+    yield make
+    for w in writers:
+        w.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """Headless Chromium through Selenium. Skipped only where Chromium is absent and CI
+    is not set; in CI a missing Chromium fails."""
+    if CHROMEDRIVER is None or CHROMIUM is None:
+        msg = ("headless Chromium is needed for the browser tests: apt-get install -y "
+               "chromium chromium-driver (.ci/services does it)")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1700", "--proxy-server=direct://",
+                "--proxy-bypass-list=*"):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def screenshot(request, tmp_path):
+    """Save the browser's page as NAME.png (in $PCMLAB_SCREENSHOTS if set, else tmp)."""
+    folder = Path(os.environ.get("PCMLAB_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(driver, name: str) -> Path:
+        path = folder / f"{name}.png"
+        driver.save_screenshot(str(path))
+        return path
+
+    return save
