@@ -46,6 +46,8 @@ _API = {
     "level_convergence": "pcmlab.dataset", "level_drift": "pcmlab.dataset",
     "drift_exponents": "pcmlab.dataset", "accuracy_over_time": "pcmlab.dataset",
     "group_levels": "pcmlab.analysis",
+    # the run catalog
+    "runs": "pcmlab.catalog", "open_catalog": "pcmlab.catalog", "Catalog": "pcmlab.catalog",
     # simulation sweeps
     "SweepConfig": "pcmlab.sweep", "load_sweep": "pcmlab.sweep", "run_sweep": "pcmlab.sweep",
     "open_sweep": "pcmlab.sweep",
@@ -54,6 +56,7 @@ _API = {
     "PcmlabError": "pcmlab.errors", "ConfigError": "pcmlab.errors",
     "LimitError": "pcmlab.errors", "TransportError": "pcmlab.errors",
     "DeviceError": "pcmlab.errors", "SchemaError": "pcmlab.errors",
+    "CatalogError": "pcmlab.errors", "CatalogUnavailableError": "pcmlab.errors",
 }
 
 __all__ = ["__version__", *_API]

@@ -39,8 +39,18 @@ class SchemaError(PcmlabError, ValueError):
     """A file is not in the expected schema (foreign, corrupt or newer)."""
 
 
+class CatalogError(PcmlabError):
+    """The run catalog cannot be reached, is locked, or refused a request."""
+
+
+class CatalogUnavailableError(CatalogError):
+    """The catalog cannot be reached or is locked now (a run goes on without it)."""
+
+
 __all__ = [
     "CapabilityError",
+    "CatalogError",
+    "CatalogUnavailableError",
     "ConfigError",
     "DeviceError",
     "LimitError",

@@ -75,4 +75,4 @@ def characterize(
                        times_s=cfg.times_s(),
                        config={**(record or {}), "characterize": cfg.model_dump(mode="json")},
                        overwrite=overwrite, program_progress=program_progress,
-                       on_wait=on_wait, stop=stop)
+                       on_wait=on_wait, stop=stop, kind="characterization")

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from drivers.base import CrossbarDriver
+from pcmlab.catalog.registration import file_changed
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 from pcmlab.evaluator import AnalogEvaluator, Periphery, SimulatedAccuracy
@@ -138,7 +139,8 @@ def deploy_network(
             config=record_k, network_mapping=mapping.to_json(),
             pairs=(position[plus[mine]], position[minus[mine]]), overwrite=overwrite,
             program_progress=program_progress, on_wait=on_wait, stop=stop,
-            after_readout=None if loop is None else (lambda i, t_s: loop.at(t_s)))
+            after_readout=None if loop is None else (lambda i, t_s: loop.at(t_s)),
+            kind="deployment")
         results.append(result)
         taken.append(n)
         if result.interrupted or n < times.size:
@@ -166,6 +168,7 @@ def deploy_network(
                "layers": json.dumps([asdict(r) for r in evaluator.report])},
         chip={name: [getattr(r, name) for r in chip] for name in CHIP_COLUMNS}
         if chip else None)
+    file_changed(path, network_fingerprint=evaluator.fingerprint)  # its hash, with /evaluation
     return DeployResult(Path(path), mapping, results[0], min(taken), readouts.time_s,
                         measured, simulated, ideal, tuple(paths) if n_parts > 1 else (),
                         chip)

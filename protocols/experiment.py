@@ -163,6 +163,7 @@ def measure_into_file(
     on_wait: WaitCallback | None = None,
     stop: StopToken | None = None,
     after_readout: Callable[[int, float], None] | None = None,
+    kind: str = "run",
 ) -> RunOutcome:
     """The lower level of ``measure_run`` (deployments use it): program ``cells`` to
     ``target_us``, then read them at ``times_s`` after programming, everything into a new
@@ -170,7 +171,8 @@ def measure_into_file(
     (positions of G+ and G- in ``cells``), pairs with a stuck device are compensated
     (``program_pairs``) and the file's targets are the ones finally programmed.
     ``after_readout(i, time_s)`` runs after readout i is in the file (e.g. chip-mode
-    inference at that moment)."""
+    inference at that moment). ``kind`` (run, deployment, characterization) is what the
+    file and the catalog record."""
     info = driver.info
     program.check_against(info)
     check_targets(info, cells, target_us)  # before the file exists: nothing half-made
@@ -179,7 +181,7 @@ def measure_into_file(
         path, config=config, driver_identity=info.identity, cells=cells, target_us=target_us,
         layer=layer, schedule_time_s=times_s, network_mapping=network_mapping,
         overwrite=overwrite, geometry={"rows": info.geometry.rows, "cols": info.geometry.cols,
-                                       "arrays": info.arrays},
+                                       "arrays": info.arrays}, kind=kind,
         trace_iterations=program.max_iterations if program.record_traces else 0)
     with writer:
         if pairs is None:
@@ -193,7 +195,8 @@ def measure_into_file(
             conductance_us=result.g_us, iterations=result.iterations,
             converged=result.converged, last_pulse_s=result.last_pulse_s,
             end_chip_time_s=result.end_s, interrupted=result.interrupted,
-            traces=result.traces or None)
+            traces=result.traces or None, set_pulses=result.set_pulses,
+            reset_pulses=result.reset_pulses)
         if result.interrupted:
             log.warning("programming interrupted: no readouts taken")
             return RunOutcome(result, 0)

@@ -132,6 +132,9 @@ class ProgramResult:
     interrupted: bool = False
     n_driver_calls: int = 0
     traces: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    # pulses each cell received (the file keeps them: a cell's endurance across runs)
+    set_pulses: npt.NDArray[np.uint32] | None = None
+    reset_pulses: npt.NDArray[np.uint32] | None = None
 
     @property
     def converged_fraction_nonzero(self) -> float:
@@ -284,6 +287,8 @@ def program_and_verify(
     zero = target == 0
     need_reset = np.ones(n, dtype=np.bool_)  # everything starts from RESET
     need_set = ~zero
+    n_set = np.zeros(n, dtype=np.uint32)
+    n_reset = np.zeros(n, dtype=np.uint32)
     calls = 0
     trace_g: list[npt.NDArray[np.float32]] = []
     trace_amp: list[npt.NDArray[np.float32]] = []
@@ -303,6 +308,7 @@ def program_and_verify(
                 driver.apply_pulses(cells_arr[rs], PulseKind.RESET, cfg.reset_amplitude_ua,
                                     cfg.reset_width_ns)
                 calls += 1
+                n_reset[rs] += 1
                 last_pulse[rs] = driver.clock.now()
                 pulsed[rs] = True
                 if stop.requested:
@@ -312,6 +318,7 @@ def program_and_verify(
             if ss.size:
                 driver.apply_pulses(cells_arr[ss], PulseKind.SET, amp[ss], cfg.set_width_ns)
                 calls += 1
+                n_set[ss] += 1
                 last_pulse[ss] = driver.clock.now()
                 pulsed[ss] = True
                 if stop.requested:
@@ -363,6 +370,7 @@ def program_and_verify(
         cells=cells_arr, target_us=target, g_us=g, iterations=iterations,
         converged=converged, last_pulse_s=last_pulse, end_s=driver.clock.now(),
         interrupted=interrupted, n_driver_calls=calls, traces=traces,
+        set_pulses=n_set, reset_pulses=n_reset,
     )
     log.info("program-and-verify: %d cells, %.2f %% of non-zero converged, %d driver calls%s",
              n, 100 * result.converged_fraction_nonzero, calls,
@@ -429,8 +437,11 @@ def program_pairs(
     converged[redo] = again.converged
     last = result.last_pulse_s.copy()
     last[redo] = again.last_pulse_s
+    n_set, n_reset = result.set_pulses.copy(), result.reset_pulses.copy()
+    n_set[redo] += again.set_pulses
+    n_reset[redo] += again.reset_pulses
     return ProgramResult(
         cells=result.cells, target_us=tgt, g_us=g_us, iterations=iterations,
         converged=converged, last_pulse_s=last, end_s=again.end_s,
         interrupted=again.interrupted, n_driver_calls=result.n_driver_calls +
-        again.n_driver_calls, traces=result.traces)
+        again.n_driver_calls, traces=result.traces, set_pulses=n_set, reset_pulses=n_reset)

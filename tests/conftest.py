@@ -1,11 +1,18 @@
 """Shared fixtures: the reference task trained once per test session."""
 
+import os
 from dataclasses import dataclass
 
 import pytest
 from torch import nn
 
 from pcmlab.tasks import Dataset, load_digits, reference_cnn, train_classifier
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_catalog(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every file a test writes registers in a catalog of this session, never the user's."""
+    os.environ["PCMLAB_CATALOG"] = str(tmp_path_factory.mktemp("catalog") / "catalog.sqlite")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Programming:
     end_chip_time_s: float
     interrupted: bool
     traces: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    # pulses each cell received; None in files written before pcmlab recorded them
+    set_pulses: npt.NDArray[np.uint32] | None = None
+    reset_pulses: npt.NDArray[np.uint32] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,29 @@ class RunReader:
                                           "arrays": 1}
 
     @property
+    def run_id(self) -> str | None:
+        """The run's globally unique id (None in files from before the catalog)."""
+        value = self._attr(S.ATTR_RUN_ID)
+        return None if value is None else str(value)
+
+    @property
+    def kind(self) -> str:
+        """run, deployment or characterization (older files: from their configuration)."""
+        value = self._attr(S.ATTR_KIND)
+        if value is not None:
+            return str(value)
+        config = self.config
+        if "deploy" in config:
+            return "deployment"
+        return "characterization" if "characterize" in config else "run"
+
+    @property
+    def catalog_pending(self) -> dict[str, Any] | None:
+        """The registration the catalog did not receive while the run was written."""
+        value = self._attr(S.ATTR_CATALOG_PENDING)
+        return None if value is None else json.loads(value)
+
+    @property
     def driver_identity(self) -> str:
         return str(self._attr(S.ATTR_DRIVER, ""))
 
@@ -241,7 +267,12 @@ class RunReader:
             end_chip_time_s=end_s,
             interrupted=bool(self._read(f"{S.PROGRAMMING}/{S.INTERRUPTED}")),
             traces=traces,
+            set_pulses=self._optional(f"{S.PROGRAMMING}/{S.SET_PULSES}"),
+            reset_pulses=self._optional(f"{S.PROGRAMMING}/{S.RESET_PULSES}"),
         )
+
+    def _optional(self, name: str) -> Any:
+        return self._read(name) if name in self.file else None
 
     def refresh(self) -> None:
         """See what a live writer wrote since the last look (SWMR)."""
@@ -249,7 +280,9 @@ class RunReader:
             return
         names = [f"{S.READOUTS}/{n}" for n in (S.TIME, S.CHIP_TIME, S.WALL_TIME, S.CONDUCTANCE)]
         names += [f"{S.PROGRAMMING}/{n}" for n in (S.CONDUCTANCE, S.ITERATIONS, S.CONVERGED,
-                                                  S.LAST_PULSE, S.INTERRUPTED, S.END_CHIP_TIME)]
+                                                  S.LAST_PULSE, S.INTERRUPTED, S.END_CHIP_TIME,
+                                                  S.SET_PULSES, S.RESET_PULSES)
+                  if n in self.file[S.PROGRAMMING]]
         try:
             for name in names:
                 self.file[name].refresh()

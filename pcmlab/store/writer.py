@@ -19,8 +19,9 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -29,6 +30,9 @@ import numpy.typing as npt
 from pcmlab import __version__
 from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.store import schema as S
+
+if TYPE_CHECKING:
+    from pcmlab.catalog.registration import Registration
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,36 @@ def refuse_if_written(path: Path) -> None:
         os.close(fd)
 
 
+def writer_alive(path: str | Path) -> bool | None:
+    """Whether a live RunWriter (any process on this machine) holds ``path``'s lock; None
+    if there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock, if we got it
+    return False
+
+
 class RunWriter:
     """The one process that writes a run's file."""
 
-    def __init__(self, file: h5py.File, path: Path) -> None:
+    def __init__(self, file: h5py.File, path: Path,
+                 registration: Registration | None = None) -> None:
         self._f = file
         self.path = path
         self._readouts = file[S.READOUTS]
         self._g = self._readouts[S.CONDUCTANCE]
         self._n_rows = 0
+        self.run_id = str(file.attrs.get(S.ATTR_RUN_ID, ""))
+        self.registration = registration
+        self._interrupted = False
+        self._last_update_s = time.monotonic()
         # A shared lock for as long as this writer lives (the kernel drops it if the
         # process dies): resume and recover refuse a file whose writer is alive.
         self._lock_fd: int | None = os.open(path, os.O_RDONLY)
@@ -84,10 +109,16 @@ class RunWriter:
         interruptions: list[dict[str, Any]] | None = None,
         network_mapping: str | None = None,
         geometry: dict[str, int] | None = None,
+        kind: str = "run",
+        run_id: str | None = None,
+        register: bool = True,
     ) -> RunWriter:
         """A new file with every dataset of the schema, in SWMR mode: readouts empty,
         programming unset (NaN end time). ``trace_iterations`` > 0 reserves per-iteration
-        traces of programming."""
+        traces of programming. ``kind`` (run, deployment, characterization) and the run's
+        id (new unless given) go into the file; with ``register`` the run is registered
+        in the catalog (``pcmlab.catalog.registration``; a catalog that cannot be reached
+        leaves the registration pending in the file)."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; choose another output file (measurements are "
@@ -107,16 +138,22 @@ class RunWriter:
                                np.asarray(schedule_time_s, dtype=np.float64), trace_iterations)
             f.attrs[S.ATTR_CREATED] = created or utc_now_iso()
             f.attrs[S.ATTR_INTERRUPTIONS] = json.dumps(interruptions or [])
+            f.attrs[S.ATTR_KIND] = kind
+            f.attrs[S.ATTR_RUN_ID] = run_id or _new_run_id()
             if geometry is not None:
                 f.attrs[S.ATTR_GEOMETRY] = json.dumps(geometry, sort_keys=True)
             if network_mapping is not None:
                 f.create_group(S.NETWORK).attrs[S.ATTR_MAPPING] = network_mapping
+            registration = None
+            if register:  # before SWMR: a pending registration is an attribute
+                registration = _register_start(f, path, kind, config, driver_identity,
+                                               cell_arr.size, geometry, network_mapping)
             f.swmr_mode = True  # flushes everything above first
         except BaseException:
             f.close()
             path.unlink(missing_ok=True)
             raise
-        return cls(f, path)
+        return cls(f, path, registration)
 
     @staticmethod
     def _create_layout(f: h5py.File, config: dict[str, Any], driver_identity: str,
@@ -141,6 +178,8 @@ class RunWriter:
         p.create_dataset(S.LAST_PULSE, data=np.full(n, np.nan))
         p.create_dataset(S.END_CHIP_TIME, data=np.float64(np.nan))
         p.create_dataset(S.INTERRUPTED, data=np.False_)
+        p.create_dataset(S.SET_PULSES, data=np.zeros(n, dtype=np.uint32))
+        p.create_dataset(S.RESET_PULSES, data=np.zeros(n, dtype=np.uint32))
         if trace_iterations > 0:
             tg = p.create_group(S.TRACES)
             for name in (S.CONDUCTANCE, "amplitude_ua"):
@@ -182,13 +221,19 @@ class RunWriter:
         self, *, conductance_us: npt.ArrayLike, iterations: npt.ArrayLike,
         converged: npt.ArrayLike, last_pulse_s: npt.ArrayLike, end_chip_time_s: float,
         interrupted: bool, traces: dict[str, npt.ArrayLike] | None = None,
+        set_pulses: npt.ArrayLike | None = None, reset_pulses: npt.ArrayLike | None = None,
     ) -> None:
-        """Store the programming results; the end time, written last, marks them complete."""
+        """Store the programming results; the end time, written last, marks them complete.
+        ``set_pulses`` / ``reset_pulses``: the pulses each cell received (a cell's
+        endurance, summed across runs by ``pcmlab history``)."""
         p = self._f[S.PROGRAMMING]
+        pulses = [(name, value, np.uint32) for name, value in
+                  ((S.SET_PULSES, set_pulses), (S.RESET_PULSES, reset_pulses))
+                  if value is not None and name in p]
         for name, value, dtype in ((S.CONDUCTANCE, conductance_us, np.float32),
                                    (S.ITERATIONS, iterations, np.uint16),
                                    (S.CONVERGED, converged, np.bool_),
-                                   (S.LAST_PULSE, last_pulse_s, np.float64)):
+                                   (S.LAST_PULSE, last_pulse_s, np.float64), *pulses):
             p[name][...] = np.asarray(value, dtype=dtype)
             p[name].flush()
         if traces:
@@ -204,6 +249,13 @@ class RunWriter:
         p[S.INTERRUPTED].flush()
         p[S.END_CHIP_TIME][()] = float(end_chip_time_s)
         p[S.END_CHIP_TIME].flush()
+        self._interrupted = bool(interrupted)
+        if self.registration is not None:
+            from pcmlab.catalog.records import cell_ranges
+
+            cells = self._f[S.TARGETS][S.CELL][:]
+            self.registration.update(cells=cell_ranges(
+                cells, "programmed", n_set=set_pulses, n_reset=reset_pulses))
 
     # -- readouts --------------------------------------------------------------------------
     @property
@@ -233,20 +285,48 @@ class RunWriter:
         times[0][i] = time_s  # last: its value marks the row complete
         times[0].flush()
         self._n_rows = i + 1
+        if self.registration is not None and (
+                time.monotonic() - self._last_update_s > READOUT_UPDATE_S):
+            self._last_update_s = time.monotonic()
+            self.registration.update(n_readouts=self._n_rows)
         return i
 
-    def close(self) -> None:
+    def status(self, error: BaseException | None = None) -> str:
+        """How the run ends: finished (every planned readout), stopped (Ctrl-C or
+        programming interrupted, or fewer readouts), failed (an error ended it)."""
+        if error is not None and not isinstance(error, KeyboardInterrupt):
+            return "failed"
+        planned = self._readouts[S.SCHEDULE].shape[0]
+        programmed = not np.isnan(self._f[S.PROGRAMMING][S.END_CHIP_TIME][()])
+        if error is not None or self._interrupted or not programmed or self._n_rows < planned:
+            return "stopped"
+        return "finished"
+
+    def close(self, error: BaseException | None = None) -> None:
+        status = self.status(error) if self._f.id.valid else None
         if self._f.id.valid:
             self._f.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
+        if self.registration is not None and status is not None:
+            self.finish_registration(status)
+
+    def finish_registration(self, status: str) -> None:
+        """Tell the catalog how the run ended (after the file is closed: its hash); if the
+        catalog is unavailable, the file records the registration as pending."""
+        reg = self.registration
+        if reg is None:
+            return
+        if not reg.finish(status, n_readouts=self._n_rows):
+            with h5py.File(self.path, "a") as f:
+                f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
 
     def __enter__(self) -> RunWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.close(exc)
 
     # -- resume and recover ----------------------------------------------------------------
     @classmethod
@@ -283,6 +363,7 @@ class RunWriter:
                            "'pcmlab recover'"}
         writer, n = cls._rewrite(path, entry, resuming=False)
         writer.close()
+        writer.finish_registration("recovered")
         return n
 
     @classmethod
@@ -303,6 +384,7 @@ class RunWriter:
                                   "to resume; start a new run")
             targets = old.targets()
             readouts = old.readouts()
+            kind, run_id = old.kind, old.run_id
             trace_iterations = (next(iter(prog.traces.values())).shape[0]
                                 if prog is not None and prog.traces else 0)
             fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".resume",
@@ -317,7 +399,8 @@ class RunWriter:
                     overwrite=True, created=old.created,
                     interruptions=[*old.interruptions,
                                    {**entry, "completed_readouts": readouts.n}],
-                    network_mapping=old.network_mapping_json, geometry=old.geometry)
+                    network_mapping=old.network_mapping_json, geometry=old.geometry,
+                    kind=kind, run_id=run_id, register=False)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -327,7 +410,8 @@ class RunWriter:
                         conductance_us=prog.conductance_us, iterations=prog.iterations,
                         converged=prog.converged, last_pulse_s=prog.last_pulse_s,
                         end_chip_time_s=prog.end_chip_time_s, interrupted=prog.interrupted,
-                        traces=prog.traces)
+                        traces=prog.traces, set_pulses=prog.set_pulses,
+                        reset_pulses=prog.reset_pulses)
                 for i in range(readouts.n):
                     writer.append_readout(float(readouts.time_s[i]),
                                           float(readouts.chip_time_s[i]),
@@ -351,4 +435,40 @@ class RunWriter:
         os.replace(tmp, path)
         writer.path = path
         log.info("rewrote %s with %d completed readouts", path, readouts.n)
+        from pcmlab.catalog.registration import Registration
+
+        # the same run, on: resumed while it is written again, recovered when only closed
+        writer.registration = Registration(writer.run_id, kind, path.absolute())
+        if resuming:
+            writer.registration.update(status="resumed", pid=os.getpid(),
+                                       n_readouts=readouts.n)
         return writer, readouts.n
+
+
+READOUT_UPDATE_S = 10.0  # the catalog's readout count follows a run at most this often
+
+
+def _new_run_id() -> str:
+    from pcmlab.catalog.records import new_run_id
+
+    return new_run_id()
+
+
+def _register_start(f: h5py.File, path: Path, kind: str, config: dict[str, Any],
+                    driver_identity: str, n_cells: int, geometry: dict[str, int] | None,
+                    network_mapping: str | None) -> Registration:
+    """Register a run file being created; a pending registration goes into its attributes."""
+    from pcmlab.catalog.registration import Registration
+
+    fingerprint = json.loads(network_mapping).get("fingerprint") if network_mapping else None
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    meta = {k: config[k] for k in ("part", "parts") if k in config}
+    reg = Registration.start(
+        kind, path, run_id=str(f.attrs[S.ATTR_RUN_ID]), chip_identity=driver_identity,
+        driver=driver_identity, resource=config.get("resource"), geometry=geometry,
+        config=config, n_cells=n_cells, n_readouts=0,
+        started_at=str(f.attrs[S.ATTR_CREATED]), network_fingerprint=fingerprint,
+        data_hash=data.get("sha256"), meta=meta)
+    if reg.pending is not None:
+        f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
+    return reg

@@ -1,0 +1,471 @@
+"""The catalog: one SQL layer (SQLAlchemy Core) over SQLite or PostgreSQL.
+
+Opening a catalog creates its tables if there are none and brings an older schema up to
+date (``schema.MIGRATIONS``); a catalog written by a newer pcmlab is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from pcmlab import __version__
+from pcmlab.catalog import schema as T
+from pcmlab.catalog.location import redact, resolve_location, to_url
+from pcmlab.catalog.records import CellRange, ChipIdentity, now_utc, utc
+from pcmlab.errors import CatalogError, CatalogUnavailableError
+
+log = logging.getLogger(__name__)
+
+# columns a caller may set through register/update (the rest are the catalog's own)
+RUN_FIELDS = frozenset(c.name for c in T.runs.columns) - {"run_id", "chip_id", "updated_at"}
+_JSON_VALUE = (str, int, float, bool, type(None), list, dict)
+
+
+def _sqlite_engine(url: sa.URL, timeout_s: float) -> Engine:
+    if url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": timeout_s})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we say BEGIN ourselves (below)
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # a writer takes the write lock at BEGIN: two processes registering at once queue
+        # on the busy timeout instead of one failing when it upgrades a read lock
+        write = conn.get_execution_options().get("pcmlab_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Catalog:
+    """An open catalog. ``Catalog.open()`` finds it (argument, ``PCMLAB_CATALOG``, the
+    per-user default); use as a context manager or call ``close()``."""
+
+    def __init__(self, engine: Engine, location: str) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(pcmlab_write=True)
+        self.location = location
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str | Path | None = None, *, timeout_s: float = 10.0) -> Catalog:
+        """Open (and create or migrate) the catalog at a path or URL. ``timeout_s``: how
+        long to wait for a locked SQLite file or an unreachable server.
+        Raises ``CatalogUnavailableError`` if it cannot be reached."""
+        where = resolve_location(location)
+        url = to_url(where)
+        if url.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(url, timeout_s)
+        elif url.get_backend_name() == "postgresql":
+            engine = sa.create_engine(url, pool_pre_ping=True,
+                                      connect_args={"connect_timeout": max(1, int(timeout_s))})
+        else:
+            raise CatalogError(f"catalog backend {url.get_backend_name()!r} is not "
+                               "supported; use SQLite (a path) or postgresql://")
+        catalog = cls(engine, redact(url))
+        try:
+            catalog._prepare()
+        except BaseException:
+            engine.dispose()
+            raise
+        return catalog
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._errors(), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._errors(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            raise CatalogUnavailableError(f"catalog {self.location}: {_reason(exc)}") from None
+        except sa.exc.InterfaceError as exc:
+            raise CatalogUnavailableError(f"catalog {self.location}: {_reason(exc)}") from None
+        except sa.exc.DBAPIError as exc:
+            raise CatalogError(f"catalog {self.location}: {_reason(exc)}") from None
+
+    def _prepare(self) -> None:
+        with self._write() as conn:
+            if not sa.inspect(conn).has_table(T.schema_version.name):
+                T.metadata.create_all(conn)
+                conn.execute(T.schema_version.insert().values(
+                    version=T.SCHEMA_VERSION, applied_at=now_utc(),
+                    pcmlab_version=__version__))
+                log.info("created catalog %s (schema %d)", self.location, T.SCHEMA_VERSION)
+                return
+            version = self._version(conn)
+            if version > T.SCHEMA_VERSION:
+                raise CatalogError(
+                    f"catalog {self.location} has schema version {version}, newer than "
+                    f"this pcmlab ({__version__}) knows ({T.SCHEMA_VERSION}); upgrade pcmlab")
+            while version < T.SCHEMA_VERSION:
+                step = T.MIGRATIONS.get(version)
+                if step is None:
+                    raise CatalogError(f"catalog {self.location}: no migration from schema "
+                                       f"version {version}")
+                step(conn)
+                version += 1
+                conn.execute(T.schema_version.insert().values(
+                    version=version, applied_at=now_utc(), pcmlab_version=__version__))
+                log.info("migrated catalog %s to schema %d", self.location, version)
+
+    @staticmethod
+    def _version(conn: Connection) -> int:
+        return int(conn.execute(sa.select(sa.func.max(T.schema_version.c.version)))
+                   .scalar_one() or 0)
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return self._version(conn)
+
+    # -- writing ---------------------------------------------------------------------------
+    def register(self, run_id: str, *, kind: str, path: str | Path,
+                 chip_identity: str | None = None, cells: Sequence[CellRange] | None = None,
+                 **fields: Any) -> str:
+        """Record a run (or update it if ``run_id`` is known: then only the fields given
+        change, ``meta`` is merged, ``cells`` replaced). Fields: the columns of ``runs``
+        (docs/catalog.md); ``geometry`` = {"rows", "cols", "arrays"} is accepted too.
+        Returns the run id."""
+        if kind not in T.RUN_KINDS:
+            raise CatalogError(f"run kind {kind!r} is not one of {', '.join(T.RUN_KINDS)}")
+        values = self._values(fields)
+        values.update(kind=kind, path=str(Path(path).absolute()))
+        values.setdefault("status", "running")
+        now = now_utc()
+        with self._write() as conn:
+            chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
+            if chip_identity:
+                values.setdefault("driver", chip_identity)
+            existing = conn.execute(sa.select(T.runs.c.meta).where(
+                T.runs.c.run_id == run_id)).first()
+            if chip_id is not None:
+                values["chip_id"] = chip_id
+            if existing is None:
+                values.setdefault("host", socket.gethostname())
+                values.setdefault("user", _user())
+                values.setdefault("pcmlab_version", __version__)
+                values.setdefault("started_at", now)
+                values.setdefault("meta", {})
+                conn.execute(T.runs.insert().values(run_id=run_id, updated_at=now, **values))
+            else:
+                if "meta" in values:
+                    values["meta"] = {**(existing.meta or {}), **values["meta"]}
+                conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
+                             .values(updated_at=now, **values))
+            if cells is not None:
+                self._set_cells(conn, run_id, chip_id, cells)
+        return run_id
+
+    def update(self, run_id: str, *, cells: Sequence[CellRange] | None = None,
+               **fields: Any) -> None:
+        """Change fields of a known run (``meta`` is merged); CatalogError if unknown."""
+        values = self._values(fields)
+        with self._write() as conn:
+            row = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id).where(
+                T.runs.c.run_id == run_id)).first()
+            if row is None:
+                raise CatalogError(f"no run {run_id!r} in catalog {self.location}")
+            if "meta" in values:
+                values["meta"] = {**(row.meta or {}), **values["meta"]}
+            conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
+                         .values(updated_at=now_utc(), **values))
+            if cells is not None:
+                self._set_cells(conn, run_id, row.chip_id, cells)
+
+    def tag(self, run_id: str, tags: Mapping[str, Any]) -> dict[str, Any]:
+        """Set metadata keys on a run (a dotted key nests: ``a.b=1`` is {"a": {"b": 1}});
+        returns the run's metadata after."""
+        with self._write() as conn:
+            row = conn.execute(sa.select(T.runs.c.meta).where(
+                T.runs.c.run_id == self.resolve_id(run_id, conn))).first()
+            meta = json.loads(json.dumps(row.meta or {}))
+            for key, value in tags.items():
+                _set_path(meta, key, value)
+            conn.execute(T.runs.update().where(T.runs.c.run_id == self.resolve_id(
+                run_id, conn)).values(meta=meta, updated_at=now_utc()))
+        return meta
+
+    def _values(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(fields)
+        geometry = values.pop("geometry", None)
+        if geometry:
+            for key in ("rows", "cols", "arrays"):
+                if geometry.get(key) is not None:
+                    values.setdefault(key, int(geometry[key]))
+        unknown = sorted(set(values) - RUN_FIELDS)
+        if unknown:
+            raise CatalogError(f"unknown run field(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(sorted(RUN_FIELDS))}")
+        status = values.get("status")
+        if status is not None and status not in T.STATUSES:
+            raise CatalogError(f"status {status!r} is not one of {', '.join(T.STATUSES)}")
+        for key in ("started_at", "ended_at"):
+            if key in values:
+                values[key] = utc(values[key])
+        if "meta" in values:
+            if not isinstance(values["meta"], Mapping):
+                raise CatalogError(f"meta must be a mapping, got {type(values['meta'])}")
+            values["meta"] = json.loads(json.dumps(dict(values["meta"]), default=_jsonable))
+        if "config" in values and values["config"] is not None:
+            values["config"] = json.loads(json.dumps(values["config"], default=_jsonable))
+        return {k: v for k, v in values.items() if v is not None}
+
+    def _chip(self, conn: Connection, identity: str, values: Mapping[str, Any]) -> int:
+        ident = ChipIdentity.parse(identity)
+        key = (T.chips.c.maker == ident.maker) & (T.chips.c.model == ident.model) & (
+            T.chips.c.serial == ident.serial)
+        found = conn.execute(sa.select(T.chips.c.chip_id, T.chips.c.firmware).where(key)).first()
+        geometry = {k: values.get(k) for k in ("rows", "cols", "arrays")
+                    if values.get(k) is not None}
+        if found is not None:
+            if found.firmware != ident.firmware or geometry:
+                conn.execute(T.chips.update().where(T.chips.c.chip_id == found.chip_id)
+                             .values(firmware=ident.firmware, identity=identity, **geometry))
+            return int(found.chip_id)
+        try:
+            with conn.begin_nested():  # another process may add the same chip meanwhile
+                return int(conn.execute(T.chips.insert().values(
+                    maker=ident.maker, model=ident.model, serial=ident.serial,
+                    firmware=ident.firmware, identity=identity, first_seen=now_utc(),
+                    **geometry).returning(T.chips.c.chip_id)).scalar_one())
+        except sa.exc.IntegrityError:
+            return int(conn.execute(sa.select(T.chips.c.chip_id).where(key)).scalar_one())
+
+    @staticmethod
+    def _set_cells(conn: Connection, run_id: str, chip_id: int | None,
+                   cells: Sequence[CellRange]) -> None:
+        conn.execute(T.run_cells.delete().where(T.run_cells.c.run_id == run_id))
+        for r in cells:
+            if r.action not in T.ACTIONS:
+                raise CatalogError(f"cell action {r.action!r} is not one of "
+                                   f"{', '.join(T.ACTIONS)}")
+        if cells:
+            conn.execute(T.run_cells.insert(), [
+                {"run_id": run_id, "chip_id": chip_id, "action": r.action, "start": r.start,
+                 "stop": r.stop, "n_set": r.n_set, "n_reset": r.n_reset} for r in cells])
+
+    # -- reading ---------------------------------------------------------------------------
+    def resolve_id(self, run_id: str, conn: Connection | None = None) -> str:
+        """The full id of a run from its id or a unique prefix (at least 4 characters)."""
+        if conn is None:
+            with self._read() as c:
+                return self.resolve_id(run_id, c)
+        exact = conn.execute(sa.select(T.runs.c.run_id).where(
+            T.runs.c.run_id == run_id)).scalar()
+        if exact is not None:
+            return str(exact)
+        if len(run_id) >= 4:
+            like = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            found = conn.execute(sa.select(T.runs.c.run_id).where(
+                T.runs.c.run_id.like(like + "%", escape="\\")).limit(2)).scalars().all()
+            if len(found) == 1:
+                return str(found[0])
+            if len(found) > 1:
+                raise CatalogError(f"run id prefix {run_id!r} is not unique; give more of it")
+        raise CatalogError(f"no run {run_id!r} in catalog {self.location} ('pcmlab runs' "
+                           "lists them)")
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        """Everything recorded about a run (its id or a unique prefix), with its chip and
+        its cell ranges (``cells``)."""
+        with self._read() as conn:
+            full = self.resolve_id(run_id, conn)
+            row = conn.execute(_runs_query().where(T.runs.c.run_id == full)).mappings().one()
+            cells = conn.execute(sa.select(T.run_cells).where(
+                T.run_cells.c.run_id == full).order_by(T.run_cells.c.action,
+                                                       T.run_cells.c.start)).mappings().all()
+        record = _record(row)
+        record["cells"] = [CellRange(c["action"], int(c["start"]), int(c["stop"]),
+                                     c["n_set"], c["n_reset"]) for c in cells]
+        return record
+
+    def list_runs(self, *, chip: str | None = None, kind: str | Iterable[str] | None = None,
+                  status: str | Iterable[str] | None = None,
+                  since: dt.datetime | str | None = None,
+                  until: dt.datetime | str | None = None,
+                  tag: str | Iterable[str] | None = None,
+                  where: Mapping[str, Any] | None = None,
+                  path: str | Path | None = None, content_hash: str | None = None,
+                  limit: int | None = None, newest_first: bool = True) -> list[dict[str, Any]]:
+        """Runs matching every filter given, newest first. ``chip``: serial (or the full
+        identity string); ``kind``/``status``: one or several; ``since``/``until``: start
+        times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
+        present; ``where``: metadata values by (dotted) key, compared as JSON values.
+        A status of ``killed`` matches runs recorded as running whose writer is gone."""
+        q = _runs_query()
+        if chip is not None:
+            q = q.where((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
+        if kind is not None:
+            q = q.where(T.runs.c.kind.in_(_many(kind)))
+        statuses = set(_many(status)) if status is not None else None
+        if statuses is not None:
+            stored = statuses | ({"running"} if statuses & {"killed", "running"} else set())
+            q = q.where(T.runs.c.status.in_(sorted(stored)))
+        if since is not None:
+            q = q.where(T.runs.c.started_at >= utc(since))
+        if until is not None:
+            q = q.where(T.runs.c.started_at <= utc(until))
+        for key in _many(tag) if tag is not None else ():
+            q = q.where(_meta(key).as_string().is_not(None))
+        for key, value in (where or {}).items():
+            q = q.where(_meta_equals(key, value))
+        if path is not None:
+            q = q.where(T.runs.c.path == str(Path(path).absolute()))
+        if content_hash is not None:
+            q = q.where(T.runs.c.content_hash == content_hash)
+        order = T.runs.c.started_at.desc() if newest_first else T.runs.c.started_at.asc()
+        q = q.order_by(order, T.runs.c.run_id)
+        if limit is not None and statuses is None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(q).mappings().all()
+        from pcmlab.catalog.liveness import effective_status
+
+        out = []
+        for row in rows:
+            rec = _record(row)
+            rec["status"] = effective_status(rec)
+            if statuses is None or rec["status"] in statuses:
+                out.append(rec)
+        return out[:limit] if limit is not None else out
+
+    def count(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t))
+                                .scalar_one()) for t in (T.runs, T.chips, T.run_cells)}
+
+    def chips(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(T.chips).order_by(T.chips.c.chip_id)).mappings()]
+
+    def cell_ranges(self, *, chip: str, start: int, stop: int) -> list[dict[str, Any]]:
+        """Ranges of runs on ``chip`` (serial or identity) overlapping cells [start, stop),
+        with their run's id, kind, path, status and start time, oldest run first."""
+        q = (sa.select(T.run_cells, T.runs.c.kind, T.runs.c.path, T.runs.c.status,
+                       T.runs.c.started_at)
+             .join(T.runs, T.runs.c.run_id == T.run_cells.c.run_id)
+             .join(T.chips, T.chips.c.chip_id == T.run_cells.c.chip_id)
+             .where((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
+             .where(T.run_cells.c.start < stop, T.run_cells.c.stop > start)
+             .order_by(T.runs.c.started_at, T.run_cells.c.run_id, T.run_cells.c.start))
+        with self._read() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+        for r in rows:
+            r["started_at"] = utc(r["started_at"])
+        return rows
+
+
+def _runs_query() -> sa.Select:
+    return (sa.select(T.runs, T.chips.c.maker.label("chip_maker"),
+                      T.chips.c.model.label("chip_model"),
+                      T.chips.c.serial.label("chip_serial"),
+                      T.chips.c.firmware.label("chip_firmware"))
+            .select_from(T.runs.outerjoin(T.chips, T.runs.c.chip_id == T.chips.c.chip_id)))
+
+
+def _record(row: Mapping[str, Any]) -> dict[str, Any]:
+    rec = dict(row)
+    for key in ("started_at", "ended_at", "updated_at"):
+        rec[key] = utc(rec.get(key))
+    rec["meta"] = rec.get("meta") or {}
+    return rec
+
+
+def _many(value: str | Iterable[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _meta(key: str) -> Any:
+    parts = tuple(p for p in key.split(".") if p)
+    if not parts:
+        raise CatalogError(f"metadata key {key!r} is empty; give a key such as 'operator' "
+                           "or 'pulse.scheme'")
+    return T.runs.c.meta[parts]
+
+
+def _meta_equals(key: str, value: Any) -> Any:
+    expr = _meta(key)
+    if isinstance(value, bool):
+        return expr.as_boolean() == value
+    if isinstance(value, (int, float)):
+        return expr.as_float() == float(value)
+    if value is None:
+        return expr.as_string().is_(None)
+    if isinstance(value, str):
+        return expr.as_string() == value
+    raise CatalogError(f"metadata filter {key}={value!r}: compare with a string, number, "
+                       "true/false or null")
+
+
+def _set_path(meta: dict[str, Any], key: str, value: Any) -> None:
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise CatalogError(f"tag key {key!r} is empty; give key=value")
+    if not isinstance(value, _JSON_VALUE):
+        raise CatalogError(f"tag {key}: value {value!r} is not a JSON value")
+    node = meta
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (dt.datetime, dt.date, Path)):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    # the driver's message alone: SQLAlchemy's text would repeat the statement's parameters
+    text = str(exc.orig).strip().splitlines()
+    return text[0] if text else type(exc.orig).__name__
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""

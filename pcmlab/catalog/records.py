@@ -1,0 +1,100 @@
+"""Plain values the catalog stores: run ids, cell ranges, chip identities, times."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pcmlab.errors import CatalogError
+
+
+def new_run_id() -> str:
+    """A globally unique run id (a random UUID, 36 characters)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class CellRange:
+    """Cells [start, stop) of a chip that a run touched: ``action`` is programmed, read or
+    pulsed; ``n_set`` / ``n_reset`` the pulses the run applied to these cells in total."""
+
+    action: str
+    start: int
+    stop: int
+    n_set: int | None = None
+    n_reset: int | None = None
+
+
+def cell_ranges(cells: npt.ArrayLike, action: str, *,
+                n_set: npt.ArrayLike | None = None,
+                n_reset: npt.ArrayLike | None = None) -> list[CellRange]:
+    """The cells as maximal runs of consecutive indices, with per-range pulse totals from
+    per-cell counts (same order as ``cells``)."""
+    c = np.asarray(cells, dtype=np.int64).ravel()
+    if c.size == 0:
+        return []
+    order = np.argsort(c, kind="stable")
+    cs = c[order]
+    keep = np.ones(cs.size, dtype=bool)
+    keep[1:] = cs[1:] != cs[:-1]
+    breaks = np.flatnonzero(np.diff(cs[keep]) != 1) + 1
+    uniq = cs[keep]
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [uniq.size]])
+
+    def totals(counts: npt.ArrayLike | None) -> list[int | None]:
+        if counts is None:
+            return [None] * starts.size
+        per = np.asarray(counts, dtype=np.int64).ravel()[order]
+        # duplicates in ``cells`` add up into the one cell they name
+        per_uniq = np.add.reduceat(per, np.flatnonzero(keep))
+        return [int(per_uniq[a:b].sum()) for a, b in zip(starts, stops, strict=True)]
+
+    sets, resets = totals(n_set), totals(n_reset)
+    return [CellRange(action, int(uniq[a]), int(uniq[b - 1]) + 1, s, r)
+            for a, b, s, r in zip(starts, stops, sets, resets, strict=True)]
+
+
+@dataclass(frozen=True)
+class ChipIdentity:
+    maker: str
+    model: str
+    serial: str
+    firmware: str
+    identity: str
+
+    @classmethod
+    def parse(cls, identity: str) -> ChipIdentity:
+        """From an ``*IDN?`` string ``maker,model,serial,firmware``; a string of another
+        form is kept whole as the maker (and is its own serial)."""
+        parts = [p.strip() for p in identity.split(",")]
+        if len(parts) >= 4:
+            return cls(parts[0], parts[1], parts[2], ",".join(parts[3:]), identity)
+        if len(parts) == 3:
+            return cls(parts[0], parts[1], parts[2], "", identity)
+        return cls(identity.strip(), "", identity.strip(), "", identity)
+
+
+def utc(value: dt.datetime | str | float | None) -> dt.datetime | None:
+    """An aware UTC datetime from a datetime (naive = UTC), ISO 8601 text or Unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise CatalogError(f"time {value!r} is not ISO 8601 (e.g. 2026-03-01 or "
+                               "2026-03-01T12:00:00+00:00)") from None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,120 @@
+"""The catalog's Python API on both backends: register, update, filter, tag, versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+import pcmlab
+from pcmlab.catalog import Catalog, cell_ranges, new_run_id, open_catalog, schema
+from pcmlab.errors import CatalogError, CatalogUnavailableError
+
+IDN = "pcmlab,MockPCM,SN-7,1.2"
+
+
+def _register(cat: Catalog, kind: str = "run", started: str = "2026-03-01T10:00:00",
+              **fields) -> str:
+    rid = new_run_id()
+    cat.register(rid, kind=kind, path=f"/data/{rid}.h5", chip_identity=fields.pop("idn", IDN),
+                 started_at=started, geometry={"rows": 64, "cols": 128, "arrays": 1},
+                 **fields)
+    return rid
+
+
+def test_register_update_get(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        rid = _register(cat, config={"schedule": {"t0_s": 20.0}}, meta={"operator": "ada"},
+                        cells=cell_ranges([5, 0, 1, 2, 6], "programmed",
+                                          n_set=[5, 1, 2, 3, 4]))
+        cat.update(rid, status="finished", n_readouts=30, ended_at="2026-03-02T10:00:00",
+                   meta={"scheme": "new"})
+        rec = cat.get(rid[:8])  # a unique prefix is enough
+    assert rec["run_id"] == rid and rec["status"] == "finished" and rec["n_readouts"] == 30
+    assert rec["config"] == {"schedule": {"t0_s": 20.0}}
+    assert rec["meta"] == {"operator": "ada", "scheme": "new"}  # merged, not replaced
+    assert (rec["chip_maker"], rec["chip_model"], rec["chip_serial"], rec["chip_firmware"]) \
+        == ("pcmlab", "MockPCM", "SN-7", "1.2")
+    assert (rec["rows"], rec["cols"]) == (64, 128)
+    assert rec["started_at"] == dt.datetime(2026, 3, 1, 10, tzinfo=dt.timezone.utc)
+    assert [(c.start, c.stop, c.n_set) for c in rec["cells"]] == [(0, 3, 6), (5, 7, 9)]
+
+
+def test_filters(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        a = _register(cat, "run", "2026-03-01T00:00:00", meta={"pulse": {"scheme": "new",
+                                                                         "n": 3}})
+        b = _register(cat, "deployment", "2026-04-01T00:00:00", status="finished",
+                      meta={"pulse": {"scheme": "old", "n": 4}, "ok": True})
+        c = _register(cat, "run", "2026-05-01T00:00:00", idn="acme,X1,SN-9,2",
+                      status="stopped")
+
+        def ids(**f) -> list[str]:
+            return [r["run_id"] for r in cat.list_runs(**f)]
+
+        assert ids() == [c, b, a]  # newest first
+        assert ids(kind="run") == [c, a]
+        assert ids(status=["finished", "stopped"]) == [c, b]
+        assert ids(since="2026-03-15", until="2026-04-15") == [b]
+        assert ids(chip="SN-9") == [c]
+        assert ids(tag="pulse") == [b, a]
+        assert ids(where={"pulse.scheme": "new"}) == [a]
+        assert ids(where={"pulse.n": 4}) == [b]
+        assert ids(where={"ok": True}) == [b]
+        assert ids(where={"pulse.n": 5}) == []
+        cat.tag(a, {"sample.batch": "B7"})
+        assert ids(where={"sample.batch": "B7"}, tag="pulse") == [a]
+    frame = pcmlab.runs(catalog_url, kind="run")
+    assert list(frame["run_id"]) == [c, a]
+    assert list(frame["chip_serial"]) == ["SN-9", "SN-7"]
+    assert str(frame["started_at"].dt.tz) == "UTC"
+
+
+def test_one_chip_row_per_chip(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        _register(cat)
+        _register(cat, idn="pcmlab,MockPCM,SN-7,1.3")  # same chip, new firmware
+        chips = cat.chips()
+    assert [(c["serial"], c["firmware"]) for c in chips] == [("SN-7", "1.3")]
+
+
+def test_bad_requests_name_the_value(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        with pytest.raises(CatalogError, match="'experiment'"):
+            cat.register(new_run_id(), kind="experiment", path="/x.h5")
+        rid = _register(cat)
+        with pytest.raises(CatalogError, match="'done'"):
+            cat.update(rid, status="done")
+        with pytest.raises(CatalogError, match="no run 'nope'"):
+            cat.get("nope")
+        with pytest.raises(CatalogError, match="colour"):
+            cat.update(rid, colour="red")
+
+
+def test_schema_version_migrations(tmp_path, monkeypatch) -> None:
+    where = tmp_path / "c.sqlite"
+    with open_catalog(where) as cat:
+        assert cat.schema_version() == schema.SCHEMA_VERSION
+    steps = []
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, schema.SCHEMA_VERSION - 1,
+                        lambda conn: steps.append(conn.dialect.name))
+    with open_catalog(where) as cat:
+        assert cat.schema_version() == schema.SCHEMA_VERSION
+    assert steps == ["sqlite"]
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION - 1)
+    with pytest.raises(CatalogError, match="newer than this pcmlab"):
+        open_catalog(where)
+
+
+def test_where_the_catalog_is(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PCMLAB_CATALOG", raising=False)
+    with open_catalog() as cat:
+        assert cat.location.endswith(str(tmp_path / "xdg" / "pcmlab" / "catalog.sqlite"))
+    monkeypatch.setenv("PCMLAB_CATALOG", str(tmp_path / "env.sqlite"))
+    with open_catalog() as cat:
+        assert cat.location.endswith("env.sqlite")
+    with pytest.raises(CatalogUnavailableError) as err:
+        open_catalog("postgresql://ada:s3cret@127.0.0.1:1/lab", timeout_s=1)
+    assert "s3cret" not in str(err.value) and "ada:***@127.0.0.1:1/lab" in str(err.value)

@@ -1,0 +1,147 @@
+"""Every run file registers itself; a killed run is told apart from a running one; the
+catalog being down or locked never costs a measurement; two processes registering at once
+lose nothing. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import pcmlab
+from pcmlab.catalog import open_catalog, registration
+from pcmlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+CONFIG = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=3600.0,
+                                                          n_readouts=4))
+
+# a run that stops to wait (on the wall clock) before its third readout
+SLOW_RUN = """
+import sys, time
+import numpy as np
+import pcmlab
+cfg = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=3600.0,
+                                                       n_readouts=4))
+def wait(i, t_s, now_s):
+    if i == 2:
+        print("waiting", flush=True)
+        time.sleep(120)
+with pcmlab.open_driver("mock://?rows=8&cols=8&seed=3") as d:
+    pcmlab.measure_run(d, cfg, sys.argv[1], cells=np.arange(64),
+                       target_us=np.linspace(0, 20, 64), on_wait=wait)
+"""
+
+REGISTER_MANY = """
+import sys
+from pcmlab.catalog import new_run_id, open_catalog
+with open_catalog(sys.argv[1]) as cat:
+    for i in range(int(sys.argv[2])):
+        cat.register(new_run_id(), kind="run", path=f"/data/{sys.argv[3]}-{i}.h5",
+                     chip_identity="pcmlab,MockPCM,SN-1,1.0", meta={"i": i})
+"""
+
+
+def _env(catalog: str) -> dict[str, str]:
+    return {**os.environ, "PCMLAB_CATALOG": catalog, "PYTHONPATH": str(ROOT)}
+
+
+def _measure(path: Path, seed: int = 1) -> None:
+    with pcmlab.open_driver(f"mock://?rows=8&cols=8&seed={seed}") as d:
+        pcmlab.measure_run(d, CONFIG, path, cells=np.arange(64),
+                           target_us=np.linspace(0, 20, 64))
+
+
+def test_a_run_registers_with_its_id_and_pulses(catalog_url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PCMLAB_CATALOG", catalog_url)
+    _measure(tmp_path / "a.h5")
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        run_id = f.attrs["run_id"]
+        assert "catalog_pending" not in f.attrs
+        n_set = int(f["programming/set_pulses"][:].sum())
+        n_reset = int(f["programming/reset_pulses"][:].sum())
+    with open_catalog(catalog_url) as cat:
+        rec = cat.get(run_id)
+    assert (rec["kind"], rec["status"], rec["n_readouts"], rec["n_cells"]) == \
+        ("run", "finished", 4, 64)
+    assert rec["content_hash"] == registration.content_hash(tmp_path / "a.h5")
+    assert rec["path"] == str(tmp_path / "a.h5") and rec["pid"] == os.getpid()
+    assert (rec["chip_maker"], rec["chip_model"]) == ("pcmlab", "MockPCM-8x8")
+    programmed = [c for c in rec["cells"] if c.action == "programmed"]
+    assert [(c.start, c.stop) for c in programmed] == [(0, 64)]
+    assert n_set > 64 and (programmed[0].n_set, programmed[0].n_reset) == (n_set, n_reset)
+
+
+def test_killed_and_resumed_runs(catalog_url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PCMLAB_CATALOG", catalog_url)
+    path = tmp_path / "slow.h5"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(path)], env=_env(catalog_url),
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "waiting"
+        with open_catalog(catalog_url) as cat:
+            assert [r["status"] for r in cat.list_runs()] == ["running"]
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+            (killed,) = cat.list_runs()
+            assert killed["status"] == "killed"  # recorded as running, its writer is gone
+            assert [r["run_id"] for r in cat.list_runs(status="killed")] == [killed["run_id"]]
+            assert cat.list_runs(status="running") == []
+            assert main(["resume", str(path)]) == 0
+            rec = cat.get(killed["run_id"])
+        assert (rec["status"], rec["n_readouts"]) == ("finished", 4)
+        assert rec["content_hash"] == registration.content_hash(path)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("how", ["down", "locked"])
+def test_catalog_unavailable_never_costs_a_measurement(how, tmp_path, monkeypatch,
+                                                        caplog) -> None:
+    if how == "down":
+        where = "postgresql://nobody@127.0.0.1:1/lab"
+    else:
+        where = str(tmp_path / "locked.sqlite")
+        open_catalog(where).close()
+        holder = sqlite3.connect(where, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process writing, for ever
+    monkeypatch.setenv("PCMLAB_CATALOG", where)
+    monkeypatch.setattr(registration, "REGISTER_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(registration, "_warned", set())
+    caplog.set_level(logging.WARNING, logger="pcmlab.catalog.registration")
+    _measure(tmp_path / "a.h5")
+    ds = pcmlab.open_run(tmp_path / "a.h5")
+    assert ds.sizes["readout"] == 4  # the run went on
+    warnings = [r for r in caplog.records if "catalog is unavailable" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not at the start and again at the end
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        pending = json.loads(f.attrs["catalog_pending"])
+        assert pending["run_id"] == f.attrs["run_id"]
+    if how == "locked":
+        holder.execute("ROLLBACK")
+        holder.close()
+        with open_catalog(where) as cat:
+            assert cat.list_runs() == []
+
+
+def test_two_processes_registering_at_once(catalog_url) -> None:
+    open_catalog(catalog_url).close()  # both find the tables made
+    n = 40
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER_MANY, catalog_url, str(n),
+                               name], env=_env(catalog_url)) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with open_catalog(catalog_url) as cat:
+        runs = cat.list_runs()
+        assert len(runs) == 2 * n
+        assert len({r["path"] for r in runs}) == 2 * n
+        assert len(cat.chips()) == 1
