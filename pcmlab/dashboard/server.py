@@ -15,7 +15,7 @@ from bokeh.server.util import bind_sockets
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from pcmlab.dashboard.catalog import Catalog
+from pcmlab.dashboard.catalog import CatalogView
 from pcmlab.dashboard.pages.deployment import deployment_page
 from pcmlab.dashboard.pages.run import run_page
 from pcmlab.dashboard.pages.runs import runs_page
@@ -46,7 +46,7 @@ class Dashboard:
         self.server.unlisten()
 
 
-def pages(catalog: Catalog) -> dict[str, Application]:
+def pages(catalog: CatalogView) -> dict[str, Application]:
     def app(fn) -> Application:
         return Application(FunctionHandler(partial(fn, catalog)))
 
@@ -61,7 +61,7 @@ def pages(catalog: Catalog) -> dict[str, Application]:
     return out
 
 
-def start(catalog: Catalog, *, host: str = "127.0.0.1", port: int = 0,
+def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
           token: str | None = None, io_loop: IOLoop | None = None) -> Dashboard:
     """Start serving on ``host:port`` (port 0: any free one) in ``io_loop`` (default: the
     current one; run it to serve). Off loopback a token is required: ``token``, or a new

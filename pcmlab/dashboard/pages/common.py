@@ -9,7 +9,7 @@ from bokeh.document import Document
 from bokeh.layouts import column
 from bokeh.models import Div
 
-from pcmlab.dashboard.catalog import Catalog, RunEntry
+from pcmlab.dashboard.catalog import CatalogView, RunEntry
 
 NAV = ('<a href="/">runs</a>')
 
@@ -24,7 +24,7 @@ def argument(doc: Document, name: str) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def entry_of(doc: Document, catalog: Catalog, kinds: tuple[str, ...] | None = None
+def entry_of(doc: Document, catalog: CatalogView, kinds: tuple[str, ...] | None = None
              ) -> RunEntry | None:
     """The catalog entry the URL's ``id`` names; None (and a message on the page) when
     there is none. An id is only ever looked up in the catalog, never used as a path."""

@@ -9,7 +9,7 @@ from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, DataTable, Div, Span, TableColumn
 from bokeh.plotting import figure
 
-from pcmlab.dashboard.catalog import Catalog
+from pcmlab.dashboard.catalog import CatalogView
 from pcmlab.dashboard.data import CHIP_CURVES, RunData, array_fill, layer_rows
 from pcmlab.dashboard.pages.common import entry_of, header
 from pcmlab.store import schema as S
@@ -50,7 +50,7 @@ def accuracy_figure(ev: dict | None):  # -> bokeh figure
     return fig
 
 
-def deployment_page(catalog: Catalog, doc: Document) -> None:
+def deployment_page(catalog: CatalogView, doc: Document) -> None:
     entry = entry_of(doc, catalog, ("deployment",))
     if entry is None:
         return

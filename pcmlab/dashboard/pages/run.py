@@ -20,7 +20,7 @@ from bokeh.models import (
 from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
-from pcmlab.dashboard.catalog import Catalog
+from pcmlab.dashboard.catalog import CatalogView
 from pcmlab.dashboard.data import RunData
 from pcmlab.dashboard.pages.common import entry_of, fmt_s, header
 
@@ -241,7 +241,7 @@ class RunPage:
         self.status.text = _status_text(self.data)
 
 
-def run_page(catalog: Catalog, doc: Document) -> None:
+def run_page(catalog: CatalogView, doc: Document) -> None:
     entry = entry_of(doc, catalog, ("run", "deployment", "characterization"))
     if entry is None:
         return

@@ -18,7 +18,7 @@ from bokeh.models import (
     TextInput,
 )
 
-from pcmlab.dashboard.catalog import KINDS, STATUSES, Catalog, RunFilter, parse_time
+from pcmlab.dashboard.catalog import KINDS, STATUSES, CatalogView, RunFilter
 
 PAGE_ROWS = 50
 REFRESH_MS = 3000
@@ -28,7 +28,7 @@ PAGE_OF_KIND = {"run": "run", "deployment": "deployment", "characterization": "r
 
 def _columns(entries) -> dict[str, list]:
     return {
-        "id": [e.id for e in entries],
+        "id": [e.id[:8] for e in entries],  # as git shows commits; the link has it whole
         "link": [f"/{PAGE_OF_KIND.get(e.kind, 'run')}?id={e.id}" for e in entries],
         "kind": [e.kind for e in entries],
         "status": [e.status for e in entries],
@@ -41,7 +41,7 @@ def _columns(entries) -> dict[str, list]:
 
 
 class RunsPage:
-    def __init__(self, doc: Document, catalog: Catalog) -> None:
+    def __init__(self, doc: Document, catalog: CatalogView) -> None:
         self.catalog, self.offset = catalog, 0
         self.chip = TextInput(title="chip", placeholder="serial or model", width=160)
         self.kind = Select(title="kind", value="", options=["", *KINDS], width=130)
@@ -83,10 +83,8 @@ class RunsPage:
         def text(w) -> str | None:
             return w.value.strip() or None
 
-        since, until = text(self.since), text(self.until)
         return RunFilter(chip=text(self.chip), kind=text(self.kind), status=text(self.status),
-                         since=parse_time(since) if since else None,
-                         until=parse_time(until) if until else None,
+                         since=text(self.since), until=text(self.until),
                          tag=(text(self.tag),) if text(self.tag) else (),
                          where=(text(self.where),) if text(self.where) else ())
 
@@ -116,5 +114,5 @@ class RunsPage:
         self.next.disabled = self.offset + PAGE_ROWS >= total
 
 
-def runs_page(catalog: Catalog, doc: Document) -> None:
+def runs_page(catalog: CatalogView, doc: Document) -> None:
     RunsPage(doc, catalog)

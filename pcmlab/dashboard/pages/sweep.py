@@ -10,7 +10,7 @@ from bokeh.models import ColumnDataSource, Select
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from pcmlab.dashboard.catalog import Catalog
+from pcmlab.dashboard.catalog import CatalogView
 from pcmlab.dashboard.pages.common import entry_of, header
 from pcmlab.sweep import open_sweep
 
@@ -42,7 +42,7 @@ def sweep_curves(ds, curve_axis: str | None, fixed: dict[str, str]) -> dict[str,
     return out
 
 
-def sweep_page(catalog: Catalog, doc: Document) -> None:
+def sweep_page(catalog: CatalogView, doc: Document) -> None:
     entry = entry_of(doc, catalog, ("sweep",))
     if entry is None:
         return

@@ -30,10 +30,11 @@ class LiveWriter:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "ready":
             self.proc.kill()
             raise RuntimeError(f"live writer did not start: {line!r}")
+        self.run_id = line[1]
 
     def next(self) -> dict:
         """Append one readout; its index and the Unix time it was flushed."""
@@ -91,6 +92,19 @@ class ServerThread:
 
         self.loop.add_callback(halt)
         self.thread.join(10)
+
+
+@pytest.fixture
+def catalog(tmp_path, monkeypatch):
+    """A catalog of this test alone: every file written from here on (in this process or
+    a child) registers in it."""
+    from pcmlab.dashboard.catalog import CatalogView
+
+    path = tmp_path / "catalog.sqlite"
+    monkeypatch.setenv("PCMLAB_CATALOG", str(path))
+    view = CatalogView.open(path)
+    yield view
+    view.close()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ benchmarks/dashboard.py). Synthetic conductances from the calibrated model, writ
 through pcmlab's own RunWriter (SWMR, each row flushed).
 
     python live_writer.py FILE --rows R --cols C --readouts N --first K
-prints ``ready`` once K readouts are in the file, then for every line read on stdin
+prints ``ready RUN_ID`` once K readouts are in the file, then for every line read on stdin
 appends the next readout and prints ``{"index": i, "flushed": unix_time}``.
 """
 
@@ -46,12 +46,14 @@ def create(path, *, rows: int = 64, cols: int = 128, readouts: int = 8, seed: in
     return w, append
 
 
-def write_run(path, *, readouts: int = 3, **options: int) -> None:
-    """A finished run file, in this process."""
+def write_run(path, *, readouts: int = 3, **options: int) -> str:
+    """A finished run file, in this process (registered where PCMLAB_CATALOG says); its
+    run id."""
     w, append = create(path, readouts=readouts, **options)
     for i in range(readouts):
         append(i)
     w.close()
+    return w.run_id
 
 
 def main() -> None:
@@ -67,7 +69,7 @@ def main() -> None:
 
     for i in range(a.first):
         append(i)
-    print("ready", flush=True)
+    print("ready", w.run_id, flush=True)
     for i in range(a.first, a.readouts):
         if not sys.stdin.readline():
             break

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pcmlab.dashboard.catalog import FileIndex, RunFilter
+from pcmlab.dashboard.catalog import RunFilter
 from pcmlab.dashboard.security import is_loopback
 from tests.pcmlab.dashboard.live_writer import write_run
 
@@ -32,12 +32,12 @@ def get(url: str, cookie: str | None = None) -> tuple[int, str, dict]:
 
 
 @pytest.fixture
-def two_runs(tmp_path):
+def two_runs(tmp_path, catalog, monkeypatch):
     """One registered run and one pcmlab file beside it that is not registered."""
     registered, other = tmp_path / "registered.h5", tmp_path / "unregistered.h5"
     write_run(registered)
+    monkeypatch.setenv("PCMLAB_CATALOG", "off")
     write_run(other)
-    catalog = FileIndex([registered])
     return catalog, registered, other
 
 
@@ -58,10 +58,12 @@ def test_only_catalog_runs_are_read(serve, two_runs, monkeypatch):
     status, body, _ = get(f"{s.base}/run?id={run_id}")
     assert status == 200 and title(body) == f"pcmlab run {run_id}"
     assert opened == [registered.resolve()]
+    other_id = __import__("pcmlab.store", fromlist=["RunReader"]).RunReader(other).run_id
+    assert other_id and catalog.run(other_id) is None  # a pcmlab file, not in the catalog
     rel = Path("..") / ".." / other.relative_to(other.anchor)
     for bad in (str(other), str(rel), "../" * 12 + str(other).lstrip("/"),
                 urllib.parse.quote(str(other), safe=""), "%2e%2e%2fetc%2fpasswd",
-                "/etc/passwd", run_id + "/../" + run_id, ""):
+                "/etc/passwd", run_id + "/../" + run_id, run_id[:8], other_id, ""):
         status, body, _ = get(f"{s.base}/run?id={bad}")
         assert status == 200 and title(body) == "pcmlab: not found", bad
     status, body, _ = get(f"{s.base}/run?path={urllib.parse.quote(str(other))}")
