@@ -180,3 +180,14 @@ class CatalogView:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+    def cell_runs(self, chip: str, cell: int) -> list[RunEntry]:
+        """The runs on ``chip`` (serial or identity) that touched ``cell``, oldest first."""
+        seen: dict[str, RunEntry] = {}
+        for r in self.catalog.cell_ranges(chip=chip, start=cell, stop=cell + 1):
+            if r["run_id"] not in seen:
+                entry = self.run(str(r["run_id"]))
+                if entry is not None:
+                    seen[entry.id] = entry
+        return list(seen.values())

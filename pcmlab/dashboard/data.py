@@ -248,3 +248,42 @@ CHIP_CURVES = (  # /evaluation datasets of chip mode, and their legend
     ("chip_calibrated_once", "chip MVM, calibrated once"),
     ("chip_recalibrated", "chip MVM, recalibrated"),
 )
+
+
+@dataclass(frozen=True)
+class CellEvent:
+    """What one run did to one cell, from the run's file."""
+
+    run_id: str
+    kind: str
+    started: str
+    target_us: float
+    programmed_us: float  # final verify reading (NaN: not programmed in this run)
+    converged: bool
+    iterations: int
+    set_pulses: int | None
+    reset_pulses: int | None
+    time_s: npt.NDArray[np.float64]  # its reads, s after that run's programming
+    g_us: npt.NDArray[np.float32]
+
+
+def cell_event(run_id: str, kind: str, started: str, path: Path, cell: int
+               ) -> CellEvent | None:
+    """The cell's part in a run (None if the file does not hold the cell)."""
+    with RunReader(path) as r:
+        cells = r.targets().cell
+        where = np.flatnonzero(cells == cell)
+        if where.size == 0:
+            return None
+        j = int(where[0])
+        target = float(r.targets().conductance_us[j])
+        p = r.programming()
+        ro = r.readouts()
+        return CellEvent(
+            run_id, kind, started, target,
+            float(p.conductance_us[j]) if p is not None else float("nan"),
+            bool(p.converged[j]) if p is not None else False,
+            int(p.iterations[j]) if p is not None else 0,
+            int(p.set_pulses[j]) if p is not None and p.set_pulses is not None else None,
+            int(p.reset_pulses[j]) if p is not None and p.reset_pulses is not None else None,
+            ro.time_s, ro.conductance_us[:, j])

@@ -96,3 +96,46 @@ def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
     server.start()
     log.info("dashboard on %s:%d", host, bound)
     return Dashboard(server, host, bound, token)
+
+
+class DashboardThread:
+    """The dashboard served from a thread with its own event loop (a script, a notebook,
+    the tests); ``stop()`` ends it."""
+
+    def __init__(self, catalog: CatalogView, **kwargs) -> None:
+        import asyncio
+        import threading
+
+        ready = threading.Event()
+        box: dict = {}
+
+        def run() -> None:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            loop = IOLoop.current()
+            try:
+                box["dash"] = start(catalog, io_loop=loop, **kwargs)
+            except BaseException as exc:
+                box["error"] = exc
+                ready.set()
+                return
+            box["loop"] = loop
+            ready.set()
+            loop.start()
+            loop.close(all_fds=False)
+
+        self._thread = threading.Thread(target=run, name="pcmlab-dashboard", daemon=True)
+        self._thread.start()
+        ready.wait(60)
+        if "error" in box:
+            raise box["error"]
+        self.dashboard: Dashboard = box["dash"]
+        self._loop: IOLoop = box["loop"]
+        self.base = f"http://{self.dashboard.host}:{self.dashboard.port}"
+
+    def stop(self) -> None:
+        def halt() -> None:
+            self.dashboard.stop()
+            self._loop.stop()
+
+        self._loop.add_callback(halt)
+        self._thread.join(10)

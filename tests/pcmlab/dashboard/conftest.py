@@ -3,13 +3,11 @@ process, and a headless Chromium (Debian's chromium and chromium-driver)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,47 +51,6 @@ class LiveWriter:
                 self.proc.wait()
 
 
-class ServerThread:
-    """The dashboard on 127.0.0.1 (a free port) in a thread with its own event loop."""
-
-    def __init__(self, catalog, **kwargs) -> None:
-        from tornado.ioloop import IOLoop
-
-        from pcmlab.dashboard.server import start
-
-        ready = threading.Event()
-        box: dict = {}
-
-        def run() -> None:
-            asyncio.set_event_loop(asyncio.new_event_loop())
-            loop = IOLoop.current()
-            try:
-                box["dash"] = start(catalog, io_loop=loop, **kwargs)
-            except BaseException as exc:
-                box["error"] = exc
-                ready.set()
-                return
-            box["loop"] = loop
-            ready.set()
-            loop.start()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(30)
-        if "error" in box:
-            raise box["error"]
-        self.dash, self.loop = box["dash"], box["loop"]
-        self.base = f"http://127.0.0.1:{self.dash.port}"
-
-    def stop(self) -> None:
-        def halt() -> None:
-            self.dash.stop()
-            self.loop.stop()
-
-        self.loop.add_callback(halt)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def catalog(tmp_path, monkeypatch):
     """A catalog of this test alone: every file written from here on (in this process or
@@ -109,10 +66,13 @@ def catalog(tmp_path, monkeypatch):
 
 @pytest.fixture
 def serve():
-    servers: list[ServerThread] = []
+    """The dashboard on 127.0.0.1 (a free port) in a thread, stopped after the test."""
+    from pcmlab.dashboard.server import DashboardThread
 
-    def make(catalog, **kwargs) -> ServerThread:
-        s = ServerThread(catalog, **kwargs)
+    servers: list[DashboardThread] = []
+
+    def make(catalog, **kwargs) -> DashboardThread:
+        s = DashboardThread(catalog, **kwargs)
         servers.append(s)
         return s
 

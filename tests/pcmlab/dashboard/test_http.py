@@ -9,10 +9,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pcmlab.dashboard.catalog import RunFilter
 from pcmlab.dashboard.security import is_loopback
+from pcmlab.store import RunReader
 from tests.pcmlab.dashboard.live_writer import write_run
 
 
@@ -58,7 +60,8 @@ def test_only_catalog_runs_are_read(serve, two_runs, monkeypatch):
     status, body, _ = get(f"{s.base}/run?id={run_id}")
     assert status == 200 and title(body) == f"pcmlab run {run_id}"
     assert opened == [registered.resolve()]
-    other_id = __import__("pcmlab.store", fromlist=["RunReader"]).RunReader(other).run_id
+    with RunReader(other) as r:
+        other_id = r.run_id
     assert other_id and catalog.run(other_id) is None  # a pcmlab file, not in the catalog
     rel = Path("..") / ".." / other.relative_to(other.anchor)
     for bad in (str(other), str(rel), "../" * 12 + str(other).lstrip("/"),
@@ -112,7 +115,7 @@ def test_websocket_origin_and_session_checked(serve, two_runs):
     s = serve(catalog)
     _, body, _ = get(f"{s.base}/")
     token = _session_token(body)
-    ws = f"ws://127.0.0.1:{s.dash.port}/ws"
+    ws = f"ws://127.0.0.1:{s.dashboard.port}/ws"
 
     async def connect(origin: str, session_token: str) -> bool:
         req = HTTPRequest(ws, headers={"Origin": origin})
@@ -132,3 +135,21 @@ def test_websocket_origin_and_session_checked(serve, two_runs):
         assert not loop.run_sync(lambda: connect(s.base, forged))
     finally:
         loop.close()
+
+
+def test_cell_page_from_the_catalog(serve, catalog, tmp_path):
+    from pcmlab.dashboard.data import cell_event
+
+    first = write_run(tmp_path / "a.h5", readouts=2)
+    second = write_run(tmp_path / "b.h5", readouts=3, seed=1)
+    runs = catalog.cell_runs("1", 7)  # the synthetic chip's serial is 1
+    assert [r.id for r in runs] == [first, second]
+    ev = cell_event(runs[1].id, runs[1].kind, runs[1].started, runs[1].path, 7)
+    with RunReader(tmp_path / "b.h5") as r:
+        np.testing.assert_array_equal(ev.g_us, r.readouts().conductance_us[:, 7])
+        assert ev.target_us == float(r.targets().conductance_us[7])
+    s = serve(catalog)
+    assert title(get(f"{s.base}/cell?chip=1&cell=7")[1]) == "pcmlab cell 7"
+    for bad in ("chip=1&cell=../7", "chip=1&cell=-1", "chip=nope&cell=7",
+                f"chip={urllib.parse.quote(str(tmp_path / 'a.h5'))}&cell=7", "cell=7"):
+        assert title(get(f"{s.base}/cell?{bad}")[1]) == "pcmlab: not found", bad
