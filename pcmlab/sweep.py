@@ -496,11 +496,26 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
     log.info("sweep: %d evaluation tasks, %d kept from an earlier start; computing %d "
              "evaluations and %d trainings", outcome.evaluations, outcome.kept,
              outcome.computed, outcome.trainings)
-    if missing:
-        _compute(config, parts, model, data, missing, sorted(needed, key=str), stage1s,
-                 train_id, workers, scheduler, progress)
-    outcome.dataset = _assemble(config, points, tasks, parts, sweep_text)
-    _write_netcdf(outcome.dataset, output)
+    from pcmlab.catalog.registration import Registration
+
+    reg = Registration.start("sweep", output, config=config.model_dump(mode="json"),
+                             meta={"axes": config.axes, "tasks": len(tasks)},
+                             network_fingerprint=settings["network"],
+                             data_hash=settings["data"])
+    try:
+        if missing:
+            _compute(config, parts, model, data, missing, sorted(needed, key=str), stage1s,
+                     train_id, workers, scheduler, progress)
+        outcome.dataset = _assemble(config, points, tasks, parts, sweep_text)
+        outcome.dataset.attrs["run_id"] = reg.run_id
+        if reg.pending is not None:
+            outcome.dataset.attrs["catalog_pending"] = reg.pending_record()
+        _write_netcdf(outcome.dataset, output)
+    except BaseException as exc:
+        reg.finish("stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
+                   hash_file=False)
+        raise
+    reg.finish("finished")
     return outcome
 
 

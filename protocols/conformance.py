@@ -18,12 +18,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import CrossbarDriver
+from drivers.base import ChipInfo, CrossbarDriver
 from pcmlab.config import ChipLimits
 from pcmlab.errors import ConfigError, LimitError, PcmlabError
 from pcmlab.pcm_model import PCMModel
@@ -50,9 +51,32 @@ class CheckResult:
     meaning: str
 
 
-def results_json(results: list[CheckResult]) -> str:
+def results_json(results: list[CheckResult], **extra: Any) -> str:
     return json.dumps({"results": [asdict(r) for r in results],
-                       "failed": [r.rule for r in results if r.status == "fail"]}, indent=2)
+                       "failed": [r.rule for r in results if r.status == "fail"], **extra},
+                      indent=2)
+
+
+def write_report(path: str | Path, results: list[CheckResult], info: ChipInfo,
+                 cells: npt.ArrayLike, resource: str | None = None) -> str:
+    """Write the results as JSON (with the chip, the cells the checks may pulse and a run
+    id) and register the report in the catalog; returns its run id."""
+    from pcmlab.catalog.records import cell_ranges, new_run_id
+    from pcmlab.catalog.registration import register_file
+
+    run_id = new_run_id()
+    c = np.asarray(cells, dtype=np.int64)
+    Path(path).write_text(results_json(
+        results, run_id=run_id, driver=info.identity, resource=resource,
+        cells={"start": int(c.min()), "stop": int(c.max()) + 1, "n": int(c.size)}),
+        encoding="utf-8")
+    register_file("check", path, run_id=run_id, chip_identity=info.identity,
+                  driver=info.identity, resource=resource, n_cells=int(c.size),
+                  geometry={"rows": info.geometry.rows, "cols": info.geometry.cols,
+                            "arrays": info.arrays},
+                  cells=cell_ranges(c, "pulsed"),
+                  meta={"failed": [r.rule for r in results if r.status == "fail"]})
+    return run_id
 
 
 class _Region:

@@ -337,3 +337,27 @@ def resume_run(
                              cells=_read_cells(info, cells), start=done, stop=stop,
                              on_wait=on_wait)
     return done, taken
+
+
+def interrupted_run_plan(path: str | Path) -> dict[str, str]:
+    """What ``pcmlab resume`` and ``pcmlab recover`` would do with the file of a run that
+    stopped or was killed (the command line shows it beside a killed run)."""
+    from pcmlab.store.reader import opens_closed
+
+    with RunReader(path) as run:
+        prog = run.programming()
+        n = run.n_readouts
+        planned = int(run.schedule_time_s.size)
+    closed = opens_closed(path)
+    recover = ("nothing: the file is closed, any HDF5 tool opens it" if closed else
+               f"close the file for plain h5py/xarray, keeping its {n} complete readouts")
+    if prog is None:
+        resume = "cannot: programming never finished; start a new run"
+    elif prog.interrupted:
+        resume = "cannot: programming was interrupted; start a new run"
+    elif n >= planned:
+        resume = f"nothing to take: all {planned} readouts are in the file"
+    else:
+        resume = (f"keep the {n} completed readouts and take the remaining {planned - n} "
+                  f"of {planned} on the schedule")
+    return {"resume": resume, "recover": recover}

@@ -168,7 +168,6 @@ class Catalog:
             raise CatalogError(f"run kind {kind!r} is not one of {', '.join(T.RUN_KINDS)}")
         values = self._values(fields)
         values.update(kind=kind, path=str(Path(path).absolute()))
-        values.setdefault("status", "running")
         now = now_utc()
         with self._write() as conn:
             chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
@@ -183,6 +182,7 @@ class Catalog:
                 values.setdefault("user", _user())
                 values.setdefault("pcmlab_version", __version__)
                 values.setdefault("started_at", now)
+                values.setdefault("status", "running")
                 values.setdefault("meta", {})
                 conn.execute(T.runs.insert().values(run_id=run_id, updated_at=now, **values))
             else:
@@ -362,10 +362,26 @@ class Catalog:
         out = []
         for row in rows:
             rec = _record(row)
+            rec["recorded_status"] = rec["status"]
             rec["status"] = effective_status(rec)
             if statuses is None or rec["status"] in statuses:
                 out.append(rec)
         return out[:limit] if limit is not None else out
+
+    def list_runs_by_id(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The runs with these exact ids (unknown ids are left out)."""
+        with self._read() as conn:
+            rows = conn.execute(_runs_query().where(
+                T.runs.c.run_id.in_(list(run_ids)))).mappings().all()
+        from pcmlab.catalog.liveness import effective_status
+
+        out = []
+        for row in rows:
+            rec = _record(row)
+            rec["recorded_status"] = rec["status"]
+            rec["status"] = effective_status(rec)
+            out.append(rec)
+        return out
 
     def count(self) -> dict[str, int]:
         with self._read() as conn:

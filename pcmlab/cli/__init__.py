@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         "chips; the in-process mock chip unless --resource names a chip.")
     parser.add_argument("--version", action="version", version=f"pcmlab {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--catalog", metavar="PATH|URL", help="the run catalog every file "
+                        "written is registered in: an SQLite file, postgresql://USER@HOST/DB, "
+                        "or 'off' (default: $PCMLAB_CATALOG, else the per-user file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add = sub.add_parser
 
@@ -306,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_plot)
 
+    from pcmlab.cli.catalog import add_parsers as add_catalog_parsers
+
+    add_catalog_parsers(sub)
     add_serve_parser(sub)
     return parser
 
@@ -327,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_path=False)])
+    if args.catalog is not None:
+        from pcmlab.catalog.registration import configure
+
+        configure(args.catalog)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -33,7 +33,7 @@ def cmd_drivers(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Run the conformance checks on a chip (or driver) inside the cells given."""
-    from protocols.conformance import check_chip, parse_cells, results_json
+    from protocols.conformance import check_chip, parse_cells, write_report
 
     refuse_overwrite(args, args.json)
     driver = make_driver(args)
@@ -63,7 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     console.print(table)
     failed = [r.rule for r in results if r.status == "fail"]
     if args.json is not None:
-        args.json.write_text(results_json(results), encoding="utf-8")
+        write_report(args.json, results, info, cells, getattr(args, "resource", None))
         console.print(f"wrote {args.json}")
     if failed:
         err_console.print(f"[bold red]contract broken[/]: {', '.join(failed)}")
