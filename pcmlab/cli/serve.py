@@ -12,8 +12,6 @@ DEFAULT_PORT = 5006
 def add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="the lab dashboard in a browser: runs, arrays, drift, "
                        "accuracy, live (read-only)")
-    p.add_argument("--catalog", help="the catalog to show (a SQLite path or "
-                   "postgresql://...; default: PCMLAB_CATALOG, else the per-user one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything "
                    "but loopback requires a token")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0: any free one)")
@@ -28,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pcmlab.dashboard.catalog import CatalogView
     from pcmlab.dashboard.server import start
 
-    catalog = CatalogView.open(args.catalog)
+    catalog = CatalogView.open(getattr(args, "catalog", None))  # pcmlab --catalog
     dash = start(catalog, host=args.host, port=args.port, token=args.token)
     console.print(f"pcmlab dashboard: [bold]{dash.url}[/] (read-only; Ctrl-C stops it)")
     if dash.token is not None and args.token is None:
