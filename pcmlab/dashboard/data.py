@@ -86,9 +86,7 @@ class RunData:
         self.level_std_us: list[npt.NDArray[np.float64]] = []
         self._sample_rows: list[npt.NDArray[np.float32]] = []
         self._last_row: npt.NDArray[np.float32] | None = None
-        self._level_of = np.where(self.converged, self.groups.index, -1)
-        self._level_count = np.bincount(self._level_of[self._level_of >= 0],
-                                        minlength=len(self.groups)).astype(np.float64)
+        self._index_levels()
         self.poll()
 
     # -- following -------------------------------------------------------------------------
@@ -109,10 +107,7 @@ class RunData:
             self.programming = r.programming()
             if self.programming is not None:
                 self.converged = self.programming.converged
-                self._level_of = np.where(self.converged, self.groups.index, -1)
-                self._level_count = np.bincount(
-                    self._level_of[self._level_of >= 0],
-                    minlength=len(self.groups)).astype(np.float64)
+                self._index_levels()
         n = r.n_readouts
         new = list(range(self.n_readouts, n))
         for i in new:
@@ -120,20 +115,33 @@ class RunData:
             self._take(float(ro.time_s[0]), float(ro.wall_time[0]), ro.conductance_us[0])
         return new
 
+    def _index_levels(self) -> None:
+        """Converged cells ordered by level, so a readout's level sums are slice sums."""
+        self._level_of = np.where(self.converged, self.groups.index, -1)
+        counts = np.bincount(self._level_of[self._level_of >= 0], minlength=len(self.groups))
+        self._level_count = counts.astype(np.float64)
+        order = np.argsort(self._level_of, kind="stable")
+        self._order = order[self._level_of[order] >= 0]
+        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+
     def _take(self, time_s: float, wall_time: float, g_us: npt.NDArray[np.float32]) -> None:
-        use = self._level_of >= 0
-        idx = self._level_of[use]
-        g = g_us[use].astype(np.float64)
         k = len(self.groups)
-        count = np.maximum(self._level_count, 1)
-        mean = np.bincount(idx, weights=g, minlength=k) / count
-        var = np.bincount(idx, weights=g * g, minlength=k) / count - mean**2
-        empty = self._level_count == 0
-        mean[empty] = np.nan
+        mean = np.full(k, np.nan)
+        std = np.full(k, np.nan)
+        if self._order.size:
+            g = g_us[self._order].astype(np.float64)
+            present = self._level_count > 0
+            starts = self._starts[present]  # reduceat needs strictly valid, non-empty slices
+            count = self._level_count[present]
+            sums = np.add.reduceat(g, starts)
+            g *= g
+            squares = np.add.reduceat(g, starts)
+            mean[present] = sums / count
+            std[present] = np.sqrt(np.maximum(squares / count - mean[present] ** 2, 0.0))
         self.time_s.append(time_s)
         self.wall_time.append(wall_time)
         self.level_mean_us.append(mean)
-        self.level_std_us.append(np.sqrt(np.maximum(var, 0.0)))
+        self.level_std_us.append(std)
         self._sample_rows.append(g_us[self.sample])
         self._last_row = g_us
 

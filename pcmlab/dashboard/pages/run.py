@@ -4,6 +4,7 @@ beside the model, the schedule; followed live while the run is written."""
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from bokeh.document import Document
@@ -124,45 +125,56 @@ class RunPage:
 
     # -- drift -----------------------------------------------------------------------------
     def _drift_curves(self) -> None:
+        # one source (and four renderers) for every level: a figure with a renderer per
+        # level and glyph takes Bokeh seconds to build and the browser long to render
         d = self.data
         self.curves = figure(title="conductance vs time per level: measured mean ± std "
                              "(dots), model mean ± std (band)", x_axis_type="log", width=800,
                              height=450, x_axis_label="time since programming (s)",
                              y_axis_label="conductance (µS)", name="level_curves")
-        self.level_sources: dict[int, ColumnDataSource] = {}
         models = {c.label: c for c in d.model_curves()}
         labels = d.level_labels()
-        for k, label in enumerate(labels):
-            if d.groups.high_us[k] <= 0 or label not in models:
-                continue
-            m = models[label]
-            color = _color(k)
-            self.curves.varea(x=m.model_time_s, y1=m.model_mean_us - m.model_std_us,
-                              y2=m.model_mean_us + m.model_std_us, fill_color=color,
-                              fill_alpha=0.15)
-            self.curves.line(m.model_time_s, m.model_mean_us, line_color=color,
-                             line_dash="dashed", line_alpha=0.8)
-            src = ColumnDataSource(self._level_columns(k, range(d.n_readouts)),
-                                   name=f"level_source_{k}")
-            self.level_sources[k] = src
-            self.curves.line("time_s", "mean_us", source=src, line_color=color)
-            self.curves.scatter("time_s", "mean_us", source=src, color=color, size=6,
-                                legend_label=f"{label} µS")
-            self.curves.segment(x0="time_s", y0="lo_us", x1="time_s", y1="hi_us", source=src,
-                                line_color=color)
-        if self.curves.legend:
-            self.curves.legend.location = "top_right"
-            self.curves.legend.label_text_font_size = "8pt"
-            self.curves.legend.click_policy = "hide"
+        self.levels = [k for k, label in enumerate(labels)
+                       if d.groups.high_us[k] > 0 and label in models]
+        m = [models[labels[k]] for k in self.levels]
+        model_source = ColumnDataSource({
+            "xs": [c.model_time_s for c in m],
+            "ys": [c.model_mean_us for c in m],
+            "band_xs": [np.concatenate([c.model_time_s, c.model_time_s[::-1]]) for c in m],
+            "band_ys": [np.concatenate([c.model_mean_us - c.model_std_us,
+                                        (c.model_mean_us + c.model_std_us)[::-1]]) for c in m],
+            "color": [_color(k) for k in self.levels]}, name="model_source")
+        self.curves.patches("band_xs", "band_ys", fill_color="color", fill_alpha=0.15,
+                            line_alpha=0, source=model_source)
+        self.curves.multi_line("xs", "ys", line_color="color", line_dash="dashed",
+                               line_alpha=0.8, source=model_source)
+        self.level_source = ColumnDataSource(self._level_columns(range(d.n_readouts)),
+                                             name="level_source")
+        self.curves.segment(x0="time_s", y0="lo_us", x1="time_s", y1="hi_us",
+                            source=self.level_source, line_color="color")
+        self.curves.scatter("time_s", "mean_us", source=self.level_source, color="color",
+                            size=6, legend_field="label")
+        self.curves.legend.location = "top_right"
+        self.curves.legend.label_text_font_size = "8pt"
 
-    def _level_columns(self, k: int, readouts) -> dict[str, list[float]]:
+    def _level_columns(self, readouts) -> dict[str, list]:
+        """One row per (readout, level): its time, mean ± std over the level's converged
+        cells."""
         d = self.data
-        idx = list(readouts)
-        mean = [float(d.level_mean_us[i][k]) for i in idx]
-        std = [float(d.level_std_us[i][k]) for i in idx]
-        return {"time_s": [max(d.time_s[i], 1e-3) for i in idx], "mean_us": mean,
-                "lo_us": [m - s for m, s in zip(mean, std, strict=True)],
-                "hi_us": [m + s for m, s in zip(mean, std, strict=True)]}
+        labels = d.level_labels()
+        out: dict[str, list] = {c: [] for c in ("level", "label", "color", "time_s",
+                                                "mean_us", "lo_us", "hi_us")}
+        for i in readouts:
+            for k in self.levels:
+                mean, std = float(d.level_mean_us[i][k]), float(d.level_std_us[i][k])
+                out["level"].append(k)
+                out["label"].append(f"{labels[k]} µS")
+                out["color"].append(_color(k))
+                out["time_s"].append(max(d.time_s[i], 1e-3))
+                out["mean_us"].append(mean)
+                out["lo_us"].append(mean - std)
+                out["hi_us"].append(mean + std)
+        return out
 
     def _nu_columns(self) -> dict[str, list[float]]:
         stats = self.data.drift() or []
@@ -226,8 +238,7 @@ class RunPage:
             return
         if not new:
             return
-        for k, src in self.level_sources.items():
-            src.stream(self._level_columns(k, new))
+        self.level_source.stream(self._level_columns(new))
         self.nu_source.data = self._nu_columns()
         self.sched_source.data = self._schedule_columns()
         n = self.data.n_readouts
@@ -245,8 +256,10 @@ def run_page(catalog: CatalogView, doc: Document) -> None:
     entry = entry_of(doc, catalog, ("run", "deployment", "characterization"))
     if entry is None:
         return
+    t = time.perf_counter()
     data = RunData(entry.path)
     page = RunPage(doc, data, header(entry))
+    log.info("run page of %s built in %.2f s", entry.id, time.perf_counter() - t)
     doc.title = f"pcmlab run {entry.id}"
     page.callback = doc.add_periodic_callback(page.poll, POLL_MS)
     doc.on_session_destroyed(lambda _ctx: data.close())

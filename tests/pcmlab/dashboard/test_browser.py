@@ -40,6 +40,13 @@ def model(name: str) -> str:
     return f"Bokeh.documents[0].get_model_by_name('{name}')"
 
 
+def level_means(driver, k: int) -> list[float]:
+    """The level curve's measured means (one per readout) as the page holds them."""
+    level, mean = driver.execute_script(f"const d = {model('level_source')}.data;"
+                                        "return [Array.from(d.level), Array.from(d.mean_us)];")
+    return [m for lv, m in zip(level, mean, strict=True) if lv == k]
+
+
 def open_page(driver, url: str) -> None:
     driver.get(url)
     wait_for(driver, "window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle")
@@ -99,8 +106,7 @@ def test_run_page_shows_heatmap_and_curves(browser, serve, demo, screenshot):
 
     groups = group_levels(targets.conductance_us)
     k = int(np.argmax(groups.mean_target_us))
-    mean = browser.execute_script(f"return Array.from({model(f'level_source_{k}')}"
-                                  ".data.mean_us);")
+    mean = level_means(browser, k)
     sel = (groups.index == k) & converged
     np.testing.assert_allclose(mean, ro.conductance_us[:, sel].astype(np.float64).mean(axis=1),
                                rtol=1e-5)
@@ -127,7 +133,7 @@ def test_live_run_gains_readouts_on_the_open_page(browser, serve, catalog, live_
     with RunReader(path) as r:
         last = r.readouts(3, 4).conductance_us[0]
         target = r.targets().conductance_us
-    mean = browser.execute_script(f"return Array.from({model('level_source_4')}.data.mean_us);")
+    mean = level_means(browser, 4)
     assert len(mean) == 4
     np.testing.assert_allclose(mean[-1], last[target == 20.0].astype(np.float64).mean(),
                                rtol=1e-5)
