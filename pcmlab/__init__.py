@@ -48,6 +48,7 @@ _API = {
     "group_levels": "pcmlab.analysis",
     # the run catalog
     "runs": "pcmlab.catalog", "open_catalog": "pcmlab.catalog", "Catalog": "pcmlab.catalog",
+    "cell_history": "pcmlab.catalog.history",
     # simulation sweeps
     "SweepConfig": "pcmlab.sweep", "load_sweep": "pcmlab.sweep", "run_sweep": "pcmlab.sweep",
     "open_sweep": "pcmlab.sweep",

@@ -42,10 +42,12 @@ def _xarray():  # -> the xarray module
 
 def open_run(path: str | Path) -> xr.Dataset:
     """The run in ``path`` as an ``xarray.Dataset``, read into memory (the file is closed
-    again). Works while the run is still being written and on a killed run's file."""
+    again). Works while the run is still being written and on a killed run's file.
+    ``path`` may also be a run id from the catalog (or a unique prefix of one)."""
+    from pcmlab.catalog.history import run_path
     from pcmlab.store import RunReader
 
-    with RunReader(path) as run:
+    with RunReader(run_path(path)) as run:
         return run_dataset(run)
 
 

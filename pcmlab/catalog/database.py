@@ -42,6 +42,9 @@ def _sqlite_engine(url: sa.URL, timeout_s: float) -> Engine:
         dbapi_connection.isolation_level = None  # we say BEGIN ourselves (below)
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        # WAL + NORMAL: never corrupt; a power cut may lose the last commits, which the
+        # files still hold for 'pcmlab catalog scan'
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -173,7 +176,7 @@ class Catalog:
             chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
             if chip_identity:
                 values.setdefault("driver", chip_identity)
-            existing = conn.execute(sa.select(T.runs.c.meta).where(
+            existing = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id).where(
                 T.runs.c.run_id == run_id)).first()
             if chip_id is not None:
                 values["chip_id"] = chip_id
@@ -191,6 +194,8 @@ class Catalog:
                 conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
                              .values(updated_at=now, **values))
             if cells is not None:
+                if chip_id is None and existing is not None:
+                    chip_id = existing.chip_id
                 self._set_cells(conn, run_id, chip_id, cells)
         return run_id
 
@@ -252,11 +257,13 @@ class Catalog:
         ident = ChipIdentity.parse(identity)
         key = (T.chips.c.maker == ident.maker) & (T.chips.c.model == ident.model) & (
             T.chips.c.serial == ident.serial)
-        found = conn.execute(sa.select(T.chips.c.chip_id, T.chips.c.firmware).where(key)).first()
+        found = conn.execute(sa.select(T.chips.c.chip_id, T.chips.c.firmware, T.chips.c.rows,
+                                       T.chips.c.cols, T.chips.c.arrays).where(key)).first()
         geometry = {k: values.get(k) for k in ("rows", "cols", "arrays")
                     if values.get(k) is not None}
         if found is not None:
-            if found.firmware != ident.firmware or geometry:
+            changed = any(getattr(found, k) != v for k, v in geometry.items())
+            if found.firmware != ident.firmware or changed:
                 conn.execute(T.chips.update().where(T.chips.c.chip_id == found.chip_id)
                              .values(firmware=ident.firmware, identity=identity, **geometry))
             return int(found.chip_id)
@@ -324,20 +331,22 @@ class Catalog:
                   tag: str | Iterable[str] | None = None,
                   where: Mapping[str, Any] | None = None,
                   path: str | Path | None = None, content_hash: str | None = None,
-                  limit: int | None = None, newest_first: bool = True) -> list[dict[str, Any]]:
+                  limit: int | None = None, newest_first: bool = True,
+                  with_config: bool = False) -> list[dict[str, Any]]:
         """Runs matching every filter given, newest first. ``chip``: serial (or the full
         identity string); ``kind``/``status``: one or several; ``since``/``until``: start
         times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
         present; ``where``: metadata values by (dotted) key, compared as JSON values.
-        A status of ``killed`` matches runs recorded as running whose writer is gone."""
-        q = _runs_query()
+        A status of ``killed`` matches runs recorded as running whose writer is gone.
+        ``config`` (large) is None unless ``with_config``; ``get`` always has it."""
+        q = _runs_query(with_config)
         if chip is not None:
             q = q.where((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
         if kind is not None:
             q = q.where(T.runs.c.kind.in_(_many(kind)))
         statuses = set(_many(status)) if status is not None else None
         if statuses is not None:
-            stored = statuses | ({"running"} if statuses & {"killed", "running"} else set())
+            stored = statuses | ({"running", "resumed"} if "killed" in statuses else set())
             q = q.where(T.runs.c.status.in_(sorted(stored)))
         if since is not None:
             q = q.where(T.runs.c.started_at >= utc(since))
@@ -410,8 +419,9 @@ class Catalog:
         return rows
 
 
-def _runs_query() -> sa.Select:
-    return (sa.select(T.runs, T.chips.c.maker.label("chip_maker"),
+def _runs_query(with_config: bool = True) -> sa.Select:
+    columns = [c for c in T.runs.columns if with_config or c.name != "config"]
+    return (sa.select(*columns, T.chips.c.maker.label("chip_maker"),
                       T.chips.c.model.label("chip_model"),
                       T.chips.c.serial.label("chip_serial"),
                       T.chips.c.firmware.label("chip_firmware"))
@@ -423,6 +433,7 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("started_at", "ended_at", "updated_at"):
         rec[key] = utc(rec.get(key))
     rec["meta"] = rec.get("meta") or {}
+    rec.setdefault("config", None)
     return rec
 
 

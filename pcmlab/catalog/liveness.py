@@ -6,6 +6,7 @@ recorded."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ FILE_LOCKED_KINDS = ("run", "deployment", "characterization")
 def effective_status(record: Mapping[str, Any]) -> str:
     """The status to show: ``killed`` for a run recorded as running whose writer is gone."""
     status = str(record.get("status"))
-    if status != "running" or record.get("host") != socket.gethostname():
+    if status not in ("running", "resumed") or record.get("host") != _host():
         return status
     path = Path(str(record.get("path")))
     if record.get("kind") in FILE_LOCKED_KINDS:
@@ -29,6 +30,11 @@ def effective_status(record: Mapping[str, Any]) -> str:
             return status if _process_alive(record.get("pid")) else "killed"
         return status if alive else "killed"
     return status if _process_alive(record.get("pid")) else "killed"
+
+
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
 
 
 def _process_alive(pid: Any) -> bool:

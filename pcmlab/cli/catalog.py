@@ -288,4 +288,46 @@ def cmd_catalog_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    raise ConfigError("pcmlab history: not built yet")
+    import numpy as np
+
+    from pcmlab.catalog.history import cell_history, parse_cells
+
+    start, stop = parse_cells(args.cells)
+    with _open(args) as cat:
+        ds = cell_history(args.chip, (start, stop), cat)
+    if args.json:
+        print(json.dumps(ds.to_dict(data="list"), default=str))
+        return 0
+    if ds.sizes["run"] == 0:
+        console.print(f"no run touched cells {start}:{stop} of chip {args.chip}")
+        return 0
+    for j, cell in enumerate(ds.cell.values):
+        table = Table(title=f"chip {args.chip}, cell {int(cell)}")
+        for col in ("run", "kind", "started (UTC)", "target µS", "verify µS", "converged",
+                    "iterations", "SET", "RESET", "pulses so far", "reads", "last read µS"):
+            table.add_column(col)
+        for k in range(ds.sizes["run"]):
+            touched = bool(ds.programmed[k, j]) or not np.isnan(float(ds.target_us[k, j]))
+            if not touched:
+                continue
+            mine = np.flatnonzero(ds.read_run.values == k)
+            g = ds.conductance_us.values[mine, j]
+            g = g[~np.isnan(g)]
+
+            def num(name: str, fmt: str = "{:.0f}", k: int = k, j: int = j) -> str:
+                v = float(ds[name][k, j])
+                return "" if np.isnan(v) else fmt.format(v)
+
+            table.add_row(str(ds.run_id.values[k])[:8], str(ds.kind.values[k]),
+                          str(ds.started_at.values[k])[:19].replace("T", " "),
+                          num("target_us", "{:.2f}"), num("verify_us", "{:.2f}"),
+                          "yes" if bool(ds.converged[k, j]) else "no", num("iterations"),
+                          num("set_pulses"), num("reset_pulses"),
+                          num("cumulative_pulses"), str(g.size),
+                          f"{g[-1]:.2f}" if g.size else "")
+        console.print(table)
+    missing = [str(r)[:8] for r, ok in zip(ds.run_id.values, ds.file_found.values,
+                                           strict=True) if not ok]
+    if missing:
+        err_console.print(f"[yellow]not read[/] (no file, or a check): {', '.join(missing)}")
+    return 0

@@ -466,8 +466,7 @@ def _register_start(f: h5py.File, path: Path, kind: str, config: dict[str, Any],
     reg = Registration.start(
         kind, path, run_id=str(f.attrs[S.ATTR_RUN_ID]), chip_identity=driver_identity,
         driver=driver_identity, resource=config.get("resource"), geometry=geometry,
-        config=config, n_cells=n_cells, n_readouts=0,
-        started_at=str(f.attrs[S.ATTR_CREATED]), network_fingerprint=fingerprint,
+        config=config, n_cells=n_cells, n_readouts=0, network_fingerprint=fingerprint,
         data_hash=data.get("sha256"), meta=meta)
     if reg.pending is not None:
         f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()

@@ -57,3 +57,11 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "catalog.sqlite")
     return request.getfixturevalue("pg_catalog_url")
+
+
+@pytest.fixture(autouse=True)
+def _registration_location() -> Iterator[None]:
+    yield
+    from pcmlab.catalog.registration import configure
+
+    configure(None)  # main([..., "--catalog", ...]) set it for this process

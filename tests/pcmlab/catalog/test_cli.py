@@ -154,11 +154,3 @@ def test_catalog_info_never_prints_a_password(capsys) -> None:
         == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "ada:***@127.0.0.1:1/lab" in " ".join(err.split())
-
-
-@pytest.fixture(autouse=True)
-def _registration_location():
-    yield
-    from pcmlab.catalog.registration import configure
-
-    configure(None)  # main(["--catalog", ...]) set it for this process

@@ -1,0 +1,69 @@
+"""A cell's life across runs, from the files through the catalog: pulses counted at the
+driver equal the cumulative count; open_run takes a run id."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import pcmlab
+from pcmlab.catalog import open_catalog
+from pcmlab.cli import main
+from protocols.characterize import CharacterizeConfig, characterize
+
+
+class CountingDriver:
+    """The mock, with every pulse counted per cell and kind where it reaches the driver."""
+
+    def __init__(self, driver) -> None:
+        self._d = driver
+        self.info, self.clock = driver.info, driver.clock
+        self.pulses = {"SET": np.zeros(driver.info.n_cells, np.int64),
+                       "RESET": np.zeros(driver.info.n_cells, np.int64)}
+
+    def apply_pulses(self, cells, kind, amplitude_ua, width_ns):
+        n = self._d.apply_pulses(cells, kind, amplitude_ua, width_ns)
+        np.add.at(self.pulses[str(getattr(kind, "name", kind)).upper()],
+                  np.asarray(cells, np.int64), 1)
+        return n
+
+    def read(self, cells=None):
+        return self._d.read(cells)
+
+    def close(self) -> None:
+        self._d.close()
+
+
+def test_history_counts_every_pulse(catalog_url, monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setenv("PCMLAB_CATALOG", catalog_url)
+    cfg = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=600.0,
+                                                           n_readouts=3))
+    with pcmlab.MockDriver(config=pcmlab.MockChipConfig(
+            seed=5, geometry={"rows": 16, "cols": 16})) as mock:
+        chip = CountingDriver(mock)
+        pcmlab.measure_run(chip, cfg, tmp_path / "a.h5", cells=np.arange(0, 40),
+                           target_us=np.full(40, 12.0))
+        pcmlab.measure_run(chip, cfg, tmp_path / "b.h5", cells=np.arange(30, 70),
+                           target_us=np.linspace(0, 20, 40))
+        characterize(chip, tmp_path / "c.h5", CharacterizeConfig(
+            levels_us=(5.0, 15.0), cells_per_level=30, burst_reads=2, drift_reads=3))
+        serial = mock.info.identity.split(",")[2]
+    ds = pcmlab.cell_history(serial, "25:45", catalog_url)
+    assert list(ds.kind.values) == ["run", "run", "characterization"]
+    total = chip.pulses["SET"] + chip.pulses["RESET"]
+    assert np.array_equal(ds.cumulative_pulses.values[-1], total[25:45])
+    assert np.array_equal(ds.set_pulses.fillna(0).sum("run").values, chip.pulses["SET"][25:45])
+    assert bool(ds.programmed.values[0, :15].all()) and not ds.programmed.values[0, 15:].any()
+    assert ds.sizes["read"] == 3 + 3 + 5
+    with pcmlab.RunReader(tmp_path / "b.h5") as b:  # the reads are the file's, unchanged
+        g_b = b.readouts().conductance_us[:, :15]  # cells 30..44 of b
+    assert np.array_equal(ds.conductance_us.values[3:6, 5:], g_b)
+    assert np.isnan(ds.conductance_us.values[3:6, :5]).all()  # 25..29: not in b
+
+    capsys.readouterr()
+    assert main(["history", "--chip", serial, "--cells", "35", "--catalog", catalog_url]) == 0
+    out = capsys.readouterr().out
+    assert "cell 35" in out and str(int(total[35])) in out.split("cell 35")[1]
+    with open_catalog(catalog_url) as cat:
+        run_id = cat.list_runs(kind="characterization")[0]["run_id"]
+    assert pcmlab.open_run(run_id[:8]).sizes["readout"] == 5
+    assert main(["history", "--chip", "nope", "--cells", "1:2", "--catalog", catalog_url]) == 2
