@@ -182,12 +182,9 @@ class CatalogView:
         self.catalog.close()
 
 
-    def cell_runs(self, chip: str, cell: int) -> list[RunEntry]:
-        """The runs on ``chip`` (serial or identity) that touched ``cell``, oldest first."""
-        seen: dict[str, RunEntry] = {}
-        for r in self.catalog.cell_ranges(chip=chip, start=cell, stop=cell + 1):
-            if r["run_id"] not in seen:
-                entry = self.run(str(r["run_id"]))
-                if entry is not None:
-                    seen[entry.id] = entry
-        return list(seen.values())
+    def cell_history(self, chip: str, cell: int):  # -> xarray.Dataset
+        """The cell's life across runs (``pcmlab.cell_history``); CatalogError for a chip
+        the catalog does not know."""
+        from pcmlab.catalog.history import cell_history
+
+        return cell_history(chip, (cell, cell + 1), catalog=self.catalog)

@@ -138,18 +138,21 @@ def test_websocket_origin_and_session_checked(serve, two_runs):
 
 
 def test_cell_page_from_the_catalog(serve, catalog, tmp_path):
-    from pcmlab.dashboard.data import cell_event
+    from pcmlab.dashboard.pages.cell import history_rows
 
     first = write_run(tmp_path / "a.h5", readouts=2)
     second = write_run(tmp_path / "b.h5", readouts=3, seed=1)
-    runs = catalog.cell_runs("1", 7)  # the synthetic chip's serial is 1
-    assert [r.id for r in runs] == [first, second]
-    ev = cell_event(runs[1].id, runs[1].kind, runs[1].started, runs[1].path, 7)
+    ds = catalog.cell_history("1", 7)  # the synthetic chip's serial is 1
+    assert list(ds.run_id.values) == [first, second]
+    rows = history_rows(ds)
+    assert rows["run"] == [first[:8], second[:8]] and rows["reads"] == ["2", "3"]
     with RunReader(tmp_path / "b.h5") as r:
-        np.testing.assert_array_equal(ev.g_us, r.readouts().conductance_us[:, 7])
-        assert ev.target_us == float(r.targets().conductance_us[7])
+        assert rows["target"][1] == f"{float(r.targets().conductance_us[7]):.3g}"
+        np.testing.assert_array_equal(ds.conductance_us.values[ds.read_run.values == 1, 0],
+                                      r.readouts().conductance_us[:, 7])
     s = serve(catalog)
     assert title(get(f"{s.base}/cell?chip=1&cell=7")[1]) == "pcmlab cell 7"
     for bad in ("chip=1&cell=../7", "chip=1&cell=-1", "chip=nope&cell=7",
-                f"chip={urllib.parse.quote(str(tmp_path / 'a.h5'))}&cell=7", "cell=7"):
+                f"chip={urllib.parse.quote(str(tmp_path / 'a.h5'))}&cell=7", "cell=7",
+                "chip=1&cell=100000"):
         assert title(get(f"{s.base}/cell?{bad}")[1]) == "pcmlab: not found", bad
