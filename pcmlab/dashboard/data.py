@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
@@ -23,10 +24,35 @@ from pcmlab.analysis import (
     drift_by_level,
     group_levels,
 )
+from pcmlab.errors import SchemaError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.store import RunReader
 
 log = logging.getLogger(__name__)
+
+
+class UnlockedReader(RunReader):
+    """A ``RunReader`` that takes no HDF5 file lock: a page left open must never stop a
+    writer from opening the file (``pcmlab deploy`` adding /evaluation, ``resume``,
+    ``recover``); HDF5's lock of a plain read-only open would."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r", locking=False)
+        except OSError as exc:
+            if "already open for write" not in str(exc):
+                raise SchemaError(f"{self.path}: HDF5 file cannot be opened ({exc})") from None
+            try:  # a live (or killed) writer: follow it in SWMR mode
+                self.file = h5py.File(self.path, "r", swmr=True, locking=False)
+            except OSError as exc2:
+                raise SchemaError(f"{self.path}: HDF5 file cannot be opened ({exc2})"
+                                  ) from None
+        try:
+            self._validate()
+        except BaseException:
+            self.file.close()
+            raise
 
 DRIFT_SAMPLE_CELLS = 20_000  # cells whose drift exponent is fitted (seeded sample)
 MODEL_SAMPLE_CELLS = 2_000  # targets per level in the model's Monte Carlo band
@@ -53,7 +79,7 @@ class RunData:
                  seed: int = 0) -> None:
         self.path = Path(path)
         self.model = model or PCMModel()
-        self.reader = RunReader(self.path)
+        self.reader = UnlockedReader(self.path)
         r = self.reader
         self.config = r.config
         self.driver_identity = r.driver_identity

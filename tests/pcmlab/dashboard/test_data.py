@@ -53,3 +53,28 @@ def test_level_statistics_and_heatmap_agree_with_numpy(tmp_path):
         assert [f.cells_used for f in array_fill(d.cell, d.geometry)] == [300]
     finally:
         d.close()
+
+
+APPEND = "import h5py, sys; h5py.File(sys.argv[1], 'a').close(); print('ok')"
+
+
+def test_an_open_page_never_locks_a_writer_out(tmp_path, live_writer):
+    import subprocess
+    import sys
+
+    _run(tmp_path / "done.h5")
+    live, writer = live_writer("live.h5", readouts=3, first=1)
+    pages = [RunData(tmp_path / "done.h5"), RunData(live)]
+    try:
+        assert pages[1].live and not pages[0].live
+        writer.next()
+        writer.next()
+        writer.close()  # the run ends while its page is open; now e.g. deploy appends
+        assert pages[1].poll() == [1, 2]
+        for path in (tmp_path / "done.h5", live):
+            out = subprocess.run([sys.executable, "-c", APPEND, str(path)],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.stdout.strip() == "ok", out.stderr[-400:]
+    finally:
+        for p in pages:
+            p.close()

@@ -48,13 +48,13 @@ def test_only_catalog_runs_are_read(serve, two_runs, monkeypatch):
     opened: list[Path] = []
     import pcmlab.dashboard.data as data
 
-    real = data.RunReader
+    real = data.UnlockedReader
 
     def spy(path):
         opened.append(Path(path).resolve())
         return real(path)
 
-    monkeypatch.setattr(data, "RunReader", spy)
+    monkeypatch.setattr(data, "UnlockedReader", spy)
     s = serve(catalog)
     run_id = catalog.runs(RunFilter(), 0, 10)[0][0].id
     status, body, _ = get(f"{s.base}/run?id={run_id}")
