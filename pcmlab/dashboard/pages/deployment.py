@@ -30,9 +30,12 @@ def accuracy_figure(ev: dict | None):  # -> bokeh figure
                   legend_label="simulated (PCM model), mean ± std")
         fig.line(t, mean, line_color="#1f77b4")
     if S.MEASURED_TIME in ev:
-        fig.scatter(np.asarray(ev[S.MEASURED_TIME], dtype=float),
-                    100 * np.asarray(ev[S.MEASURED_ACCURACY], dtype=float), size=8,
-                    color="firebrick", legend_label="measured (reads)")
+        measured = ColumnDataSource({
+            "time_s": np.asarray(ev[S.MEASURED_TIME], dtype=float),
+            "accuracy_pct": 100 * np.asarray(ev[S.MEASURED_ACCURACY], dtype=float)},
+            name="measured_source")
+        fig.scatter("time_s", "accuracy_pct", source=measured, size=8, color="firebrick",
+                    legend_label="measured (reads)")
     if "chip_time_s" in ev:
         t = np.asarray(ev["chip_time_s"], dtype=float)
         for k, (name, label) in enumerate(CHIP_CURVES):

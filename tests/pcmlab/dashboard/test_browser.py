@@ -116,6 +116,16 @@ def test_run_page_shows_heatmap_and_curves(browser, serve, demo, screenshot):
     nu = browser.execute_script(f"return Array.from({model('nu_source')}.data.nu);")
     assert len(nu) == int((groups.high_us > 0).sum()) and all(0 < v < 0.2 for v in nu)
     screenshot(browser, "dashboard-run")
+    # the same run as a deployment: accuracy measured from each readout, as recorded
+    open_page(browser, f"{s.base}/deployment?id={run_id}")
+    shown = browser.execute_script(f"return Array.from({model('measured_source')}"
+                                   ".data.accuracy_pct);")
+    with RunReader(path) as r:
+        ev = r.evaluation()
+    np.testing.assert_allclose(shown, 100 * ev["measured_accuracy"], rtol=1e-12)
+    fill = browser.execute_script(f"return {model('layers_table')}.source.data.name.length;")
+    assert fill >= 2  # the demo CNN's weight layers
+    screenshot(browser, "dashboard-deployment")
 
 
 def test_live_run_gains_readouts_on_the_open_page(browser, serve, catalog, live_writer,

@@ -78,3 +78,23 @@ def test_an_open_page_never_locks_a_writer_out(tmp_path, live_writer):
     finally:
         for p in pages:
             p.close()
+
+
+def test_sweep_curves_are_the_chosen_slice():
+    import xarray as xr
+
+    from pcmlab.dashboard.pages.sweep import sweep_curves
+
+    rng = np.random.default_rng(0)
+    mean = rng.random((3, 2, 4))
+    ds = xr.Dataset({"accuracy_mean": (("bits", "training", "time"), mean),
+                     "accuracy_std": (("bits", "training", "time"), mean / 10)},
+                    coords={"bits": [8, 6, 4], "training": ["noise", "full"],
+                            "time_s": ("time", [25.0, 3600.0, 86400.0, 3e7])})
+    out = sweep_curves(ds, "bits", {"bits": "8", "training": "full"})
+    assert out["label"] == ["bits = 8", "bits = 6", "bits = 4"]
+    for k in range(3):
+        np.testing.assert_allclose(out["ys"][k], 100 * mean[k, 1])
+        np.testing.assert_allclose(out["band_ys"][k][:4], 100 * (mean[k, 1] - mean[k, 1] / 10))
+    out = sweep_curves(ds, "training", {"bits": "6", "training": "noise"})
+    np.testing.assert_allclose(out["ys"][0], 100 * mean[1, 0])
