@@ -31,6 +31,7 @@ from pcmlab.cli.runs import (
     cmd_resume,
     cmd_run,
 )
+from pcmlab.cli.serve import add_serve_parser
 from pcmlab.cli.sweeps import cmd_sweep
 from pcmlab.errors import PcmlabError
 
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pcmlab.cli.catalog import add_parsers as add_catalog_parsers
 
     add_catalog_parsers(sub)
+    add_serve_parser(sub)
     return parser
 
 

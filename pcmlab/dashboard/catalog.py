@@ -1,0 +1,190 @@
+"""The dashboard's one door to the catalog (``pcmlab.catalog``): which runs exist and
+where their files are.
+
+Every page finds a file through ``CatalogView.run(run_id)``, an exact id looked up in the
+catalog; no path from a URL reaches the file system.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pcmlab.catalog import Catalog, open_catalog
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("running", "finished", "stopped", "killed", "resumed", "recovered", "failed")
+KINDS = ("run", "deployment", "characterization", "sweep", "check")
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One row of the runs table."""
+
+    id: str
+    kind: str
+    status: str
+    path: Path
+    started: str  # ISO 8601 UTC
+    chip: str = ""
+    n_readouts: int | None = None
+    ended: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """The filters ``pcmlab runs`` has."""
+
+    chip: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    since: str | None = None  # ISO 8601, UTC if no zone
+    until: str | None = None
+    tag: tuple[str, ...] = ()
+    where: tuple[str, ...] = ()  # KEY=VALUE on metadata, VALUE read as JSON if it is JSON
+
+    def arguments(self) -> dict[str, Any]:
+        """As ``Catalog.list_runs`` takes them; ValueError naming a malformed one."""
+        out: dict[str, Any] = {}
+        for name in ("chip", "kind", "status"):
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value:
+                out[name] = parse_time(value)
+        if self.tag:
+            out["tag"] = list(self.tag)
+        where = {}
+        for item in self.where:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"where {item!r}: expected KEY=VALUE, e.g. operator=ada")
+            try:
+                where[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                where[key.strip()] = value
+        if where:
+            out["where"] = where
+        return out
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 date or time, UTC when it has no zone; ValueError naming it."""
+    try:
+        t = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"time {text!r}: expected ISO 8601, e.g. 2026-03-01 or "
+                         "2026-03-01T12:00") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    return "" if value is None else str(value)
+
+
+def entry_of(rec: dict[str, Any]) -> RunEntry:
+    chip = rec.get("chip_serial") or ""
+    if chip and rec.get("chip_model"):
+        chip = f"{rec['chip_model']} {chip}"
+    return RunEntry(id=str(rec["run_id"]), kind=str(rec["kind"]), status=str(rec["status"]),
+                    path=Path(str(rec["path"])), started=_iso(rec.get("started_at")),
+                    chip=chip or str(rec.get("driver") or ""),
+                    n_readouts=rec.get("n_readouts"), ended=_iso(rec.get("ended_at")) or None,
+                    tags=dict(rec.get("meta") or {}))
+
+
+def _paged_query(args: dict[str, Any]):  # -> sqlalchemy Select, the filters of list_runs
+    """The runs query of ``Catalog.list_runs`` with its filters (status aside), for a page
+    and a count on the server. (``list_runs`` has neither an offset nor a count: this is
+    the place to drop once it has.)"""
+    from pcmlab.catalog import database as D
+    from pcmlab.catalog import schema as T
+    from pcmlab.catalog.records import utc
+
+    q = D._runs_query()
+    if "chip" in args:
+        q = q.where((T.chips.c.serial == args["chip"]) | (T.chips.c.identity == args["chip"]))
+    if "kind" in args:
+        q = q.where(T.runs.c.kind.in_(D._many(args["kind"])))
+    if "since" in args:
+        q = q.where(T.runs.c.started_at >= utc(args["since"]))
+    if "until" in args:
+        q = q.where(T.runs.c.started_at <= utc(args["until"]))
+    for key in args.get("tag", ()):
+        q = q.where(D._meta(key).as_string().is_not(None))
+    for key, value in args.get("where", {}).items():
+        q = q.where(D._meta_equals(key, value))
+    return q
+
+
+class CatalogView:
+    """Read-only queries the pages make of the catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    @classmethod
+    def open(cls, location: str | Path | None = None) -> CatalogView:
+        return cls(open_catalog(location))
+
+    def runs(self, filt: RunFilter, offset: int = 0, limit: int = 50
+             ) -> tuple[list[RunEntry], int]:
+        """A page of runs, newest first, and how many match in all."""
+        import sqlalchemy as sa
+
+        from pcmlab.catalog import database as D
+        from pcmlab.catalog import schema as T
+        from pcmlab.catalog.liveness import effective_status
+
+        args = filt.arguments()
+        if "status" in args:  # killed is judged per run (its writer's lock), not in SQL
+            found = self.catalog.list_runs(**args)
+            return [entry_of(r) for r in found[offset:offset + limit]], len(found)
+        q = _paged_query(args)
+        page_q = (q.order_by(T.runs.c.started_at.desc(), T.runs.c.run_id)
+                  .offset(offset).limit(limit))
+        count_q = sa.select(sa.func.count()).select_from(q.subquery())
+        with self.catalog._read() as conn:
+            rows = conn.execute(page_q).mappings().all()
+            total = int(conn.execute(count_q).scalar_one())
+        out = []
+        for row in rows:
+            rec = D._record(row)
+            rec["status"] = effective_status(rec)
+            out.append(entry_of(rec))
+        return out, total
+
+    def run(self, run_id: str) -> RunEntry | None:
+        """The run with exactly this id, or None."""
+        from pcmlab.catalog.liveness import effective_status
+        from pcmlab.errors import CatalogError
+
+        try:
+            rec = self.catalog.get(run_id)
+        except CatalogError:
+            return None
+        if rec["run_id"] != run_id:  # get() takes a unique prefix too; a page does not
+            return None
+        rec["status"] = effective_status(rec)
+        return entry_of(rec)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+    def cell_history(self, chip: str, cell: int):  # -> xarray.Dataset
+        """The cell's life across runs (``pcmlab.cell_history``); CatalogError for a chip
+        the catalog does not know."""
+        from pcmlab.catalog.history import cell_history
+
+        return cell_history(chip, (cell, cell + 1), catalog=self.catalog)

@@ -1,0 +1,1 @@
+"""One module per page; each builds a Bokeh document from a catalog entry."""

@@ -1,0 +1,100 @@
+"""What the pages show, computed from a run's file: checked against plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pcmlab.analysis import group_levels
+from pcmlab.dashboard.data import RunData, array_fill
+from pcmlab.store import RunWriter
+
+
+def _run(path, rows=16, cols=32, readouts=4, seed=3):
+    rng = np.random.default_rng(seed)
+    cells = np.sort(rng.choice(rows * cols, 300, replace=False)).astype(np.uint32)
+    target = rng.choice([0.0, 4.0, 9.0, 17.0], cells.size).astype(np.float32)
+    converged = rng.random(cells.size) > 0.2
+    w = RunWriter.create(path, config={}, driver_identity="t,T,1,0", cells=cells,
+                         target_us=target, schedule_time_s=np.geomspace(20, 2e4, readouts + 2),
+                         geometry={"rows": rows, "cols": cols, "arrays": 1}, register=False)
+    w.write_programming(conductance_us=target, iterations=np.ones(cells.size, np.uint16),
+                        converged=converged, last_pulse_s=np.zeros(cells.size),
+                        end_chip_time_s=0.0, interrupted=False)
+    g = (target[None] * (1 + 0.05 * rng.standard_normal((readouts, cells.size)))
+         ).astype(np.float32)
+    times = np.geomspace(20, 2e4, readouts + 2)[:readouts]
+    for i in range(readouts):
+        w.append_readout(float(times[i]), 0.0, 0.0, g[i])
+    w.close()
+    return cells, target, converged, g, times
+
+
+def test_level_statistics_and_heatmap_agree_with_numpy(tmp_path):
+    cells, target, converged, g, times = _run(tmp_path / "r.h5")
+    d = RunData(tmp_path / "r.h5")
+    try:
+        assert d.n_readouts == 4 and d.time_s == list(times)
+        groups = group_levels(target)
+        for k in range(len(groups)):
+            sel = (groups.index == k) & converged
+            want_mean = g[:, sel].astype(np.float64).mean(axis=1)
+            want_std = g[:, sel].astype(np.float64).std(axis=1)
+            np.testing.assert_allclose([m[k] for m in d.level_mean_us], want_mean, rtol=1e-9)
+            np.testing.assert_allclose([s[k] for s in d.level_std_us], want_std, rtol=1e-6,
+                                       atol=1e-9)
+        img = d.image(1)
+        assert img.shape == (16, 32)
+        rows, cols = np.divmod(cells, 32)
+        np.testing.assert_array_equal(img[rows, cols], g[1])
+        others = np.ones(16 * 32, bool)
+        others[cells] = False
+        assert np.isnan(img.ravel()[others]).all()
+        assert [s.label for s in d.drift()] == ["4", "9", "17"]  # zero has no drift fit
+        assert [f.cells_used for f in array_fill(d.cell, d.geometry)] == [300]
+    finally:
+        d.close()
+
+
+APPEND = "import h5py, sys; h5py.File(sys.argv[1], 'a').close(); print('ok')"
+
+
+def test_an_open_page_never_locks_a_writer_out(tmp_path, live_writer):
+    import subprocess
+    import sys
+
+    _run(tmp_path / "done.h5")
+    live, writer = live_writer("live.h5", readouts=3, first=1)
+    pages = [RunData(tmp_path / "done.h5"), RunData(live)]
+    try:
+        assert pages[1].live and not pages[0].live
+        writer.next()
+        writer.next()
+        writer.close()  # the run ends while its page is open; now e.g. deploy appends
+        assert pages[1].poll() == [1, 2]
+        for path in (tmp_path / "done.h5", live):
+            out = subprocess.run([sys.executable, "-c", APPEND, str(path)],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.stdout.strip() == "ok", out.stderr[-400:]
+    finally:
+        for p in pages:
+            p.close()
+
+
+def test_sweep_curves_are_the_chosen_slice():
+    import xarray as xr
+
+    from pcmlab.dashboard.pages.sweep import sweep_curves
+
+    rng = np.random.default_rng(0)
+    mean = rng.random((3, 2, 4))
+    ds = xr.Dataset({"accuracy_mean": (("bits", "training", "time"), mean),
+                     "accuracy_std": (("bits", "training", "time"), mean / 10)},
+                    coords={"bits": [8, 6, 4], "training": ["noise", "full"],
+                            "time_s": ("time", [25.0, 3600.0, 86400.0, 3e7])})
+    out = sweep_curves(ds, "bits", {"bits": "8", "training": "full"})
+    assert out["label"] == ["bits = 8", "bits = 6", "bits = 4"]
+    for k in range(3):
+        np.testing.assert_allclose(out["ys"][k], 100 * mean[k, 1])
+        np.testing.assert_allclose(out["band_ys"][k][:4], 100 * (mean[k, 1] - mean[k, 1] / 10))
+    out = sweep_curves(ds, "training", {"bits": "6", "training": "noise"})
+    np.testing.assert_allclose(out["ys"][0], 100 * mean[1, 0])
