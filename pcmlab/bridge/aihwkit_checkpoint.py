@@ -7,8 +7,8 @@ every aihwkit class in it is replaced by an inert record of its fields, and anyt
 that is neither a tensor nor an aihwkit class is refused, so no pickled code runs and
 aihwkit need not be installed. A live model's ``state_dict()`` is read the same way.
 
-What is taken (``AihwkitImport.mapped``): the effective weights (tile weights times the
-digital output scales, per column where aihwkit learned them per column), the biases,
+What is taken (``AihwkitImport.mapped``): the effective weights (tile weights times
+aihwkit's mapping scales and learned output scales, as its ``get_weights`` gives them), the biases,
 the DAC resolution (``forward.inp_res``) and ADC resolution (``forward.out_res``) as bits,
 and the learned input ranges as the DAC ranges. What is not (``not_mapped``, said by
 ``pcmlab deploy``): aihwkit's output bound (the ADC ranges are calibrated on the data
@@ -173,13 +173,21 @@ def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> Aih
         w = _get(tile, "analog_tile_weights")
         if not isinstance(w, torch.Tensor):
             raise SchemaError(f"aihwkit layer {name}: no tile weights in its state")
-        alpha = _get(tile, "out_scaling_alpha")
-        if alpha is None:
-            alpha = layer.get("out_scaling_alpha")
+        # aihwkit's get_scales(): mapping scales (weight_scaling_omega) times the learned
+        # output scales, each a scalar or one per output
         w_eff = w.detach().double()
-        if isinstance(alpha, torch.Tensor) and alpha.numel() > 0:
-            a = alpha.detach().double().reshape(-1)
-            w_eff = w_eff * (a.reshape(-1, 1) if a.numel() == w_eff.shape[0] else a.reshape(()))
+        scales = []
+        for key in ("mapping_scales", "out_scaling_alpha"):
+            v = layer.get(key)
+            if v is None:
+                v = _get(tile, key)
+            if isinstance(v, torch.Tensor) and v.numel() > 0:
+                a = v.detach().double().reshape(-1)
+                if a.numel() not in (1, w_eff.shape[0]):
+                    raise SchemaError(f"aihwkit layer {name}: {key} has {a.numel()} values "
+                                      f"for {w_eff.shape[0]} outputs")
+                w_eff = w_eff * (a.reshape(-1, 1) if a.numel() > 1 else a.reshape(()))
+                scales.append(key)
         if w_eff.shape[0] != target.weight.shape[0] or w_eff.numel() != target.weight.numel():
             raise ConfigError(f"aihwkit layer {name}: tile weights {tuple(w.shape)} do not fit "
                               f"the model's {type(target).__name__} {tuple(target.weight.shape)}")
@@ -191,8 +199,8 @@ def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> Aih
             elif (target.bias is None) != (bias is None):
                 raise ConfigError(f"aihwkit layer {name}: bias in aihwkit "
                                   f"{bias is not None}, in the model {target.bias is not None}")
-        mapped.append(f"{name}: weights {tuple(target.weight.shape)} (tile weights x output "
-                      f"scales{'' if alpha is None else ', learned'})")
+        mapped.append(f"{name}: weights {tuple(target.weight.shape)} (tile weights"
+                      + "".join(f" x {k}" for k in scales) + ")")
         r = layer.get("input_range")
         if isinstance(r, torch.Tensor) and r.numel() == 1 and float(r) > 0:
             ranges[name] = float(r)
@@ -228,3 +236,15 @@ def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> Aih
                       "from a read at t0) is used")
     periphery = Periphery(dac_bits=dac_bits, adc_bits=adc_bits)
     return AihwkitImport(model.eval(), periphery, ranges, mapped, not_mapped)
+
+
+def with_input_ranges(calibrated: LayerRanges, input_ranges: dict[str, float]
+                      ) -> LayerRanges:
+    """``calibrated`` ranges with aihwkit's learned input ranges as the DAC ranges
+    (symmetric, as aihwkit's are) where the layer has one."""
+    names = calibrated.names or ()
+    lo, hi = list(calibrated.input_lo), list(calibrated.input_hi)
+    for k, name in enumerate(names):
+        if name in input_ranges:
+            lo[k], hi[k] = -input_ranges[name], input_ranges[name]
+    return LayerRanges(tuple(lo), tuple(hi), calibrated.output, calibrated.names)

@@ -146,3 +146,50 @@ def weights_from_fusion(layers: list[FusionLayer], weights: dict[str, torch.Tens
                         / var.clamp(min=1e-300), torch.zeros_like(var))
         out[x.name] = (g * a).reshape(weights[x.name].shape).to(weights[x.name].dtype)
     return out
+
+
+def fusion_from_conductances(model: nn.Module, evaluator: object, mapping: object,
+                             g_us: torch.Tensor) -> list[FusionLayer]:
+    """Fusion rows of one readout: ``g_us`` every device's conductance in the mapping's
+    targets order (a deployment's readout row), ``evaluator`` the deployed network's
+    ``AnalogEvaluator``, ``model`` the user's module (for aihwkit's layer numbers)."""
+    layers = mapping.layers  # type: ignore[attr-defined]
+    measured = evaluator._torch_weights(mapping, g_us)  # type: ignore[attr-defined]
+    g_max = float(mapping.g_max_us)  # type: ignore[attr-defined]
+    weights, differential = {}, {}
+    for lm, w_meas in zip(layers, measured, strict=True):
+        if lm.w_max <= 0:
+            raise ConfigError(f"layer {lm.name}: all its weights are zero; nothing to export")
+        weights[lm.name] = evaluator.weights[lm.index].cpu()  # type: ignore[attr-defined]
+        differential[lm.name] = w_meas.cpu() * (g_max / lm.w_max)  # G+ - G-, µS
+    return fusion_layers(model, weights, differential)
+
+
+def fusion_import_torch(csv_path: str | Path, analog_model: nn.Module,
+                        params: dict | None = None) -> nn.Module:
+    """aihwkit's ``fusion_import`` for models on aihwkit's torch tile (aihwkit 1.1's own
+    accepts its C++ ``InferenceTile`` only, which does not load beside every torch
+    build): the same steps with aihwkit's own header check, CSV reader and
+    ``FusionConductanceConverter``. ``params``: per layer, per tile,
+    ``{"original_weights": ...}`` as ``fusion_export`` returns them (default: the
+    model's current tile weights, i.e. the weights it was exported with)."""
+    try:
+        from aihwkit.inference.converter.fusion import FusionConductanceConverter
+        from aihwkit.utils.export import _fusion_get_csv_header, _fusion_load_csv
+    except ImportError as exc:
+        raise ConfigError(f"aihwkit is not installed ({exc})") from None
+    data = _fusion_load_csv(str(csv_path), _fusion_get_csv_header(analog_model))
+    converter = FusionConductanceConverter()
+    analog_model.eval()
+    for name, module in analog_model.named_analog_layers():  # type: ignore[operator]
+        values, start = data[name], 0
+        for k, tile in enumerate(module.analog_tiles()):
+            w0 = (params[name][k]["original_weights"] if params is not None else
+                  tile.get_weights(apply_weight_scaling=False)[0])
+            n = tile.out_size * tile.in_size
+            g = torch.tensor(values[start:start + n]).reshape(tile.out_size, tile.in_size)
+            start += n
+            tile.set_weights(converter.convert_back_to_weights(
+                [g], {"original_weights": w0}), tile.get_weights()[1],
+                apply_weight_scaling=False, realistic=False)
+    return analog_model
