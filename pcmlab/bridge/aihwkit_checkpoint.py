@@ -78,7 +78,11 @@ def is_aihwkit_checkpoint(path: str | Path) -> bool:
 def load_aihwkit_checkpoint(path: str | Path) -> dict[str, Any]:
     """An aihwkit state dict, with aihwkit's objects as inert records."""
     path = Path(path)
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # not a torch file, or pickle opcodes torch does not scan
+        raise SchemaError(f"{path}: not a readable aihwkit checkpoint "
+                          f"({type(exc).__name__}: {exc})") from None
     foreign = sorted(n for n in names if not n.startswith("aihwkit."))
     if foreign:
         raise SchemaError(f"{path}: an aihwkit checkpoint may hold tensors and aihwkit's own "
