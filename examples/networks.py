@@ -113,6 +113,12 @@ class TransformerClassifier(nn.Module):
         return self.fc(y.mean(dim=1))
 
 
+def mlp(seed: int = 0) -> nn.Module:
+    """A two-layer perceptron on the 64 pixels (the aihwkit bridge's examples use it)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+
 def resnet(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return ResNet(channels=(8, 16))

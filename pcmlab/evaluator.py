@@ -146,6 +146,11 @@ class AnalogEvaluator:
                               f"has layers {theirs}, model has {mine}")
 
     # -- ranges ----------------------------------------------------------------------------
+    def use_ranges(self, ranges: LayerRanges) -> None:
+        """Use these DAC/ADC ranges from now on (e.g. ranges learned elsewhere)."""
+        self._apply_ranges(ranges)
+        self.ranges = ranges
+
     def _apply_ranges(self, ranges: LayerRanges) -> None:
         layers = self.network.layers
         if ranges.names is not None:

@@ -6,8 +6,10 @@ Two ways to bring a network:
   architecture list and a state dict (plain containers and tensors);
 - any ``nn.Module`` from code the user provides: ``pkg.module:factory`` (a callable that
   returns the module, imported by name) plus a weights file: a plain state dict
-  (``torch.save(model.state_dict(), path)``) or a ``pcmlab-weights/1`` file written by
-  ``save_weights_file`` (state dict, input shape, extras such as trained ranges).
+  (``torch.save(model.state_dict(), path)``), a ``pcmlab-weights/1`` file written by
+  ``save_weights_file`` (state dict, input shape, extras such as trained ranges), or the
+  state dict of the same network converted and trained in aihwkit
+  (``pcmlab.bridge.aihwkit_checkpoint``: its aihwkit objects are read as inert records).
 
 Every file is read with ``torch.load(weights_only=True)``.
 """
@@ -225,6 +227,12 @@ def load_model(spec: str | Path, weights: str | Path | None = None) -> ModelFile
         raise ConfigError(f"{text} needs its weights: --weights FILE (a state dict saved "
                           "with torch.save(model.state_dict(), FILE))")
     wpath = Path(weights)
+    from pcmlab.bridge.aihwkit_checkpoint import from_aihwkit, is_aihwkit_checkpoint
+
+    if wpath.is_file() and is_aihwkit_checkpoint(wpath):
+        # an aihwkit model's state dict: read without running its pickled objects
+        imported = from_aihwkit(model, wpath)
+        return ModelFile(imported.model, None, imported.extra(), text)
     data = _torch_load(wpath, "weights file")
     extra: dict[str, Any] = {}
     input_shape = None

@@ -495,6 +495,16 @@ def _client(workers: int | None, scheduler: str | None):  # -> dask.distributed.
 Plan = tuple[list[tuple[str, dict[str, Any], "EvalTask"]], Callable[[tuple[Any, ...]], str]]
 
 
+def _network_and_data_ids(model: nn.Module, data: Dataset) -> dict[str, str]:
+    """The network's fingerprint and the data's content hash (keys and the catalog)."""
+    from pcmlab.analog import fingerprint
+    from pcmlab.tasks import content_hash
+
+    return {"network": fingerprint(model),
+            "data": data.source.sha256 if data.source else content_hash(
+                data.x_train, data.y_train, data.x_test, data.y_test)}
+
+
 def plan(config: SweepConfig, model: nn.Module, data: Dataset, base: Path | None = None
          ) -> Plan:
     """Every evaluation task of the sweep as (part key, grid point, task), and the part key
@@ -502,15 +512,10 @@ def plan(config: SweepConfig, model: nn.Module, data: Dataset, base: Path | None
     the part's numbers."""
     import torch
 
-    from pcmlab.analog import fingerprint
-    from pcmlab.tasks import content_hash
-
     points = config.points()
     calibrations = {c: _calibration(c, base)
                     for c in {setting(p, "calibration", config) for p in points}}
-    settings = {"network": fingerprint(model),
-                "data": data.source.sha256 if data.source else content_hash(
-                    data.x_train, data.y_train, data.x_test, data.y_test),
+    settings = {**_network_and_data_ids(model, data),
                 "seed": config.seed, "times": list(config.times_s),
                 "rows": config.rows, "cols": config.cols, "device": config.device}
     # the software the numbers are computed with (a resume elsewhere recomputes)
@@ -569,10 +574,10 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
              outcome.computed, outcome.trainings)
     from pcmlab.catalog.registration import Registration
 
+    ids = _network_and_data_ids(model, data)
     reg = Registration.start("sweep", output, config=config.model_dump(mode="json"),
                              meta={"axes": config.axes, "tasks": len(tasks)},
-                             network_fingerprint=settings["network"],
-                             data_hash=settings["data"])
+                             network_fingerprint=ids["network"], data_hash=ids["data"])
     try:
         if missing:
             _compute(config, parts, model, data, missing, sorted(needed, key=str), stage1s,

@@ -289,14 +289,11 @@ def recorded_t0_s(path: str | Path) -> float:
     return float(t0_s)
 
 
-def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Tensor,
-                  y_test: torch.Tensor) -> tuple[npt.NDArray[np.float64],
-                                                 npt.NDArray[np.float64]]:
-    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy),
-    drift compensation referenced to the readout nearest the file's t0
-    (``recorded_t0_s``), as the deployment's own ``/evaluation``.
-
-    Refuses a file without ``/network`` or one made for another model."""
+def deployment_readouts(path: str | Path, evaluator: AnalogEvaluator
+                        ) -> tuple[NetworkMapping, _Combined]:
+    """A deployment file's mapping and its readouts (every part's devices, in the
+    mapping's targets order). Refuses a file without ``/network`` or one made for
+    another model."""
     with RunReader(path) as run:
         text = run.network_mapping_json
         if text is None:
@@ -315,6 +312,18 @@ def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Te
     readouts = combined_readouts(paths, mapping, cells, per_part)
     if readouts.n == 0:
         raise ConfigError(f"{path}: no readouts to evaluate")
+    return mapping, readouts
+
+
+def evaluate_file(path: str | Path, evaluator: AnalogEvaluator, x_test: torch.Tensor,
+                  y_test: torch.Tensor) -> tuple[npt.NDArray[np.float64],
+                                                 npt.NDArray[np.float64]]:
+    """Measured-mode accuracy for every readout of a deployment file: (time_s, accuracy),
+    drift compensation referenced to the readout nearest the file's t0
+    (``recorded_t0_s``), as the deployment's own ``/evaluation``.
+
+    Refuses a file without ``/network`` or one made for another model."""
+    mapping, readouts = deployment_readouts(path, evaluator)
     return readouts.time_s, evaluator.measured(x_test, y_test, mapping,
                                                readouts.conductance_us,
                                                time_s=readouts.time_s,

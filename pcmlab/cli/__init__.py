@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 
 from mock_chip.controller import VIOLATIONS
 from pcmlab import __version__
+from pcmlab.cli.bridge import add_bridge_parsers
 from pcmlab.cli.chips import cmd_check, cmd_drivers
 from pcmlab.cli.common import add_chip_options, add_program_options, err_console
 from pcmlab.cli.network import cmd_ablation, cmd_demo, cmd_deploy, cmd_evaluate, cmd_train
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=output_file,
                    help="PNG of data against fit (default: beside -o)")
     p.add_argument("--calibration", type=Path, help="prior constants (default: published)")
+    p.add_argument("--aihwkit", type=output_file, metavar="FILE",
+                   help="also write the fitted model for aihwkit: a .py module (needs "
+                   "torch and aihwkit only) or its constants as .json")
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_fit)
 
@@ -308,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "this axis (default: bits, else the first axis)")
     p.add_argument("--force", action="store_true", help="replace output files that exist")
     p.set_defaults(func=cmd_plot)
+    add_bridge_parsers(sub, add_model_options, output_file)
 
     from pcmlab.cli.catalog import add_parsers as add_catalog_parsers
 

@@ -171,8 +171,29 @@ def _evaluator_for(loaded, data, bits: int | None, keep_digital: list[str]):
 
     ranges = ranges_from_extra(loaded.extra) if bits is None else None
     keep = keep_digital or list(loaded.extra.get("keep_digital", []))
-    return AnalogEvaluator(loaded.model, data.x_train, _periphery_for(loaded, bits),
-                           ranges=ranges, keep_digital=keep)
+    evaluator = AnalogEvaluator(loaded.model, data.x_train, _periphery_for(loaded, bits),
+                                ranges=ranges, keep_digital=keep)
+    learned = (loaded.extra.get("aihwkit") or {}).get("input_ranges")
+    if learned and bits is None:  # an aihwkit model: its learned DAC ranges
+        from pcmlab.bridge.aihwkit_checkpoint import with_input_ranges
+
+        evaluator.use_ranges(with_input_ranges(evaluator.ranges, learned))
+    return evaluator
+
+
+def aihwkit_table(loaded) -> Table | None:
+    """What a deploy took from an aihwkit model, and what it could not."""
+    info = loaded.extra.get("aihwkit")
+    if not info:
+        return None
+    table = Table(title="from aihwkit", show_header=True)
+    table.add_column("", justify="left")
+    table.add_column("what", justify="left", overflow="fold")
+    for line in info.get("mapped", []):
+        table.add_row("mapped", line)
+    for line in info.get("not_mapped", []):
+        table.add_row("not mapped", line)
+    return table
 
 
 def chip_table(result, title: str) -> Table:
@@ -249,6 +270,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                         "bits": args.bits, "calibration": calibration.model_dump(mode="json"),
                         "data": data.source.to_json()},
                 x_calibration=data.x_train)
+    from_aihwkit = aihwkit_table(loaded)
+    if from_aihwkit is not None:
+        console.print(from_aihwkit)
     console.print(layers_table(evaluator, result.mapping))
     console.print(accuracy_table(result.time_s, result.measured_accuracy, result.simulated,
                                   result.ideal_accuracy, f"{Path(str(args.model)).name} on "

@@ -381,7 +381,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.run.is_file():
         raise ConfigError(f"{args.run}: no such file (a characterization from 'pcmlab "
                           "characterize')")
-    refuse_overwrite(args, args.output, args.plot or args.output.with_suffix(".png"))
+    refuse_overwrite(args, args.output, args.plot or args.output.with_suffix(".png"),
+                     getattr(args, "aihwkit", None))
+    if args.aihwkit is not None and args.aihwkit.suffix not in (".py", ".json"):
+        raise ConfigError(f"--aihwkit {args.aihwkit}: a Python module (.py) or JSON (.json)")
     prior_cal = calibration_of(args)
     result = fit_file(args.run, prior_cal)
     fitted, prior = PCMModel(result.calibration), PCMModel(prior_cal)
@@ -408,4 +411,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = save_model(c, args.output)
     png = plot_fit(args.plot or args.output.with_suffix(".png"), result.levels, fitted, prior)
     console.print(f"wrote [bold]{path}[/] and {png}")
+    if args.aihwkit is not None:
+        from pcmlab.bridge.aihwkit import write_aihwkit_module
+
+        write_aihwkit_module(c, args.aihwkit, origin=f"the fit of {args.run.name}")
+        console.print(f"wrote [bold]{args.aihwkit}[/]: the fitted model for aihwkit "
+                      "(docs/aihwkit.md)")
     return 0
