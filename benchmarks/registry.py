@@ -104,7 +104,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "digits_speedup": Target("digits CNN, aihwkit time / pcmlab time", "x", ">=", 10.0),
         "residual_speedup": Target("residual CNN, aihwkit time / pcmlab time", "x", ">=",
                                    20.0),
-    }),
+    }, ("--runs", "3")),
 )
 
 

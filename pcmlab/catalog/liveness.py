@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pcmlab.store.writer import writer_alive
+from pcmlab.filelock import writer_alive
 
 FILE_LOCKED_KINDS = ("run", "deployment", "characterization")
 

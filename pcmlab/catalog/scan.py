@@ -56,9 +56,9 @@ def read_file(path: Path) -> FileRecord | None:
 def _run_file(path: Path) -> FileRecord | None:
     from pcmlab.catalog.liveness import FILE_LOCKED_KINDS  # noqa: F401  (same vocabulary)
     from pcmlab.errors import SchemaError
+    from pcmlab.filelock import writer_alive
     from pcmlab.store import RunReader
     from pcmlab.store.reader import opens_closed
-    from pcmlab.store.writer import writer_alive
 
     try:
         with RunReader(path) as run:

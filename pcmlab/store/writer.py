@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from pcmlab import __version__
 from pcmlab.errors import ConfigError, SchemaError
+from pcmlab.filelock import writer_alive
 from pcmlab.store import schema as S
 
 if TYPE_CHECKING:
@@ -44,33 +45,9 @@ def utc_now_iso() -> str:
 
 def refuse_if_written(path: Path) -> None:
     """SchemaError if a live RunWriter (any process on this machine) has ``path`` open."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # RunReader says what is wrong with the path
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if writer_alive(path):
         raise SchemaError(f"{path}: a run is still writing this file; wait for it to end "
-                          "(resume and recover are for a run that stopped)") from None
-    finally:
-        os.close(fd)
-
-
-def writer_alive(path: str | Path) -> bool | None:
-    """Whether a live RunWriter (any process on this machine) holds ``path``'s lock; None
-    if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock, if we got it
-    return False
+                          "(resume and recover are for a run that stopped)")
 
 
 class RunWriter:
