@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
@@ -24,7 +23,6 @@ from pcmlab.analysis import (
     drift_by_level,
     group_levels,
 )
-from pcmlab.errors import SchemaError
 from pcmlab.pcm_model import PCMModel
 from pcmlab.store import RunReader
 
@@ -37,22 +35,8 @@ class UnlockedReader(RunReader):
     ``recover``); HDF5's lock of a plain read-only open would."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        try:
-            self.file = h5py.File(self.path, "r", locking=False)
-        except OSError as exc:
-            if "already open for write" not in str(exc):
-                raise SchemaError(f"{self.path}: HDF5 file cannot be opened ({exc})") from None
-            try:  # a live (or killed) writer: follow it in SWMR mode
-                self.file = h5py.File(self.path, "r", swmr=True, locking=False)
-            except OSError as exc2:
-                raise SchemaError(f"{self.path}: HDF5 file cannot be opened ({exc2})"
-                                  ) from None
-        try:
-            self._validate()
-        except BaseException:
-            self.file.close()
-            raise
+        super().__init__(path, locking=False)
+
 
 DRIFT_SAMPLE_CELLS = 20_000  # cells whose drift exponent is fitted (seeded sample)
 MODEL_SAMPLE_CELLS = 2_000  # targets per level in the model's Monte Carlo band

@@ -80,11 +80,11 @@ def _check_hdf5(path: Path) -> None:
         raise SchemaError(f"{path}: not an HDF5 file (expected a pcmlab measurement file)")
 
 
-def _open_plain(path: Path) -> h5py.File | None:
+def _open_plain(path: Path, locking: bool = True) -> h5py.File | None:
     """The file opened as any HDF5 tool opens it, or None if HDF5 marks it open for
     writing (a live writer, or a killed one: then ``pcmlab recover`` closes it)."""
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r") if locking else h5py.File(path, "r", locking=False)
     except OSError as exc:
         if "already open for write" not in str(exc):
             raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
@@ -160,19 +160,22 @@ class _SwmrFiles:
 _SWMR = _SwmrFiles()
 
 
-def _open(path: Path) -> tuple[h5py.File, tuple[int, int] | None]:
-    """The file, and its key among the shared SWMR files (None: opened plainly)."""
+def _open(path: Path, locking: bool = True) -> tuple[h5py.File, tuple[int, int] | None]:
+    """The file, and its key among the shared SWMR files (None: opened plainly).
+    ``locking=False``: take no HDF5 file lock (a reader that must never keep a writer
+    from opening the file)."""
     _check_hdf5(path)
     key, f = _SWMR.acquire(path)
     if f is not None:
         return f, key
     # A plain open first: it checks the file against truncation. A file a writer has open
     # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
-    f = _open_plain(path)
+    f = _open_plain(path, locking)
     if f is not None:
         return f, None
     try:
-        f = h5py.File(path, "r", swmr=True)
+        f = (h5py.File(path, "r", swmr=True) if locking else
+             h5py.File(path, "r", swmr=True, locking=False))
     except OSError as exc:
         raise SchemaError(f"{path}: HDF5 file cannot be opened, corrupt or truncated "
                           f"({exc})") from None
@@ -182,9 +185,9 @@ def _open(path: Path) -> tuple[h5py.File, tuple[int, int] | None]:
 class RunReader:
     """Read-only view of a run; safe to use while the run is still being written."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, locking: bool = True) -> None:
         self.path = Path(path)
-        self.file, self._swmr_key = _open(self.path)
+        self.file, self._swmr_key = _open(self.path, locking)
         try:
             self._validate()
             if self._swmr_key is not None:
