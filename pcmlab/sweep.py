@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,7 +404,10 @@ class _Parts:
 
     def _atomic(self, path: Path, write: Callable[[Any], None]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=path.suffix)
+        tmp = _temporary(self.folder, ".tmp-", path.suffix)
+        # created as a plain file is (0666 less the umask): mkstemp's 0600 would keep the
+        # parts from the lab group
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -689,9 +692,13 @@ def _assemble(config: SweepConfig, points: list[dict[str, Any]],
     return ds
 
 
+def _temporary(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new file name in ``folder`` for an atomic write (not created here)."""
+    return folder / f"{prefix}{uuid.uuid4().hex}{suffix}"
+
+
 def _write_netcdf(ds: xr.Dataset, output: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=output.name + ".", suffix=".tmp")
-    os.close(fd)
+    tmp = _temporary(output.parent, output.name + ".", ".tmp")  # h5py creates it: umask
     try:
         ds.to_netcdf(tmp, engine="h5netcdf")
         os.replace(tmp, output)

@@ -5,6 +5,7 @@ its layers' settings and the source of its own module classes."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -174,3 +175,29 @@ def test_the_device_is_a_setting_and_a_worker_without_it_refuses() -> None:
         pytest.skip("this machine has a cuda:7")
     with pytest.raises(ConfigError, match=r"sweep device 'cuda:7': this worker .* has no"):
         sweep.eval_task(task, sweep.Trained(nn.Linear(2, 2)), data(), config)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_results_and_parts_get_the_mode_of_a_plainly_created_file(tmp_path: Path,
+                                                                  umask: int) -> None:
+    """Written atomically (a temporary file replaced into place), they were 0600 whatever
+    the umask: a colleague in the lab group could not read them."""
+    import stat
+
+    import numpy as np
+    import xarray as xr
+
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "sweep.nc"
+        parts = sweep._Parts(out)
+        parts.write_eval("k", np.zeros((2, 2)))
+        sweep._write_netcdf(xr.Dataset({"a": ("x", np.arange(3.0))}), out)
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~umask
+    for path in (out, parts.folder / "eval-k.npy"):
+        assert stat.S_IMODE(path.stat().st_mode) == want, (path.name, oct(path.stat().st_mode))
