@@ -685,10 +685,16 @@ def _assemble(config: SweepConfig, points: list[dict[str, Any]],
                "seed": config.seed, "runs": config.runs,
                "fixed": json.dumps({n: setting({}, n, config) for n in AXES
                                     if n not in config.axes}, default=str)})
+    return add_run_statistics(ds)
+
+
+def add_run_statistics(ds: xr.Dataset) -> xr.Dataset:
+    """``accuracy_mean`` and ``accuracy_std`` over runs: the std is the sample standard
+    deviation (ddof=1, NaN for a single run), the spread a lab would quote for N chips."""
     ds["accuracy_mean"] = ds.accuracy.mean("run").assign_attrs(units="1",
                                                                 long_name="mean over runs")
-    ds["accuracy_std"] = ds.accuracy.std("run").assign_attrs(units="1",
-                                                              long_name="std over runs")
+    ds["accuracy_std"] = ds.accuracy.std("run", ddof=1).assign_attrs(
+        units="1", long_name="sample standard deviation over runs (ddof=1)")
     return ds
 
 

@@ -201,3 +201,14 @@ def test_results_and_parts_get_the_mode_of_a_plainly_created_file(tmp_path: Path
     assert want == 0o666 & ~umask
     for path in (out, parts.folder / "eval-k.npy"):
         assert stat.S_IMODE(path.stat().st_mode) == want, (path.name, oct(path.stat().st_mode))
+
+
+def test_accuracy_std_is_the_sample_standard_deviation_and_says_so() -> None:
+    import numpy as np
+    import xarray as xr
+
+    acc = np.array([[0.90, 0.92, 0.97], [0.5, 0.5, 0.8]])  # point x run
+    ds = sweep.add_run_statistics(xr.Dataset({"accuracy": (("p", "run"), acc)}))
+    np.testing.assert_allclose(ds.accuracy_std.values, acc.std(axis=1, ddof=1))
+    assert "ddof=1" in ds.accuracy_std.attrs["long_name"]
+    np.testing.assert_allclose(ds.accuracy_mean.values, acc.mean(axis=1))
