@@ -558,6 +558,9 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
         loaded_model, loaded_data = _network_and_data(config, base)
         model = loaded_model if model is None else model
         data = loaded_data if data is None else data
+    trained_methods = sorted({setting(p, "training", config) for p in points} - {"as-is"})
+    if trained_methods:
+        data.require_training_split(f"the sweep's training = '{trained_methods[0]}'")
     parts = _Parts(output)
     tasks, train_id = plan(config, model, data, base)
     missing = [(k, p, t) for k, p, t in tasks if not parts.has("eval", k, ".npy")]

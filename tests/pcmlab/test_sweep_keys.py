@@ -212,3 +212,28 @@ def test_accuracy_std_is_the_sample_standard_deviation_and_says_so() -> None:
     np.testing.assert_allclose(ds.accuracy_std.values, acc.std(axis=1, ddof=1))
     assert "ddof=1" in ds.accuracy_std.attrs["long_name"]
     np.testing.assert_allclose(ds.accuracy_mean.values, acc.mean(axis=1))
+
+
+def test_training_on_a_file_without_a_training_split_is_refused(tmp_path: Path) -> None:
+    """An .npz without x_train, y_train fell back to its test set as the training data: a
+    sweep (and 'pcmlab train') trained on the inputs it then scored."""
+    import subprocess
+
+    import numpy as np
+
+    from pcmlab.errors import ConfigError
+    from pcmlab.tasks import load_digits, load_npz_dataset
+
+    d = load_digits(seed=0)
+    path = tmp_path / "test-only.npz"
+    np.savez(path, x_test=d.x_test.numpy()[:50], y_test=d.y_test.numpy()[:50])
+    data = load_npz_dataset(path, (1, 8, 8))
+    config = sweep.SweepConfig.model_validate({"axes": {"training": ["as-is", "noise"]}})
+    with pytest.raises(ConfigError, match=r"training = 'noise' needs training data: .*no x_t"):
+        sweep.run_sweep(config, tmp_path / "s.nc", model=nn.Linear(64, 10), data=data)
+    assert not (tmp_path / "s.nc.parts").exists()
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "train", "--data", str(path),
+                           "-o", str(tmp_path / "w.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "x_train, y_train" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w.pt").exists()
