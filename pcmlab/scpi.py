@@ -156,6 +156,10 @@ def load_dialect(path: str | Path | None = None) -> Dialect:
         if not isinstance(entry, dict) or not isinstance(entry.get("message"), str):
             raise fail(f"operations.{name}", "give { message = \"...\", reply = \"...\" }")
         operations[name] = _operation(name, entry, need_args, need_reply, fail)
+    if ("mvm" in operations) != ("mvm_config" in operations):
+        given = "mvm" if "mvm" in operations else "mvm_config"
+        raise fail(f"operations.{given}", "mvm_config and mvm go together: give both (a "
+                   "chip that computes in the array) or neither")
     headers = [op.header.upper() for op in operations.values()]
     dup = sorted({h for h in headers if headers.count(h) > 1})
     if dup:

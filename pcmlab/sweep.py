@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,7 +404,10 @@ class _Parts:
 
     def _atomic(self, path: Path, write: Callable[[Any], None]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=path.suffix)
+        tmp = _temporary(self.folder, ".tmp-", path.suffix)
+        # created as a plain file is (0666 less the umask): mkstemp's 0600 would keep the
+        # parts from the lab group
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -560,6 +563,9 @@ def run_sweep(config: SweepConfig, output: str | Path, *, base: Path | None = No
         loaded_model, loaded_data = _network_and_data(config, base)
         model = loaded_model if model is None else model
         data = loaded_data if data is None else data
+    trained_methods = sorted({setting(p, "training", config) for p in points} - {"as-is"})
+    if trained_methods:
+        data.require_training_split(f"the sweep's training = '{trained_methods[0]}'")
     parts = _Parts(output)
     tasks, train_id = plan(config, model, data, base)
     missing = [(k, p, t) for k, p, t in tasks if not parts.has("eval", k, ".npy")]
@@ -702,16 +708,26 @@ def _assemble(config: SweepConfig, points: list[dict[str, Any]],
                "seed": config.seed, "runs": config.runs,
                "fixed": json.dumps({n: setting({}, n, config) for n in AXES
                                     if n not in config.axes}, default=str)})
+    return add_run_statistics(ds)
+
+
+def add_run_statistics(ds: xr.Dataset) -> xr.Dataset:
+    """``accuracy_mean`` and ``accuracy_std`` over runs: the std is the sample standard
+    deviation (ddof=1, NaN for a single run), the spread a lab would quote for N chips."""
     ds["accuracy_mean"] = ds.accuracy.mean("run").assign_attrs(units="1",
                                                                 long_name="mean over runs")
-    ds["accuracy_std"] = ds.accuracy.std("run").assign_attrs(units="1",
-                                                              long_name="std over runs")
+    ds["accuracy_std"] = ds.accuracy.std("run", ddof=1).assign_attrs(
+        units="1", long_name="sample standard deviation over runs (ddof=1)")
     return ds
 
 
+def _temporary(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new file name in ``folder`` for an atomic write (not created here)."""
+    return folder / f"{prefix}{uuid.uuid4().hex}{suffix}"
+
+
 def _write_netcdf(ds: xr.Dataset, output: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=output.name + ".", suffix=".tmp")
-    os.close(fd)
+    tmp = _temporary(output.parent, output.name + ".", ".tmp")  # h5py creates it: umask
     try:
         ds.to_netcdf(tmp, engine="h5netcdf")
         os.replace(tmp, output)

@@ -66,6 +66,18 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: DataSource | None = field(default=None, compare=False)
+    # False: the file had no x_train, y_train and the test set stands in for it (it may
+    # calibrate ranges, never train: a network trained on its test set scores on itself)
+    train_split: bool = field(default=True, compare=False)
+
+    def require_training_split(self, what: str) -> None:
+        """Refuse ``what`` (a training) on data whose training split is its test set."""
+        if not self.train_split:
+            where = (self.source.path if self.source is not None and self.source.path
+                     else "the data file")
+            raise ConfigError(f"{what} needs training data: {where} has no x_train, y_train "
+                              "(only x_test, y_test, which would then be trained on and "
+                              "scored); add x_train and y_train to the .npz")
 
     def with_source(self, name: str, **where: Any) -> Dataset:
         """This dataset, with its provenance (hash and shapes computed here)."""
@@ -73,7 +85,8 @@ class Dataset:
                                                self.y_test),
                             int(self.x_train.shape[0]), int(self.x_test.shape[0]),
                             tuple(self.x_test.shape[1:]), **where)
-        return Dataset(self.x_train, self.y_train, self.x_test, self.y_test, source)
+        return Dataset(self.x_train, self.y_train, self.x_test, self.y_test, source,
+                       self.train_split)
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.4,
@@ -204,7 +217,8 @@ def load_npz_dataset(path: str | Path, input_shape: tuple[int, ...] | None) -> D
     if "x_train" in arrays and "y_train" in arrays:
         x_train = inputs("x_train")
         y_train = labels("y_train", x_train.shape[0])
-    else:
-        x_train, y_train = x_test, y_test
-    return Dataset(x_train, y_train, x_test, y_test).with_source(
+        train_split = True
+    else:  # the test inputs calibrate ranges; training on them is refused
+        x_train, y_train, train_split = x_test, y_test, False
+    return Dataset(x_train, y_train, x_test, y_test, train_split=train_split).with_source(
         "file", path=str(path), resolved_path=str(path.resolve()))

@@ -304,6 +304,14 @@ class ConformanceSuite:
         title = "the chip's matrix-vector products agree with its reads"
         spec = self.driver.info.mvm
         if spec is None:
+            dialect = getattr(self.driver, "dialect", None)  # an SCPI driver's words
+            if dialect is not None and not dialect.has("mvm_config"):
+                return CheckResult("mvm-agreement", title, "skip", f"the dialect "
+                                   f"'{dialect.name}' defines no MVM operation, so the chip's "
+                                   "MVM (if it has one) cannot be used",
+                                   "chip mode is off through this dialect; a chip that "
+                                   "computes in the array needs mvm_config and mvm in the "
+                                   "dialect file (docs/writing-a-driver.md)")
             return CheckResult("mvm-agreement", title, "skip", "the chip has no MVM "
                                "capability", "chip mode is not available on this chip")
         rect = self._rectangle()

@@ -435,6 +435,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, input_shape = reference_cnn(args.seed), DIGITS_INPUT_SHAPE
         data = (load_npz_dataset(args.data, DIGITS_INPUT_SHAPE) if args.data is not None
                 else load_digits(seed=args.seed))
+    data.require_training_split("pcmlab train")
     total = cfg.stage1_epochs + (cfg.stage2_epochs if args.method == "full" else 0)
     with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.fields[log]}"),
                   console=err_console, transient=True) as bar:

@@ -83,7 +83,7 @@ def sweep_table(ds, title: str) -> Table:
     from pcmlab.sweep import grid_rows
 
     table = Table(title=title, caption=f"{ds.sizes['run']} runs per point; mean ± std "
-                  "over runs")
+                  "over runs (sample std, ddof=1)")
     names = [d for d in ds.accuracy.dims if d not in ("run", "time")]
     for n in names:
         table.add_column(n, justify="left")

@@ -132,3 +132,46 @@ def test_a_plugin_claims_a_visa_resource_by_its_identity() -> None:
             unregister("mocklab")
             unregister("elsewhere")
         assert resolve(srv.resource).name == "visa"
+
+
+def _docs_toml_blocks() -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "writing-a-driver.md").read_text()
+    return re.findall(r"```toml\n(.*?)```", text, re.S)
+
+
+def test_a_dialect_without_mvm_is_named_as_the_reason_by_check() -> None:
+    """The chip computes MVMs, but its dialect has no MVM operation: 'pcmlab check' says
+    the dialect defines none (it said the chip had no MVM capability)."""
+    from protocols.conformance import ConformanceSuite
+
+    other = load_dialect(OTHER)
+    assert not other.has("mvm_config")
+    with (ScpiServer(make_controller(), "127.0.0.1", 0, dialect=other) as srv,
+          VisaDriver(srv.resource, dialect=other) as chip):
+        assert chip.info.mvm is None
+        result = ConformanceSuite(chip, np.arange(1024)).mvm_agreement()
+    assert result.status == "skip"
+    assert "dialect" in result.figure and "defines no MVM operation" in result.figure, result
+    assert "mvm_config" in result.meaning
+
+
+def test_the_documented_mvm_operations_drive_a_chip_that_computes(tmp_path: Path) -> None:
+    """docs/writing-a-driver.md's dialect example with its MVM lines: the driver finds the
+    capability and the chip's products come back; one of the two lines alone is refused."""
+    blocks = _docs_toml_blocks()
+    full = next(b for b in blocks if b.startswith('name = "otherchip"'))
+    mvm = next(b for b in blocks if "mvm_config" in b and "mvm =" in b)
+    lines = [ln for ln in mvm.splitlines() if ln.startswith("mvm")]
+    text = full.replace("[kinds]", "\n".join(lines) + "\n\n[kinds]")
+    dialect = load_dialect(write(tmp_path, text))
+    with (ScpiServer(make_controller(), "127.0.0.1", 0, dialect=dialect) as srv,
+          VisaDriver(srv.resource, dialect=dialect) as chip):
+        assert chip.info.mvm is not None
+        codes = chip.mvm((0, 0, 4, 8), np.ones((3, 4), dtype=np.int64), full_scale=4.0)
+        assert codes.shape == (3, 4)
+    for keep in lines:
+        alone = full.replace("[kinds]", keep + "\n\n[kinds]")
+        with pytest.raises(ConfigError, match="mvm_config and mvm go together"):
+            load_dialect(write(tmp_path, alone))

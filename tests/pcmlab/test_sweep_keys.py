@@ -5,6 +5,7 @@ its layers' settings and the source of its own module classes."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -174,3 +175,65 @@ def test_the_device_is_a_setting_and_a_worker_without_it_refuses() -> None:
         pytest.skip("this machine has a cuda:7")
     with pytest.raises(ConfigError, match=r"sweep device 'cuda:7': this worker .* has no"):
         sweep.eval_task(task, sweep.Trained(nn.Linear(2, 2)), data(), config)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_results_and_parts_get_the_mode_of_a_plainly_created_file(tmp_path: Path,
+                                                                  umask: int) -> None:
+    """Written atomically (a temporary file replaced into place), they were 0600 whatever
+    the umask: a colleague in the lab group could not read them."""
+    import stat
+
+    import numpy as np
+    import xarray as xr
+
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "sweep.nc"
+        parts = sweep._Parts(out)
+        parts.write_eval("k", np.zeros((2, 2)))
+        sweep._write_netcdf(xr.Dataset({"a": ("x", np.arange(3.0))}), out)
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert want == 0o666 & ~umask
+    for path in (out, parts.folder / "eval-k.npy"):
+        assert stat.S_IMODE(path.stat().st_mode) == want, (path.name, oct(path.stat().st_mode))
+
+
+def test_accuracy_std_is_the_sample_standard_deviation_and_says_so() -> None:
+    import numpy as np
+    import xarray as xr
+
+    acc = np.array([[0.90, 0.92, 0.97], [0.5, 0.5, 0.8]])  # point x run
+    ds = sweep.add_run_statistics(xr.Dataset({"accuracy": (("p", "run"), acc)}))
+    np.testing.assert_allclose(ds.accuracy_std.values, acc.std(axis=1, ddof=1))
+    assert "ddof=1" in ds.accuracy_std.attrs["long_name"]
+    np.testing.assert_allclose(ds.accuracy_mean.values, acc.mean(axis=1))
+
+
+def test_training_on_a_file_without_a_training_split_is_refused(tmp_path: Path) -> None:
+    """An .npz without x_train, y_train fell back to its test set as the training data: a
+    sweep (and 'pcmlab train') trained on the inputs it then scored."""
+    import subprocess
+
+    import numpy as np
+
+    from pcmlab.errors import ConfigError
+    from pcmlab.tasks import load_digits, load_npz_dataset
+
+    d = load_digits(seed=0)
+    path = tmp_path / "test-only.npz"
+    np.savez(path, x_test=d.x_test.numpy()[:50], y_test=d.y_test.numpy()[:50])
+    data = load_npz_dataset(path, (1, 8, 8))
+    config = sweep.SweepConfig.model_validate({"axes": {"training": ["as-is", "noise"]}})
+    with pytest.raises(ConfigError, match=r"training = 'noise' needs training data: .*no x_t"):
+        sweep.run_sweep(config, tmp_path / "s.nc", model=nn.Linear(64, 10), data=data)
+    assert not (tmp_path / "s.nc.parts").exists()
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "train", "--data", str(path),
+                           "-o", str(tmp_path / "w.pt")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "x_train, y_train" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w.pt").exists()
