@@ -32,23 +32,29 @@ _BLOCK = 1 << 16  # cells per block of elementwise work
 
 class OperationTimes(StrictModel):
     """How long the chip's operations take on its virtual clock, as a real controller's
-    do (latency per call + time per cell). Zero by default: the clock moves only when
-    told; a wall clock (mock servers) runs anyway."""
+    do: latency per call + time per cell (or vector). The defaults are a real controller's
+    orders of magnitude: about 1 ms per command (host link and firmware), 1 µs per pulse
+    (a 0.1-1 µs pulse plus addressing and settling, one device at a time), 0.1 µs per
+    cell read (sense amplifiers in parallel along a row) and 1 µs per MVM input vector
+    (PWM inputs of a few hundred ns and the column ADCs). So cells programmed first are
+    older than the rest when programming ends. A wall clock (mock servers) runs anyway;
+    all zero: the clock moves only when told."""
 
-    pulse_call_s: float = Field(0.0, ge=0)
-    pulse_per_cell_s: float = Field(0.0, ge=0)
-    read_call_s: float = Field(0.0, ge=0)
-    read_per_cell_s: float = Field(0.0, ge=0)
-    mvm_call_s: float = Field(0.0, ge=0)
-    mvm_per_vector_s: float = Field(0.0, ge=0)
+    pulse_call_s: float = Field(1e-3, ge=0, description="latency of one pulse command, s")
+    pulse_per_cell_s: float = Field(1e-6, ge=0, description="time per pulse, s")
+    read_call_s: float = Field(1e-3, ge=0, description="latency of one read command, s")
+    read_per_cell_s: float = Field(1e-7, ge=0, description="time per cell read, s")
+    mvm_call_s: float = Field(1e-3, ge=0, description="latency of one MVM command, s")
+    mvm_per_vector_s: float = Field(1e-6, ge=0, description="time per MVM input vector, s")
 
 
 class MockChipConfig(StrictModel):
     """Everything that defines a mock chip; the same seed gives the same chip and results."""
 
     geometry: ArrayGeometry = Field(ArrayGeometry(), description="rows x cols")
-    timing: OperationTimes = Field(OperationTimes(), description="virtual time pulses and "
-                                   "reads take (zero by default)")
+    timing: OperationTimes = Field(OperationTimes(), description="virtual time pulses, "
+                                   "reads and MVMs take (a real controller's orders of "
+                                   "magnitude by default)")
     limits: ChipLimits = Field(ChipLimits(), description="pulse limits it refuses beyond")
     physics: DevicePhysics = Field(DevicePhysics(), description="pulse-level device "
                                    "model (thresholds, partial RESET)")
@@ -177,6 +183,10 @@ class MockChip:
         against the same limits). ``amp``: one float32 amplitude per cell, or one for all."""
         if cell_arr.size == 0:
             return 0
+        timing = self.config.timing
+        # the pulses take the command's time; the cells' age starts at its end, the time a
+        # host reads from the clock after the command (protocols record it as last pulse)
+        self._spend(timing.pulse_call_s + timing.pulse_per_cell_s * cell_arr.size)
         t = self.clock.now()
         apply = self.devices.apply_set if kind is PulseKind.SET else self.devices.apply_reset
         increasing = cell_arr.size < 2 or bool((cell_arr[1:] > cell_arr[:-1]).all())
@@ -189,8 +199,6 @@ class MockChip:
             for sub, part in self._blocks(batch):
                 apply(sub, batch_amp if scalar else batch_amp[part], t, self.rng)
                 self.pulse_count[sub] += np.uint32(1)
-        timing = self.config.timing
-        self._spend(timing.pulse_call_s + timing.pulse_per_cell_s * cell_arr.size)
         return int(cell_arr.size)
 
     def _spend(self, dt_s: float) -> None:

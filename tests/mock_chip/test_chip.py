@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mock_chip import FaultRates, MockChip
+from mock_chip.chip import OperationTimes
 from mock_chip.physics import STUCK_RESET, STUCK_SET
 from pcmlab.errors import ConfigError, LimitError
 from pcmlab.pcm_model import PCMModel
@@ -93,7 +94,10 @@ def test_first_set_moves_about_half_way() -> None:
 
 
 def test_state_above_g_inf_barely_moves() -> None:
-    chip = small_chip(seed=3)
+    # back-to-back pulses (no time between them): what moves here is the SET physics
+    # alone, not the relaxation a state goes through while the chip's commands take time
+    chip = small_chip(seed=3, timing=OperationTimes(pulse_call_s=0, pulse_per_cell_s=0,
+                                                    read_call_s=0, read_per_cell_s=0))
     cells = np.arange(chip.n_cells)
     for _ in range(10):
         chip.apply_pulses(cells, "SET", 200.0, 500)
