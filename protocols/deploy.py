@@ -151,7 +151,9 @@ def deploy_network(
     simulated = None
     if cfg.simulated_runs > 0:
         simulated = evaluator.simulate(x_test, y_test, mapping, times, cfg.simulated_runs,
-                                       np.random.default_rng(cfg.seed), pcm=pcm)
+                                       np.random.default_rng(cfg.seed), pcm=pcm,
+                                       verify_tolerance=(cfg.program.tolerance_abs_us,
+                                                         cfg.program.tolerance_rel))
     ideal = evaluator.ideal_accuracy(x_test, y_test)
     chip = tuple(loop.results) if loop is not None else ()
     write_evaluation(
@@ -162,6 +164,7 @@ def deploy_network(
         attrs={"periphery": cfg.periphery.model_dump(mode="json"),
                "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
                "drift_compensation_estimator": evaluator.gdc_estimator,
+               "simulated_includes": "" if simulated is None else simulated.includes,
                "network_fingerprint": evaluator.fingerprint,
                "layers": json.dumps([asdict(r) for r in evaluator.report])},
         chip={name: [getattr(r, name) for r in chip] for name in CHIP_COLUMNS}
