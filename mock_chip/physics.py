@@ -11,13 +11,13 @@ import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from pcmlab.config import StrictModel
-from pcmlab.pcm_model import PCMModel
+from pcmlab.pcm_model import OK, STUCK_RESET, STUCK_SET, PCMCalibration, PCMModel
 
 F32 = npt.NDArray[np.float32]
 Index = slice | npt.NDArray[np.uint32]
 
-OK, STUCK_RESET, STUCK_SET = 0, 1, 2
 _RELAX, _NU = 1, 2  # bits of DeviceArray._pending: drawn/computed at the first read needing it
+_RATES = PCMCalibration()  # the fault rates' one home is the PCM model's constants
 
 
 def select(idx: Index, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -61,11 +61,12 @@ class DevicePhysics(StrictModel):
 
 
 class FaultRates(StrictModel):
-    """Fractions of faulty devices (defaults from DESIGN.md)."""
+    """Fractions of faulty devices (defaults: the PCM model's, ``PCMCalibration``)."""
 
-    stuck_reset: float = Field(0.003, ge=0, le=1)
-    stuck_set: float = Field(0.001, ge=0, le=1)
-    weak: float = Field(0.005, ge=0, le=1, description="devices whose G_sat is far too low")
+    stuck_reset: float = Field(_RATES.stuck_reset_rate, ge=0, le=1)
+    stuck_set: float = Field(_RATES.stuck_set_rate, ge=0, le=1)
+    weak: float = Field(_RATES.weak_rate, ge=0, le=1,
+                        description="devices whose G_sat is far too low")
     weak_g_sat_fraction: tuple[float, float] = (0.15, 0.6)
 
     @model_validator(mode="after")
@@ -81,6 +82,12 @@ class FaultRates(StrictModel):
     @classmethod
     def none(cls) -> FaultRates:
         return cls(stuck_reset=0.0, stuck_set=0.0, weak=0.0)
+
+    @classmethod
+    def of_calibration(cls, calibration: PCMCalibration) -> FaultRates:
+        """The rates a calibration (e.g. one 'pcmlab fit' wrote) gives."""
+        return cls(stuck_reset=calibration.stuck_reset_rate,
+                   stuck_set=calibration.stuck_set_rate, weak=calibration.weak_rate)
 
 
 class DeviceArray:

@@ -33,7 +33,13 @@ from pcmlab.analog import (
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 from pcmlab.mapping import NetworkMapping
-from pcmlab.pcm_model import PCMModel, global_drift_compensation
+from pcmlab.pcm_model import (
+    STUCK_RESET,
+    STUCK_SET,
+    WEAK,
+    PCMModel,
+    global_drift_compensation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +59,30 @@ class NoiseSwitches(StrictModel):
     read: bool = Field(True, description="1/f read noise")
     drift_compensation: bool = Field(True, description="global drift compensation per "
                                      "layer")
+    faults: bool = Field(True, description="the calibration's faulty devices (stuck-RESET, "
+                         "stuck-SET, weak), with the pair compensation a deployment does")
+
+    def describe(self, pcm: PCMModel) -> str:
+        """What a simulation with these switches includes, in words (for tables)."""
+        c = pcm.calibration
+        parts = [name for on, name in ((self.programming, "programming noise"),
+                                       (self.drift, "drift"), (self.read, "1/f read noise"),
+                                       (self.drift_compensation, "drift compensation"))
+                 if on]
+        if self.faults and c.fault_rate > 0:
+            parts.append(f"faulty devices ({100 * c.stuck_reset_rate:.2f} % stuck-RESET, "
+                         f"{100 * c.stuck_set_rate:.2f} % stuck-SET, "
+                         f"{100 * c.weak_rate:.2f} % weak)")
+        else:
+            parts.append("no faulty devices")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
 class SimulatedAccuracy:
     time_s: npt.NDArray[np.float64]
     accuracy: npt.NDArray[np.float64]  # runs x times (the metric's value)
+    includes: str = ""  # what the simulation included, in words (NoiseSwitches.describe)
 
     @property
     def mean(self) -> npt.NDArray[np.float64]:
@@ -298,10 +322,14 @@ class AnalogEvaluator:
     def simulate(self, x: Data, y: torch.Tensor | None, mapping: NetworkMapping,
                  times_s: npt.ArrayLike, n_runs: int, rng: np.random.Generator, *,
                  pcm: PCMModel | None = None, noise: NoiseSwitches | None = None,
-                 metric: Metric | None = None) -> SimulatedAccuracy:
-        """Monte Carlo over the statistical PCM model: per run one programming and one set
+                 metric: Metric | None = None,
+                 verify_tolerance: tuple[float, float] = (0.5, 0.04)) -> SimulatedAccuracy:
+        """Monte Carlo over the statistical PCM model: per run one programming (with the
+        calibration's faulty devices and the pair compensation of a deployment) and one set
         of drift exponents, independent read noise at every time. Drift compensation is
-        referenced to the programmed state read at t0 (the model's, 20 s)."""
+        referenced to the programmed state read at t0 (the model's, 20 s).
+        ``verify_tolerance``: (µS, share of G_T) of the program-and-verify window, which
+        decides which faulty devices a deployment sees as stuck."""
         if n_runs < 1:
             raise ConfigError(f"n_runs = {n_runs}: need at least one run")
         pcm = pcm or PCMModel()
@@ -311,6 +339,8 @@ class AnalogEvaluator:
         _, g_t, _ = self.device_targets(mapping)
         g_t = g_t.astype(np.float64)
         acc = np.empty((n_runs, times.size))
+        faults = noise.faults and pcm.calibration.fault_rate > 0
+        plus, minus = mapping.pair_positions()
 
         # Per time only drift and read noise change: they run in torch, float32 (as a chip's
         # conductances are), on the evaluator's device, with Q_s(G_T) computed once. Their
@@ -319,7 +349,8 @@ class AnalogEvaluator:
         q_read = torch.from_numpy(pcm.read_noise_q(g_t).astype(np.float32)).to(dev)
         gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
 
-        def read(g_prog: torch.Tensor, nu: torch.Tensor, t: float) -> torch.Tensor:
+        def read(g_prog: torch.Tensor, nu: torch.Tensor, q: torch.Tensor, t: float
+                 ) -> torch.Tensor:
             """pcm.drift and pcm.read_noise_sigma_us at one time t."""
             if noise.drift:
                 g = torch.exp(nu * float(-np.log(max(t, t0) / t0))).mul_(g_prog)
@@ -328,7 +359,7 @@ class AnalogEvaluator:
             if noise.read:
                 c = float(np.sqrt(max(float(pcm.read_noise_log_factor(t)), 0.0)))
                 z = torch.randn(g.shape, generator=gen, device=dev)
-                g.addcmul_(g * q_read, z, value=c).clamp_(min=0.0)
+                g.addcmul_(g * q, z, value=c).clamp_(min=0.0)
             return g
 
         def tensor(a: npt.NDArray[np.float64]) -> torch.Tensor:
@@ -336,13 +367,21 @@ class AnalogEvaluator:
 
         with torch.no_grad():
             for run in range(n_runs):
-                g_prog = tensor(pcm.program(g_t, rng) if noise.programming else g_t)
-                nu = tensor(pcm.sample_nu(g_t, rng) if noise.drift else np.zeros_like(g_t))
+                g_prog = pcm.program(g_t, rng) if noise.programming else g_t.copy()
+                g_state, q = g_t, q_read
+                if faults:
+                    g_prog, g_state = program_with_faults(pcm, g_t, g_prog, plus, minus, rng,
+                                                          verify_tolerance,
+                                                          noisy=noise.programming)
+                    q = tensor(pcm.read_noise_q(g_state))
+                nu = tensor(pcm.sample_nu(g_state, rng) if noise.drift
+                            else np.zeros_like(g_t))
+                g_prog_t = tensor(g_prog)
                 reference = None
                 if noise.drift_compensation:
-                    reference = self._gdc_torch(mapping, read(g_prog, nu, t0))
+                    reference = self._gdc_torch(mapping, read(g_prog_t, nu, q, t0))
                 for j, t in enumerate(times):
-                    g = read(g_prog, nu, float(t))
+                    g = read(g_prog_t, nu, q, float(t))
                     gdc = None
                     if reference is not None:
                         now = self._gdc_torch(mapping, g)
@@ -350,7 +389,7 @@ class AnalogEvaluator:
                                for r, c in zip(reference, now, strict=True)]
                     acc[run, j] = self.evaluate(x, y, self._torch_weights(mapping, g), gdc,
                                                 metric=metric)
-        return SimulatedAccuracy(times, acc)
+        return SimulatedAccuracy(times, acc, noise.describe(pcm))
 
     def measured(self, x: Data, y: torch.Tensor | None, mapping: NetworkMapping,
                  g_rows_us: npt.ArrayLike, *, drift_compensation: bool = True,
@@ -377,3 +416,44 @@ class AnalogEvaluator:
                        zip(reference, self._gdc_torch(mapping, g), strict=True)]
             out[i] = self.evaluate(x, y, self._torch_weights(mapping, g), gdc, metric=metric)
         return out
+
+
+def program_with_faults(
+    pcm: PCMModel, g_target_us: npt.NDArray[np.float64], g_prog_us: npt.NDArray[np.float64],
+    plus: npt.NDArray[np.intp], minus: npt.NDArray[np.intp], rng: np.random.Generator,
+    verify_tolerance: tuple[float, float] = (0.5, 0.04), *, noisy: bool = True,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The programmed state of a chip with the calibration's faulty devices, after the pair
+    compensation of ``protocols.program_verify.program_pairs``: (G_prog, the state each
+    device was left in, for its drift exponent and read noise), both µS.
+
+    Stuck devices keep their conductance; a weak device reaches no more than its ceiling. A
+    faulty device outside the verify window is taken as stuck, and its partner (when good)
+    is programmed so that the pair's difference is the intended one (capped at G_max; a
+    negative partner target leaves the partner as it was)."""
+    g_max = pcm.calibration.g_max_us
+    kind, g_fault = pcm.sample_faults(g_target_us.size, rng)
+    stuck = (kind == STUCK_RESET) | (kind == STUCK_SET)
+    weak = kind == WEAK
+    g = g_prog_us.copy()
+    state = g_target_us.copy()
+    g[weak] = np.minimum(g[weak], g_fault[weak])
+    state[weak] = np.minimum(state[weak], g_fault[weak])
+    g[stuck] = state[stuck] = g_fault[stuck]
+    window = verify_tolerance[0] + verify_tolerance[1] * g_target_us
+    failed = (stuck | weak) & (np.abs(state - g_target_us) > window)
+    diff = g_target_us[plus] - g_target_us[minus]
+    fix_m = failed[plus] & ~failed[minus] & (g[plus] - diff > 0)
+    fix_p = failed[minus] & ~failed[plus] & (g[minus] + diff > 0)
+    redo = np.concatenate([minus[fix_m], plus[fix_p]])
+    new = np.minimum(np.concatenate([g[plus][fix_m] - diff[fix_m],
+                                     g[minus][fix_p] + diff[fix_p]]), g_max)
+    if redo.size:
+        state[redo] = new
+        g[redo] = np.maximum(new + (pcm.prog_noise_sigma_us(new) * rng.standard_normal(new.size)
+                                    if noisy else 0.0), 0.0)
+        again = redo[stuck[redo] | weak[redo]]  # a faulty partner stays what it is
+        g[again] = np.where(stuck[again], g_fault[again], np.minimum(g[again], g_fault[again]))
+        state[again] = np.where(stuck[again], g_fault[again],
+                                np.minimum(state[again], g_fault[again]))
+    return g, state

@@ -6,6 +6,11 @@ Q_s; per-device drift exponents from a log-log fit of the drift reads give mu_nu
 sigma_nu (the fit's own noise, from its residuals, taken out). The model's functional
 forms are then fitted to the levels: a quadratic for sigma_prog, clipped lines in ln g_T
 for mu_nu and sigma_nu, q / g^e for Q_s (exponent kept from the prior calibration).
+
+Faulty devices are counted from the programming result (``fit_faults``): cells that did
+not converge and read near 0 at a clearly non-zero target are stuck RESET; cells that did
+not converge and read high at a low target are stuck SET; cells that did not converge and
+stay well below a high target are weak, their verify readings giving the ceiling's range.
 """
 
 from __future__ import annotations
@@ -40,10 +45,26 @@ class LevelFit:
 
 
 @dataclass(frozen=True)
+class FaultFit:
+    """Faulty devices counted in a characterization: (count, cells it was counted among)."""
+
+    stuck_reset: tuple[int, int]
+    stuck_set: tuple[int, int]
+    weak: tuple[int, int]
+    stuck_set_range_us: tuple[float, float] | None
+    weak_ceiling_range_us: tuple[float, float] | None
+
+    @staticmethod
+    def rate(counted: tuple[int, int]) -> float:
+        return counted[0] / counted[1] if counted[1] else math.nan
+
+
+@dataclass(frozen=True)
 class FitResult:
     calibration: PCMCalibration
     levels: list[LevelFit]
     burst_time_s: float
+    faults: FaultFit | None = None
 
 
 def _wls(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64],
@@ -138,7 +159,62 @@ def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult
         nu_std = math.sqrt(max(float(np.nanvar(nu)) - float(np.nanmean(nu_var)), 0.0))
         levels.append(LevelFit(float(level), count, sigma_prog, read_sigma, q_s,
                                float(np.nanmean(nu)), nu_std))
-    return FitResult(_calibration(levels, prior), levels, burst_t)
+    faults = fit_faults(target, prog.conductance_us, prog.converged,
+                        float(spec.get("program", {}).get("tolerance_abs_us", 0.5)),
+                        float(spec.get("program", {}).get("tolerance_rel", 0.04)), prior)
+    return FitResult(_with_faults(_calibration(levels, prior), faults), levels, burst_t,
+                     faults)
+
+
+def _range(values: npt.NDArray[np.float64]) -> tuple[float, float] | None:
+    """(low, high) of a uniform distribution from its samples (the unbiased ends)."""
+    if values.size < 2:
+        return None
+    lo, hi = float(values.min()), float(values.max())
+    pad = (hi - lo) / (values.size - 1)
+    return max(lo - pad, 0.0), hi + pad
+
+
+def fit_faults(target_us: npt.ArrayLike, verify_us: npt.ArrayLike, converged: npt.ArrayLike,
+               tolerance_abs_us: float, tolerance_rel: float,
+               prior: PCMCalibration) -> FaultFit:
+    """Count the faulty devices of a characterization from its programming result (final
+    verify readings, converged flags; the verify window it used)."""
+    t = np.asarray(target_us, dtype=np.float64)
+    g = np.asarray(verify_us, dtype=np.float64)
+    failed = ~np.asarray(converged, dtype=np.bool_)
+    g_max = prior.g_max_us
+    window = tolerance_abs_us + tolerance_rel * t
+    # stuck RESET: a clearly non-zero target, the cell still at the RESET level
+    among = t >= 0.2 * g_max
+    stuck_reset = among & failed & (g < min(1.0, 0.2 * g_max))
+    # stuck SET: a low target, the cell far above it and high in the range
+    low = t <= 0.4 * g_max
+    stuck_set = low & failed & (g >= np.maximum(t + window + 0.2 * g_max, 0.6 * g_max))
+    # weak: above the RESET level but well short of a target its neighbours reached
+    short = failed & (g >= min(1.0, 0.2 * g_max)) & (g < t - 2 * window)
+    ceiling = _range(g[short])
+    top = ceiling[1] if ceiling is not None else -math.inf
+    # every weak device fails at a level above its ceiling: count only there
+    levels_above = (t - 2 * window > top) if ceiling is not None else t >= t.max()
+    weak = short & levels_above
+    return FaultFit((int(stuck_reset.sum()), int(among.sum())),
+                    (int(stuck_set.sum()), int(low.sum())),
+                    (int(weak.sum()), int(levels_above.sum())),
+                    _range(g[stuck_set]), ceiling)
+
+
+def _with_faults(cal: PCMCalibration, faults: FaultFit) -> PCMCalibration:
+    update: dict[str, object] = {}
+    for name, counted in (("stuck_reset_rate", faults.stuck_reset),
+                          ("stuck_set_rate", faults.stuck_set), ("weak_rate", faults.weak)):
+        if counted[1]:
+            update[name] = FaultFit.rate(counted)
+    if faults.stuck_set_range_us is not None:
+        update["stuck_set_range_us"] = faults.stuck_set_range_us
+    if faults.weak_ceiling_range_us is not None:
+        update["weak_ceiling_range_us"] = faults.weak_ceiling_range_us
+    return PCMCalibration.model_validate({**cal.model_dump(), **update})
 
 
 def _calibration(levels: list[LevelFit], prior: PCMCalibration) -> PCMCalibration:

@@ -31,6 +31,9 @@ ACCURACY_TIME_LABELS = ("25 s", "1 h", "1 day", "1 month", "1 year")
 # Smallest relative conductance used inside logarithms and powers (aihwkit uses the same).
 _G_REL_FLOOR = 1e-7
 
+# Kinds of device (``PCMModel.sample_faults``; the mock chip uses the same codes).
+OK, STUCK_RESET, STUCK_SET, WEAK = 0, 1, 2, 3
+
 
 class PCMCalibration(StrictModel):
     """Constants of the statistical PCM model (defaults: Joshi et al. 2020, Nandakumar 2019).
@@ -53,14 +56,40 @@ class PCMCalibration(StrictModel):
     read_noise_exponent: float = Field(0.65, ge=0)
     read_noise_q_max: float = Field(0.2, ge=0)
     t_read_s: float = Field(250e-9, gt=0, description="read pulse duration t_r")
+    # Faulty devices, as shares of all devices (DESIGN.md: about 0.3 % stuck-RESET, 0.1 %
+    # stuck-SET, 0.5 % weak; 'pcmlab fit' measures a chip's own). A stuck-RESET device reads
+    # the RESET state |N(0, sigma_prog(0))|; a stuck-SET one a conductance uniform in
+    # stuck_set_range_us; a weak one reaches no more than a ceiling uniform in
+    # weak_ceiling_range_us. The default ranges are what the mock chip's faulty devices read
+    # (stuck-SET 0.7..1 of G_sat ~ 32 µS; weak 0.15..0.6 of G_sat at the 250 µA SET limit).
+    # A calibration file written before these fields existed takes these defaults.
+    stuck_reset_rate: float = Field(0.003, ge=0, le=1, description="devices stuck RESET")
+    stuck_set_rate: float = Field(0.001, ge=0, le=1, description="devices stuck SET")
+    stuck_set_range_us: tuple[float, float] = (22.4, 32.0)
+    weak_rate: float = Field(0.005, ge=0, le=1, description="devices with a low ceiling")
+    weak_ceiling_range_us: tuple[float, float] = (4.6, 18.5)
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> PCMCalibration:
-        for name in ("drift_mu_range", "drift_sigma_range"):
+        for name in ("drift_mu_range", "drift_sigma_range", "stuck_set_range_us",
+                     "weak_ceiling_range_us"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name}=({lo}, {hi}): need 0 <= low <= high")
+        total = self.stuck_reset_rate + self.stuck_set_rate + self.weak_rate
+        if total > 1:
+            raise ValueError(f"fault rates add up to {total}, more than 1")
         return self
+
+    @property
+    def fault_rate(self) -> float:
+        """Share of faulty devices of any kind."""
+        return self.stuck_reset_rate + self.stuck_set_rate + self.weak_rate
+
+    def without_faults(self) -> PCMCalibration:
+        """The same constants for a chip without faulty devices."""
+        return self.model_copy(update={"stuck_reset_rate": 0.0, "stuck_set_rate": 0.0,
+                                       "weak_rate": 0.0})
 
 
 class PCMModel:
@@ -97,6 +126,28 @@ class PCMModel:
         g_t = np.asarray(g_target_us, dtype=np.float64)
         g = g_t + self.prog_noise_sigma_us(g_t) * rng.standard_normal(g_t.shape)
         return np.maximum(g, 0.0)
+
+    # -- faulty devices --------------------------------------------------------------------
+    def sample_faults(self, n: int, rng: np.random.Generator
+                      ) -> tuple[npt.NDArray[np.uint8], FloatArray]:
+        """Which of n devices are faulty (OK, STUCK_RESET, STUCK_SET, WEAK) and, per device,
+        the conductance it is stuck at or (weak) its ceiling, µS (0 for good devices)."""
+        c = self.calibration
+        u = rng.random(n)
+        kind = np.zeros(n, dtype=np.uint8)
+        edges = np.cumsum([c.stuck_reset_rate, c.stuck_set_rate, c.weak_rate])
+        kind[u < edges[0]] = STUCK_RESET
+        kind[(u >= edges[0]) & (u < edges[1])] = STUCK_SET
+        kind[(u >= edges[1]) & (u < edges[2])] = WEAK
+        g = np.zeros(n)
+        for k, draw in ((STUCK_RESET, lambda m: np.abs(
+                            self.prog_noise_sigma_us(0.0) * rng.standard_normal(m))),
+                        (STUCK_SET, lambda m: rng.uniform(*c.stuck_set_range_us, m)),
+                        (WEAK, lambda m: rng.uniform(*c.weak_ceiling_range_us, m))):
+            sel = kind == k
+            if sel.any():
+                g[sel] = draw(int(sel.sum()))
+        return kind, g
 
     # -- drift -----------------------------------------------------------------------------
     def drift_nu_mean(self, g_us: ArrayLike) -> FloatArray:

@@ -189,12 +189,15 @@ def _evaluate_into(paths: list[Path], mapping: NetworkMapping, evaluator: Analog
     if cfg.simulated_runs > 0:
         simulated = evaluator.simulate(x_test, y_test, mapping, cfg.schedule.times_s(),
                                        cfg.simulated_runs, np.random.default_rng(cfg.seed),
-                                       pcm=pcm)
+                                       pcm=pcm,
+                                       verify_tolerance=(cfg.program.tolerance_abs_us,
+                                                         cfg.program.tolerance_rel))
     ideal = evaluator.ideal_accuracy(x_test, y_test)
     attrs: dict[str, Any] = {
         "periphery": cfg.periphery.model_dump(mode="json"),
         "drift_compensation_reference": f"readout nearest t0 = {t0_s:g} s",
         "drift_compensation_estimator": evaluator.gdc_estimator,
+        "simulated_includes": "" if simulated is None else simulated.includes,
         "network_fingerprint": evaluator.fingerprint,
         "layers": json.dumps([asdict(r) for r in evaluator.report]),
         # a stopped deployment's evaluation covers the readouts taken; 'pcmlab resume'

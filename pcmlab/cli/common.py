@@ -87,6 +87,8 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
             data["faults"] = FaultRates.none()
         if getattr(args, "calibration", None) is not None:
             data["calibration"] = calibration_of(args)
+            if not args.no_faults:  # the calibration's fault rates, as the simulation's
+                data["faults"] = FaultRates.of_calibration(data["calibration"])
         cfg = validate_model(MockChipConfig, data, "mock chip options")
     return MockDriver(config=cfg)
 
@@ -114,9 +116,10 @@ def dialect_option(args: argparse.Namespace) -> dict[str, object]:
 def calibration_of(args: argparse.Namespace):  # -> PCMCalibration
     from pcmlab.pcm_model import PCMCalibration
 
-    if getattr(args, "calibration", None) is None:
-        return PCMCalibration()
-    return load_model(PCMCalibration, args.calibration)
+    cal = (PCMCalibration() if getattr(args, "calibration", None) is None
+           else load_model(PCMCalibration, args.calibration))
+    # a mock chip without faulty devices is simulated without them too
+    return cal.without_faults() if getattr(args, "no_faults", False) else cal
 
 
 def program_config(args: argparse.Namespace):  # -> ProgramVerifyConfig
@@ -236,7 +239,10 @@ def record_of(args: argparse.Namespace, driver) -> dict[str, object]:
 
 
 def accuracy_table(time_s, measured, simulated, ideal: float, title: str) -> Table:
-    table = Table(title=title, caption=f"float model (ideal): {100 * ideal:.2f} %")
+    caption = f"float model (ideal): {100 * ideal:.2f} %"
+    if simulated is not None and simulated.includes:
+        caption += f"; simulated: {simulated.includes}"
+    table = Table(title=title, caption=caption)
     for col in ("time", "measured %", "simulated %", "± std"):
         table.add_column(col, justify="right")
     for i, t in enumerate(time_s):

@@ -408,6 +408,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
                   f" ln g + {c.drift_mu_coeffs[1]:.4f}, {c.drift_mu_range[0]:.4f}, "
                   f"{c.drift_mu_range[1]:.4f});  Q_s = min({c.read_noise_q:.5f} / g^"
                   f"{c.read_noise_exponent}, {c.read_noise_q_max})", highlight=False)
+    if result.faults is not None:
+        f = result.faults
+        console.print("faulty devices: " + ";  ".join(
+            f"{name} {100 * f.rate(counted):.2f} % ({counted[0]} of {counted[1]} cells)"
+            for name, counted in (("stuck-RESET", f.stuck_reset), ("stuck-SET", f.stuck_set),
+                                  ("weak", f.weak)))
+            + f";  stuck-SET at {c.stuck_set_range_us[0]:.1f}..{c.stuck_set_range_us[1]:.1f}"
+            f" µS, weak ceiling {c.weak_ceiling_range_us[0]:.1f}.."
+            f"{c.weak_ceiling_range_us[1]:.1f} µS", highlight=False)
     path = save_model(c, args.output)
     png = plot_fit(args.plot or args.output.with_suffix(".png"), result.levels, fitted, prior)
     console.print(f"wrote [bold]{path}[/] and {png}")

@@ -173,7 +173,8 @@ def test_simulated_mode_runs_any_network() -> None:
     assert [lm.name for lm in mapping.layers] == ["lstm.matrices.ih_l0",
                                                   "lstm.matrices.hh_l0", "fc"]
     quiet = ev.simulate(x, y, mapping, [25.0], 1, np.random.default_rng(0),
-                        noise=NoiseSwitches(programming=False, drift=False, read=False))
+                        noise=NoiseSwitches(programming=False, drift=False, read=False,
+                                            faults=False))
     assert quiet.accuracy[0, 0] == pytest.approx(ev.ideal_accuracy(x, y))
 
 

@@ -12,7 +12,7 @@ from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches, Periphery, quantize
 from pcmlab.nn_model import load_model_file, save_model_file
 
-NO_NOISE = NoiseSwitches(programming=False, drift=False, read=False)
+NO_NOISE = NoiseSwitches(programming=False, drift=False, read=False, faults=False)
 TIMES = [25.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0]
 
 

@@ -13,6 +13,7 @@ from mock_chip import FaultRates, MockChipConfig
 from pcmlab.errors import ConfigError
 from pcmlab.evaluator import AnalogEvaluator, Periphery
 from pcmlab.nn_model import save_model_file
+from pcmlab.pcm_model import PCMCalibration, PCMModel
 from pcmlab.store import RunReader
 from protocols.deploy import DeployConfig, deploy_network, evaluate_file
 from protocols.program_verify import program_and_verify, program_pairs
@@ -29,7 +30,8 @@ def deployed(digits_model, tmp_path_factory):
     ev = AnalogEvaluator(digits_model.model, d.x_train, Periphery(dac_bits=8, adc_bits=8))
     path = tmp_path_factory.mktemp("deploy") / "run.h5"
     result = deploy_network(chip(FaultRates.none(), seed=5), ev, d.x_test, d.y_test, path,
-                            DeployConfig(simulated_runs=25, seed=1))
+                            DeployConfig(simulated_runs=25, seed=1),
+                            pcm=PCMModel(PCMCalibration().without_faults()))
     return ev, result
 
 
