@@ -49,6 +49,9 @@ def _train_reference(args: argparse.Namespace):
     return model, data
 
 
+DEMO_OUTPUTS = ("demo-model.pt", "demo-run.h5", "demo-accuracy.png")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the reference CNN, deploy it on the mock chip, read it for a year (virtual
     clock) and report accuracy over time, measured beside simulated."""
@@ -60,6 +63,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out_dir = args.output_dir
     t_start = time.perf_counter()
+    refuse_overwrite(args, *(out_dir / name for name in DEMO_OUTPUTS),
+                     advice="it is an earlier demo's result: keep it by writing elsewhere "
+                     "(--output-dir DIR), or pass --force to replace the demo's files")
     # every option is checked, and the chip reached, before the training
     periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
                                "--bits")
@@ -75,13 +81,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                      and not args.no_mvm})
         out_dir.mkdir(parents=True, exist_ok=True)
         model, data = _train_reference(args)
-        model_path = save_model_file(model, out_dir / "demo-model.pt",
+        model_path = save_model_file(model, out_dir / DEMO_OUTPUTS[0],
                                      input_shape=DIGITS_INPUT_SHAPE)
         evaluator = AnalogEvaluator(model, data.x_train, periphery)
-        run_path = out_dir / "demo-run.h5"
+        run_path = out_dir / DEMO_OUTPUTS[1]
         with readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
             result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path,
-                                    cfg, pcm=pcm, overwrite=True, on_wait=on_wait,
+                                    cfg, pcm=pcm, overwrite=args.force, on_wait=on_wait,
                                     record={**record_of(args, driver),
                                             "data": data.source.to_json()},
                                     x_calibration=data.x_train)
@@ -95,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   f"{args.runs} simulated runs per point"))
     if result.chip:
         console.print(chip_table(result, "chip mode: the test set through the chip's MVM"))
-    png = plot_accuracy(out_dir / "demo-accuracy.png", result.time_s,
+    png = plot_accuracy(out_dir / DEMO_OUTPUTS[2], result.time_s,
                         result.measured_accuracy,
                         None if result.simulated is None else result.simulated.time_s,
                         None if result.simulated is None else result.simulated.mean,
@@ -271,10 +277,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       highlight=False)
     evaluator = _evaluator_for(loaded, data, args.bits, keep)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
-    console.print(accuracy_table(time_s, accuracy, None,
+    simulated = _stored_simulated(args.run, evaluator,
+                                  recorded is None or data.source.sha256 == recorded.sha256)
+    console.print(accuracy_table(time_s, accuracy, simulated,
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
     return 0
+
+
+def _stored_simulated(path: Path, evaluator, same_data: bool):  # -> SimulatedAccuracy | None
+    """The simulated accuracy the deployment stored, when it is of this evaluation: the
+    same data and periphery (else None, and the table says '-')."""
+    import json
+
+    from pcmlab.evaluator import SimulatedAccuracy
+    from pcmlab.store import RunReader
+
+    with RunReader(path) as run:
+        stored = run.evaluation() or {}
+    if "simulated_accuracy_runs" not in stored:
+        return None
+    periphery = stored.get("periphery")
+    if not same_data or (periphery is not None and json.loads(periphery)
+                         != evaluator.periphery.model_dump(mode="json")):
+        console.print(f"note: the simulated accuracy {path.name} holds is of other data or "
+                      "another periphery; not shown")
+        return None
+    return SimulatedAccuracy(np.asarray(stored["simulated_time_s"], dtype=np.float64),
+                             np.asarray(stored["simulated_accuracy_runs"], dtype=np.float64))
 
 
 def _deployment_record(path: Path):  # -> (list[str], DataSource | None)
