@@ -1,6 +1,6 @@
 """What a new user tripped over on the first day (issue 22): the demo keeps earlier
-results, evaluate shows the simulated column it has, and the demo figure shows every
-curve of its tables."""
+results, a factory's trained weights load back into the user's own model, evaluate shows
+the simulated column it has, and the demo figure shows every curve of its tables."""
 
 import contextlib
 import io
@@ -151,3 +151,34 @@ def test_evaluate_prints_the_simulated_column_the_file_holds(demo: Demo) -> None
                   cwd=demo.out)
     assert proc.returncode == 0 and "another periphery; not shown" in proc.stdout
 
+
+@pytest.mark.slow
+def test_weights_trained_from_a_factory_load_into_the_users_own_model(tmp_path: Path) -> None:
+    """pcmlab train --model pkg:factory (the full method, which folds BatchNorm in stage
+    2) saves a state dict that the user's own model loads with load_state_dict, computing
+    what was trained; the deploy from it lists every BatchNorm, as folded."""
+    import torch
+
+    from examples.networks import resnet
+    from pcmlab.tasks import load_digits
+
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    factory = "examples.networks:resnet"
+    proc = cli("train", "--model", factory, "-o", "w.pt", "--epochs1", "2", "--epochs2",
+                  "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trained_pct = float(re.search(r"float test accuracy ([\d.]+) %", proc.stdout).group(1))
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)
+    mine = resnet()
+    mine.load_state_dict(saved["state_dict"])  # strict: every key, BatchNorm's included
+    data = load_digits(seed=0, input_shape=(1, 8, 8))
+    with torch.no_grad():
+        pct = 100 * float((mine.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
+    assert pct == pytest.approx(trained_pct, abs=0.006)  # the trained network, reloaded
+    assert saved["extra"]["batchnorm_folded_in_training"]  # and the file says what it did
+    proc = cli("deploy", factory, "--weights", "w.pt", "-o", "run.h5", "--runs", "1",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bns = [n for n, m in mine.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for name in bns:  # every layer in the table, BatchNorm as folded
+        assert re.search(rf"│ {re.escape(name)}\s+│ BatchNorm2d\s+│ folded", proc.stdout), name

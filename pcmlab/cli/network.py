@@ -382,6 +382,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       on_epoch=on_epoch,
                                       keep_digital=tuple(args.keep_digital))
             model, extra = result.model, result.extra()
+            if result.folded_batchnorm:
+                extra["batchnorm_folded_in_training"] = result.folded_batchnorm
         else:
             eta = cfg.eta if args.method == "noise" else 0.0
             model = train_classifier(
@@ -394,13 +396,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra["keep_digital"] = list(args.keep_digital)
     if factory is not None:
         path = save_weights_file(model, args.output, factory=factory, input_shape=input_shape,
-                                 folded=args.method == "full", extra=extra)
+                                 extra=extra)
     else:
         path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
     with torch.no_grad():
         acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
     console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "
                   f"{100 * acc:.2f} %")
+    if extra.get("batchnorm_folded_in_training"):
+        folded = extra["batchnorm_folded_in_training"]
+        console.print(f"BatchNorm trained folded into the layer before it ({', '.join(folded)}"
+                      "): saved in your model's form, as the identity (mean 0, variance "
+                      "1 - eps, weight 1) with its scale in that layer's weights; your "
+                      "model loads the file's 'state_dict' with load_state_dict",
+                      highlight=False)
     return 0
 
 
