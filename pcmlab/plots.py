@@ -87,8 +87,22 @@ def plot_run(
     return _save(fig, path)
 
 
-def plot_accuracy(
-    path: str | Path,
+def _time_label(t_s: float) -> str:
+    """A tick label for a time since programming: "20 s", "5 min", "1 h", "1 day"..."""
+    for size, unit in ((365 * 86400.0, "year"), (86400.0, "day"), (3600.0, "h"),
+                       (60.0, "min")):
+        if t_s >= size:
+            return f"{t_s / size:.3g} {unit}"
+    return f"{t_s:.3g} s"
+
+
+CHIP_CURVES = (("uncorrected", "chip MVM, uncorrected", ":"),
+               ("drift_compensated", "chip MVM + GDC", "--"),
+               ("calibrated_once", "chip MVM, calibrated once", "-."),
+               ("recalibrated", "chip MVM, recalibrated", "-"))
+
+
+def accuracy_figure(
     measured_time_s: npt.NDArray[np.float64],
     measured_accuracy: npt.NDArray[np.float64],
     simulated_time_s: npt.NDArray[np.float64] | None = None,
@@ -97,39 +111,98 @@ def plot_accuracy(
     ideal_accuracy: float | None = None,
     title: str = "",
     chip=None,
-) -> Path:
+):  # -> matplotlib.figure.Figure
     """Accuracy vs time since programming: simulated mean +- std band, measured points on
     top (as Figure 7 of the AnalogNets paper); ``chip``: chip-mode rows (ChipModeAccuracy),
-    drawn as lines (uncorrected, drift-compensated, recalibrated)."""
+    drawn as lines (uncorrected, drift-compensated, calibrated once, recalibrated).
+
+    The accuracy axis spans the curves (not 0-100 %); a curve far below the others (the
+    chip's uncorrected outputs after drift) gets a panel of its own beside, with the main
+    panel's range marked, so every curve is seen whole. The time axis starts at the first
+    read (t0) and says so."""
     plt = _pyplot()
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    t_meas = np.asarray(measured_time_s, dtype=np.float64)
+    curves: list[tuple[str, np.ndarray, np.ndarray, str, dict]] = []  # label, t, %, kind
     if simulated_time_s is not None and simulated_mean is not None:
-        std = np.zeros_like(simulated_mean) if simulated_std is None else simulated_std
-        ax.fill_between(simulated_time_s, 100 * (simulated_mean - std),
-                        100 * (simulated_mean + std), color="tab:blue", alpha=0.25,
-                        label="simulated (PCM model), mean ± std")
-        ax.plot(simulated_time_s, 100 * simulated_mean, color="tab:blue")
-    ax.plot(measured_time_s, 100 * np.asarray(measured_accuracy), "o", color="tab:red",
-            label="measured (reads)")
+        mean = 100 * np.asarray(simulated_mean, dtype=np.float64)
+        std = (np.zeros_like(mean) if simulated_std is None
+               else 100 * np.asarray(simulated_std, dtype=np.float64))
+        curves.append(("simulated (PCM model), mean ± std", np.asarray(simulated_time_s),
+                       mean, "band", {"std": std}))
+    curves.append(("measured (reads)", t_meas, 100 * np.asarray(measured_accuracy), "points",
+                   {}))
     if chip:
-        t = [r.time_s for r in chip]
-        for name, label, style in (("uncorrected", "chip MVM, uncorrected", ":"),
-                                   ("drift_compensated", "chip MVM + GDC", "--"),
-                                   ("recalibrated", "chip MVM, recalibrated", "-")):
-            ax.plot(t, [100 * getattr(r, name) for r in chip], style, color="tab:green",
-                    label=label)
-    if ideal_accuracy is not None:
-        ax.axhline(100 * ideal_accuracy, color="gray", ls="--", label="float model")
-    ax.set_xscale("log")
-    ax.set_xticks(ACCURACY_TIMES_S, ACCURACY_TIME_LABELS)
-    ax.set_xlabel("time since programming")
+        t_chip = np.array([r.time_s for r in chip], dtype=np.float64)
+        for name, label, style in CHIP_CURVES:
+            curves.append((label, t_chip, np.array([100 * getattr(r, name) for r in chip]),
+                           "line", {"style": style, "name": name}))
+    ideal = None if ideal_accuracy is None else 100 * float(ideal_accuracy)
+    # the main panel's range: every curve but the uncorrected chip outputs
+    near = [ideal] if ideal is not None else []
+    for _, _, y, kind, opt in curves:
+        if opt.get("name") == "uncorrected":
+            continue
+        near += [*(y - opt["std"]), *(y + opt["std"])] if kind == "band" else [*y]
+    finite = np.asarray([v for v in near if np.isfinite(v)], dtype=np.float64)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    pad = max(0.5, 0.1 * (hi - lo))
+    y_lim = (max(lo - pad, 0.0), min(hi + pad, 100.5))
+    apart = [c for c in curves if c[4].get("name") == "uncorrected"
+             and np.nanmin(c[2]) < y_lim[0]]
+    if apart:
+        fig, (ax, ax_apart) = plt.subplots(1, 2, figsize=(11, 5.2),
+                                           gridspec_kw={"width_ratios": (2.6, 1)})
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5.2))
+        ax_apart = None
+    t_all = np.concatenate([c[1] for c in curves])
+    t_first, t_last = float(np.nanmin(t_all)), float(np.nanmax(t_all))
+    ticks = [t_first] + [t for t in ACCURACY_TIMES_S[1:] if t > 2 * t_first]
+    labels = [_time_label(t_first)] + [lab for t, lab in zip(
+        ACCURACY_TIMES_S[1:], ACCURACY_TIME_LABELS[1:], strict=True) if t > 2 * t_first]
+
+    def time_axis(a) -> None:
+        a.set_xscale("log")
+        a.set_xlim(t_first / 1.15, t_last * 1.15)  # starts at the first read
+        a.set_xticks(ticks, labels)
+        a.set_xticks([], minor=True)
+        a.set_xlabel(f"time since programming (first read at {_time_label(t_first)})")
+        a.grid(alpha=0.3)
+
+    for label, t, y, kind, opt in curves:
+        target = ax_apart if any(c[0] == label for c in apart) else ax
+        if kind == "band":
+            target.fill_between(t, y - opt["std"], y + opt["std"], color="tab:blue",
+                                alpha=0.25, label=label)
+            target.plot(t, y, color="tab:blue")
+        elif kind == "points":
+            target.plot(t, y, "o", color="tab:red", label=label, zorder=3)
+        else:
+            target.plot(t, y, opt["style"], color="tab:green", label=label)
+    if ideal is not None:
+        ax.axhline(ideal, color="gray", ls="--", label="float model")
+    ax.set_ylim(*y_lim)
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    time_axis(ax)
+    # below the panel: inside, it would hide the points of curves this close together
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize="small")
+    if ax_apart is not None:
+        y = np.concatenate([c[2] for c in apart])
+        span = y_lim[1] - float(np.nanmin(y))
+        ax_apart.set_ylim(max(float(np.nanmin(y)) - 0.05 * span, 0.0), y_lim[1])
+        ax_apart.axhspan(*y_lim, color="gray", alpha=0.15, label="range of the left panel")
+        time_axis(ax_apart)
+        ax_apart.set_xticks(ticks[::2], labels[::2])
+        ax_apart.set_title("far below the others", fontsize="medium")
+        ax_apart.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return fig
+
+
+def plot_accuracy(path: str | Path, *args, **kwargs) -> Path:
+    """``accuracy_figure`` (same arguments after the path) written to ``path``."""
+    return _save(accuracy_figure(*args, **kwargs), Path(path))
 
 
 def plot_sweep(path: str | Path, ds, curves: str | None = None, *,

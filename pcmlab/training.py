@@ -22,7 +22,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pcmlab.analog import AnalogNetwork, LayerRanges, Periphery, crossbar_parameters
+from pcmlab.analog import (
+    AnalogNetwork,
+    LayerRanges,
+    Periphery,
+    crossbar_parameters,
+    unfold_batchnorm,
+)
 from pcmlab.config import StrictModel
 from pcmlab.errors import ConfigError
 
@@ -57,6 +63,10 @@ class TrainingResult:
     periphery: Periphery | None
     w_clip: list[float] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # BatchNorm folded into the layer before it for stage 2: name -> layer. ``model`` has
+    # the model's own architecture; such a BatchNorm is an identity there (its scale in
+    # the layer's weights), so the model's own load_state_dict takes its state dict
+    folded_batchnorm: dict[str, str] = field(default_factory=dict)
 
     def extra(self) -> dict[str, Any]:
         """What goes into the model file for the evaluator and the deploy protocol."""
@@ -173,7 +183,11 @@ def train_analognets(
                 before_step=net.state.noise_std.clear)
     net.eval()
     exported, ranges, periph = export_trained(net, cfg)
-    return TrainingResult(exported, ranges, periph, w_clip, history)
+    folded = {r.name: r.reason.removeprefix("folded into ") for r in ev.report
+              if r.placement == "folded"}
+    if folded:  # trained folded; returned in the model's own form (folding is deployment's)
+        exported = unfold_batchnorm(stage1.model, exported, folded, example=x[:64])
+    return TrainingResult(exported, ranges, periph, w_clip, history, folded)
 
 
 def train_clipped(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

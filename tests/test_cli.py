@@ -15,15 +15,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--output-dir", str(tmp_path), "--epochs", "8", "--runs", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "measured %" in out and "1 y" in out and "float model (ideal)" in out
-    assert (tmp_path / "demo-accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "demo-run.h5").stat().st_size > 0
-
-
 def test_program_random_targets(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["program", "--rows", "64", "--cols", "64", "--no-faults"]) == 0
     out = capsys.readouterr().out

@@ -177,6 +177,7 @@ def test_the_python_api_page_runs_as_written(first_run: Path, tmp_path: Path) ->
         proc = run("-W", "error::UserWarning", str(script), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "10 readouts" in proc.stdout and "('time_s', 'cell')" in proc.stdout
+    assert proc.stdout.count("chip mode at ") == 3  # a network of one's own, chip mode
     assert (tmp_path / "drift.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -8,6 +8,7 @@ from pcmlab.analog.convert import (
     crossbar_parameters,
     fingerprint,
     fold_batchnorm,
+    unfold_batchnorm,
 )
 from pcmlab.analog.layers import AnalogConv, AnalogLinear, AnalogMatrix, AnalogState
 from pcmlab.analog.periphery import LayerRanges, Periphery, quantize, quantize_learned
@@ -27,4 +28,5 @@ __all__ = [
     "fold_batchnorm",
     "quantize",
     "quantize_learned",
+    "unfold_batchnorm",
 ]

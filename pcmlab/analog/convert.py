@@ -103,6 +103,48 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None
     return model.eval(), report
 
 
+def unfold_batchnorm(model: nn.Module, folded: nn.Module, pairs: dict[str, str],
+                     example: torch.Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` (the architecture the user's code builds) carrying the weights
+    of ``folded``, its ``fold_batchnorm`` form (as hardware-aware training leaves it), so
+    that ``model.load_state_dict`` takes its state dict. ``pairs``: folded BatchNorm name
+    -> the layer it was folded into. Each such BatchNorm becomes the identity in eval mode
+    (running mean 0, running variance 1 - eps, weight 1; it carries the folded bias when
+    its layer has no bias of its own): its scale is in the layer's weight. ``example``:
+    inputs on which the copy is checked to compute what ``folded`` computes."""
+    out = copy.deepcopy(model).eval()
+    state = folded.state_dict()
+    mine = out.state_dict()
+    with torch.no_grad():
+        for key, t in mine.items():
+            if key in state and state[key].shape == t.shape:
+                t.copy_(state[key])
+        for bn_name, layer_name in pairs.items():
+            bn, layer = out.get_submodule(bn_name), out.get_submodule(layer_name)
+            fused = folded.get_submodule(layer_name)
+            if not isinstance(bn, _BN) or not isinstance(layer, _FOLDS_INTO):
+                raise ConfigError(f"{bn_name} folded into {layer_name}: not a BatchNorm "
+                                  "after a Linear or convolution in this model")
+            layer.weight.copy_(fused.weight)
+            bn.weight.fill_(1.0)
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0).sub_(bn.eps)  # var + eps = 1: the scale is in weight
+            if layer.bias is not None:
+                layer.bias.copy_(fused.bias)
+                bn.bias.zero_()
+            else:
+                bn.bias.copy_(fused.bias)
+    if example is not None:
+        with torch.no_grad():
+            want, got = folded.eval()(example), out(example)
+        scale = float(want.abs().max()) or 1.0
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * scale):
+            raise AssertionError(f"the unfolded model differs from the folded one by "
+                                 f"{float((got - want).abs().max()):.3g} (outputs up to "
+                                 f"{scale:.3g})")
+    return out
+
+
 def _output_ndims(model: nn.Module, example: torch.Tensor | None) -> dict[str, int]:
     """Number of dimensions of each Linear's output on ``example`` (forward hooks)."""
     if example is None:

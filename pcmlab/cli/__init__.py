@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "in-array MVM the demo also runs the test set through the chip's "
                    "matrix-vector products at every readout, with and without "
                    "chip-in-the-loop calibration)")
+    p.add_argument("--force", action="store_true", help="replace an earlier demo's results "
+                   "in the output folder")
     p.set_defaults(func=cmd_demo)
 
     model_help = ("a model file (pcmlab-model/1, see 'pcmlab train') or pkg.module:factory, "

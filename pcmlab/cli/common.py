@@ -93,15 +93,16 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
     return MockDriver(config=cfg)
 
 
-def refuse_overwrite(args: argparse.Namespace, *paths: Path | None) -> None:
+def refuse_overwrite(args: argparse.Namespace, *paths: Path | None,
+                     advice: str = "choose another file name, or pass --force to replace "
+                     "it") -> None:
     """Outputs are never replaced silently: an existing file needs --force (checked
     before any work)."""
     if getattr(args, "force", False):
         return
     for path in paths:
         if path is not None and Path(path).exists():
-            raise ConfigError(f"{path} exists; choose another file name, or pass --force to "
-                              "replace it")
+            raise ConfigError(f"{path} exists; {advice}")
 
 
 def dialect_option(args: argparse.Namespace) -> dict[str, object]:

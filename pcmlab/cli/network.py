@@ -49,6 +49,9 @@ def _train_reference(args: argparse.Namespace):
     return model, data
 
 
+DEMO_OUTPUTS = ("demo-model.pt", "demo-run.h5", "demo-accuracy.png")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the reference CNN, deploy it on the mock chip, read it for a year (virtual
     clock) and report accuracy over time, measured beside simulated."""
@@ -60,6 +63,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out_dir = args.output_dir
     t_start = time.perf_counter()
+    refuse_overwrite(args, *(out_dir / name for name in DEMO_OUTPUTS),
+                     advice="it is an earlier demo's result: keep it by writing elsewhere "
+                     "(--output-dir DIR), or pass --force to replace the demo's files")
     # every option is checked, and the chip reached, before the training
     periphery = validate_model(Periphery, {"dac_bits": args.bits, "adc_bits": args.bits},
                                "--bits")
@@ -75,13 +81,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                      and not args.no_mvm})
         out_dir.mkdir(parents=True, exist_ok=True)
         model, data = _train_reference(args)
-        model_path = save_model_file(model, out_dir / "demo-model.pt",
+        model_path = save_model_file(model, out_dir / DEMO_OUTPUTS[0],
                                      input_shape=DIGITS_INPUT_SHAPE)
         evaluator = AnalogEvaluator(model, data.x_train, periphery)
-        run_path = out_dir / "demo-run.h5"
+        run_path = out_dir / DEMO_OUTPUTS[1]
         with readout_progress(cfg.schedule.times_s().size) as (_, on_wait):
             result = deploy_network(driver, evaluator, data.x_test, data.y_test, run_path,
-                                    cfg, pcm=pcm, overwrite=True, on_wait=on_wait,
+                                    cfg, pcm=pcm, overwrite=args.force, on_wait=on_wait,
                                     record={**record_of(args, driver),
                                             "data": data.source.to_json()},
                                     x_calibration=data.x_train)
@@ -95,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   f"{args.runs} simulated runs per point"))
     if result.chip:
         console.print(chip_table(result, "chip mode: the test set through the chip's MVM"))
-    png = plot_accuracy(out_dir / "demo-accuracy.png", result.time_s,
+    png = plot_accuracy(out_dir / DEMO_OUTPUTS[2], result.time_s,
                         result.measured_accuracy,
                         None if result.simulated is None else result.simulated.time_s,
                         None if result.simulated is None else result.simulated.mean,
@@ -317,7 +323,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       highlight=False)
     evaluator = _evaluator_for(loaded, data, args.bits, keep)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
-    console.print(accuracy_table(time_s, accuracy, None,
+    simulated = _stored_simulated(args.run, evaluator,
+                                  recorded is None or data.source.sha256 == recorded.sha256)
+    console.print(accuracy_table(time_s, accuracy, simulated,
                                   evaluator.ideal_accuracy(data.x_test, data.y_test),
                                   f"measured accuracy of {args.run.name}"))
     return 0
@@ -367,6 +375,28 @@ def resume_deploy(args: argparse.Namespace, stored: dict, n: int) -> int:
     console.print(f"{args.run}: {before} readouts were there, {after} of {n} now; "
                   "evaluation made again over every readout")
     return 0 if after == n else 130
+
+
+def _stored_simulated(path: Path, evaluator, same_data: bool):  # -> SimulatedAccuracy | None
+    """The simulated accuracy the deployment stored, when it is of this evaluation: the
+    same data and periphery (else None, and the table says '-')."""
+    import json
+
+    from pcmlab.evaluator import SimulatedAccuracy
+    from pcmlab.store import RunReader
+
+    with RunReader(path) as run:
+        stored = run.evaluation() or {}
+    if "simulated_accuracy_runs" not in stored:
+        return None
+    periphery = stored.get("periphery")
+    if not same_data or (periphery is not None and json.loads(periphery)
+                         != evaluator.periphery.model_dump(mode="json")):
+        console.print(f"note: the simulated accuracy {path.name} holds is of other data or "
+                      "another periphery; not shown")
+        return None
+    return SimulatedAccuracy(np.asarray(stored["simulated_time_s"], dtype=np.float64),
+                             np.asarray(stored["simulated_accuracy_runs"], dtype=np.float64))
 
 
 def _deployment_record(path: Path):  # -> (list[str], DataSource | None)
@@ -445,6 +475,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       on_epoch=on_epoch,
                                       keep_digital=tuple(args.keep_digital))
             model, extra = result.model, result.extra()
+            if result.folded_batchnorm:
+                extra["batchnorm_folded_in_training"] = result.folded_batchnorm
         else:
             eta = cfg.eta if args.method == "noise" else 0.0
             model = train_classifier(
@@ -457,13 +489,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra["keep_digital"] = list(args.keep_digital)
     if factory is not None:
         path = save_weights_file(model, args.output, factory=factory, input_shape=input_shape,
-                                 folded=args.method == "full", extra=extra)
+                                 extra=extra)
     else:
         path = save_model_file(model, args.output, input_shape=input_shape, extra=extra)
     with torch.no_grad():
         acc = float((model.eval()(data.x_test).argmax(1) == data.y_test).float().mean())
     console.print(f"wrote [bold]{path}[/] ({args.method}); float test accuracy "
                   f"{100 * acc:.2f} %")
+    if extra.get("batchnorm_folded_in_training"):
+        folded = extra["batchnorm_folded_in_training"]
+        console.print(f"BatchNorm trained folded into the layer before it ({', '.join(folded)}"
+                      "): saved in your model's form, as the identity (mean 0, variance "
+                      "1 - eps, weight 1) with its scale in that layer's weights; your "
+                      "model loads the file's 'state_dict' with load_state_dict",
+                      highlight=False)
     return 0
 
 
