@@ -199,11 +199,11 @@ def row_blocks(g_us: Any) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
 
 
 def _as_rows(g_us: Any) -> Any:
-    """An array of readouts left where it is if it reads by rows (dask, h5py), else
-    as a numpy array."""
+    """An array of readouts left where it is if it reads by rows (an ndarray, dask,
+    h5py), else as a numpy array (its own dtype)."""
     if hasattr(g_us, "shape") and hasattr(g_us, "__getitem__") and getattr(g_us, "ndim", 0) == 2:
         return g_us
-    return np.asarray(g_us, dtype=np.float32)
+    return np.asarray(g_us)
 
 
 def fit_drift(
@@ -274,6 +274,8 @@ def drift_by_level(
     model = model or PCMModel()
     target = np.asarray(target_us, dtype=np.float32)
     g = _as_rows(g_us)  # read by rows: the fit, then the first and the last readout
+    if isinstance(g, np.ndarray):
+        g = g.astype(np.float32, copy=False)  # as the file holds them
     keep = np.ones(target.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     nu = fit_drift_exponents(time_s, g, t_min_s=model.calibration.t0_s)
     g_first = np.asarray(g[0], dtype=np.float32)
