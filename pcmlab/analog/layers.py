@@ -77,8 +77,10 @@ class AnalogMatrix(nn.Module):
     def mac(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w)
 
-    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self.bias is None else y + self.bias
+    def add_bias(self, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if self.bias is None:
+            return y
+        return y.add_(self.bias) if inplace else y + self.bias
 
     # -- ranges ----------------------------------------------------------------------------
     def set_ranges(self, input_lo: float, input_hi: float, output: float) -> None:
@@ -115,13 +117,13 @@ class AnalogMatrix(nn.Module):
                 w = w + noise.detach()  # straight through: d(w + n)/dw = 1
         return w
 
-    def _convert(self, v: torch.Tensor, hi: torch.Tensor, bits: int, signed: bool
-                 ) -> torch.Tensor:
+    def _convert(self, v: torch.Tensor, hi: torch.Tensor, bits: int, signed: bool,
+                 inplace: bool = False) -> torch.Tensor:
         st = self.state
         if st.learn_ranges and self.training:
             return quantize_learned(v, hi, bits, signed=signed, keep=st.quant_noise)
         h = float(hi.detach())
-        return quantize(v, -h if signed else 0.0, h, bits)
+        return quantize(v, -h if signed else 0.0, h, bits, inplace=inplace)
 
     def _record(self, name: str, v: torch.Tensor) -> None:
         flat = v.detach().flatten()
@@ -147,13 +149,17 @@ class AnalogMatrix(nn.Module):
         if quantized and p.dac_bits is not None:
             x = self._convert(x, self.input_range(), p.dac_bits, self.input_signed)
         y = self.mac(x, self.crossbar_weight())
+        # the MAC's output is this layer's own: without autograd (and when nothing keeps a
+        # view of it) the ADC, the drift compensation and the bias overwrite it, with the
+        # same arithmetic, instead of allocating three more tensors
+        inplace = not (st.recording or torch.is_grad_enabled())
         if st.recording:
             self._record("y", y)
         if quantized and p.adc_bits is not None:
-            y = self._convert(y, self.output_range(), p.adc_bits, True)
+            y = self._convert(y, self.output_range(), p.adc_bits, True, inplace)
         if self.gdc != 1.0:
-            y = y * self.gdc
-        return self.add_bias(y)
+            y = y.mul_(self.gdc) if inplace else y * self.gdc
+        return self.add_bias(y, inplace)
 
     def clipped_weight(self) -> torch.Tensor:
         """The float weight as training leaves it: clipped at +-w_clip."""
@@ -211,7 +217,8 @@ class AnalogConv(AnalogMatrix):
             return self._conv(x, w, None, self.stride, 0, self.dilation, self._groups)
         return self._conv(x, w, None, self.stride, self.padding, self.dilation, self._groups)
 
-    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
+    def add_bias(self, y: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.bias is None:
             return y
-        return y + self.bias.view((1, -1) + (1,) * (y.dim() - 2))
+        bias = self.bias.view((1, -1) + (1,) * (y.dim() - 2))
+        return y.add_(bias) if inplace else y + bias
