@@ -119,9 +119,12 @@ def main() -> None:
             results.append(measure("postgresql", location, args.runs))
         finally:
             drop()
+    load = os.getloadavg()[0]
     if args.json:
-        print(json.dumps({"benchmark": "catalog", "results": results}, indent=2))
+        print(json.dumps({"benchmark": "catalog", "load_average_1min": load,
+                          "results": results}, indent=2))
         return
+    print(f"load average (1 min) at the end: {load:.1f} on {os.cpu_count()} CPUs")
     for r in results:
         print(f"{r['backend']}: {r['runs']} runs registered, {r['register_ms']:.2f} ms per "
               "registration (register + finish, one transaction each)")

@@ -365,12 +365,14 @@ class Catalog:
         if limit is not None and statuses is None:
             q = q.limit(limit)
         with self._read() as conn:
-            rows = conn.execute(q).mappings().all()
+            result = conn.execute(q)
+            keys = list(result.keys())
+            rows = result.all()
         from pcmlab.catalog.liveness import effective_status
 
         out = []
-        for row in rows:
-            rec = _record(row)
+        for row in rows:  # plain tuples: a RowMapping per row costs as much as the query
+            rec = _record(dict(zip(keys, row, strict=True)))
             rec["recorded_status"] = rec["status"]
             rec["status"] = effective_status(rec)
             if statuses is None or rec["status"] in statuses:
@@ -429,9 +431,12 @@ def _runs_query(with_config: bool = True) -> sa.Select:
 
 
 def _record(row: Mapping[str, Any]) -> dict[str, Any]:
-    rec = dict(row)
+    rec = row if isinstance(row, dict) else dict(row)
     for key in ("started_at", "ended_at", "updated_at"):
-        rec[key] = utc(rec.get(key))
+        value = rec.get(key)
+        if value is not None:  # SQLite gives naive datetimes (stored as UTC)
+            rec[key] = (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None
+                        else value.astimezone(dt.timezone.utc))
     rec["meta"] = rec.get("meta") or {}
     rec.setdefault("config", None)
     return rec

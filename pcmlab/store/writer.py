@@ -377,6 +377,7 @@ class RunWriter:
             targets = old.targets()
             readouts = old.readouts()
             kind, run_id = old.kind, old.run_id
+            n_interruptions = len(old.interruptions) + 1
             trace_iterations = (next(iter(prog.traces.values())).shape[0]
                                 if prog is not None and prog.traces else 0)
             fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".resume",
@@ -439,9 +440,10 @@ class RunWriter:
 
         # the same run, on: resumed while it is written again, recovered when only closed
         writer.registration = Registration(writer.run_id, kind, path.absolute())
+        fields: dict[str, Any] = {"meta": {"interruptions": n_interruptions}}
         if resuming:
-            writer.registration.update(status="resumed", pid=os.getpid(),
-                                       n_readouts=readouts.n)
+            fields.update(status="resumed", pid=os.getpid(), n_readouts=readouts.n)
+        writer.registration.update(**fields)
         return writer, readouts.n
 
 

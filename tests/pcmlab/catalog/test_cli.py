@@ -84,6 +84,7 @@ def test_writers_register_and_runs_lists_them(catalog_url, tmp_path, capsys,
     resumed = by_id[ids["resumed.h5"]]
     assert (resumed["status"], resumed["n_readouts"], Path(resumed["path"]).name) == (
         "finished", 4, "moved.h5")
+    assert resumed["meta"]["interruptions"] == 1
     assert by_id[ids["killed.h5"]]["status"] == "killed"
 
     # scanning again changes nothing; verify names a file changed behind the catalog
