@@ -79,7 +79,7 @@ class BareFollower(threading.Thread):
         self.path, self.seen, self.done = path, {}, threading.Event()
 
     def run(self) -> None:
-        with h5py.File(self.path, "r", swmr=True) as f:
+        with h5py.File(self.path, "r", swmr=True, locking=False) as f:  # as the server
             t = f["readouts/time_s"]
             while not self.done.is_set():
                 t.refresh()
