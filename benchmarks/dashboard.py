@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -78,7 +79,7 @@ class BareFollower(threading.Thread):
         self.path, self.seen, self.done = path, {}, threading.Event()
 
     def run(self) -> None:
-        with h5py.File(self.path, "r", swmr=True) as f:
+        with h5py.File(self.path, "r", swmr=True, locking=False) as f:  # as the server
             t = f["readouts/time_s"]
             while not self.done.is_set():
                 t.refresh()
@@ -86,6 +87,19 @@ class BareFollower(threading.Thread):
                 for i in range(n):
                     self.seen.setdefault(i, time.time())
                 time.sleep(0.005)
+
+
+class BuildTimes(logging.Handler):
+    """The server's own time to build each run page (its log line), to tell the server's
+    share of a render from the browser's."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.times: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("run page of"):
+            self.times.append(float(record.args[-1]))
 
 
 def main() -> int:
@@ -110,6 +124,10 @@ def main() -> int:
                         readouts=READOUTS + a.readouts, first=READOUTS)
     say(f"wrote a {ROWS} x {COLS} run with {READOUTS} readouts in "
         f"{time.perf_counter() - t:.1f} s (another process, still writing)")
+    build = BuildTimes()
+    page_log = logging.getLogger("pcmlab.dashboard.pages.run")
+    page_log.setLevel(logging.INFO)
+    page_log.addHandler(build)
     catalog = CatalogView.open(work / "catalog.sqlite")
     server = DashboardThread(catalog)
     driver = browser()
@@ -121,7 +139,8 @@ def main() -> int:
         say(f"first full render of the run page: {', '.join(f'{x:.2f}' for x in full)} s "
             f"(median {statistics.median(full):.2f} s; target < 2 s); smallest page "
             f"{statistics.median(empty):.2f} s; ratio "
-            f"{statistics.median(full) / statistics.median(empty):.1f}x")
+            f"{statistics.median(full) / statistics.median(empty):.1f}x; of it the server "
+            f"building the page {statistics.median(build.times):.2f} s (median)")
         follower = BareFollower(work / "run.h5")
         follower.start()
         latencies, bare = [], []
@@ -151,6 +170,7 @@ def main() -> int:
         figures = {
             "render_s": full, "render_median_s": statistics.median(full),
             "empty_page_render_median_s": statistics.median(empty),
+            "server_build_median_s": statistics.median(build.times),
             "flush_to_page_s": latencies,
             "flush_to_page_median_s": statistics.median(latencies),
             "bare_swmr_reader_median_s": statistics.median(bare),

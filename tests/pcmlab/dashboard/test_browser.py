@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pcmlab.dashboard.catalog import CatalogView, RunFilter
-from pcmlab.store import RunReader
+from pcmlab.dashboard.data import UnlockedReader as RunReader  # as the server opens files
 
 pytestmark = pytest.mark.slow
 
