@@ -32,8 +32,12 @@ NOT_EXPRESSED = (
     "periphery: pcmlab's DAC/ADC ranges and shared ADC gain are not aihwkit IOParameters; "
     "the export sets aihwkit's forward to its defaults, or to perfect with "
     "perfect_periphery=True",
-    "mock-chip physics: pulse-level programming, relaxation, faults and MVM non-idealities "
-    "are the mock chip's, not the statistical model's",
+    "faulty devices: the calibration's stuck-RESET, stuck-SET and weak rates (and the pair "
+    "compensation a deployment does for them) are left out; aihwkit's conductance converter "
+    "draws every device alike. Compare with pcmlab's simulated mode with faults off "
+    "(NoiseSwitches(faults=False))",
+    "mock-chip physics: pulse-level programming, relaxation and MVM non-idealities are the "
+    "mock chip's, not the statistical model's",
 )
 
 

@@ -128,7 +128,8 @@ def _check_agreement(model: nn.Module, digits, calibration: PCMCalibration | Non
         sim = evaluator.simulate(digits.x_test, digits.y_test, evaluator.mapping(256, 512),
                                  times, runs, np.random.default_rng(3),
                                  pcm=PCMModel(calibration),
-                                 noise=NoiseSwitches(drift_compensation=gdc))
+                                 noise=NoiseSwitches(drift_compensation=gdc,
+                                                     faults=False))  # not in aihwkit
         export = to_aihwkit(calibration, drift_compensation=gdc, perfect_periphery=True)
         analog = convert_to_analog(model, export.rpu_config)
         theirs = aihwkit_simulate(analog, digits.x_test, digits.y_test, times, runs,
