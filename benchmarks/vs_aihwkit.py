@@ -2,7 +2,8 @@
 PCM statistics (pcmlab's model exported to aihwkit, docs/aihwkit.md), the same runs and the
 same times (25 s, 1 h, 1 day, 1 month, 1 year), and the periphery ideal on both sides
 (aihwkit's default forward adds output noise and per-vector noise management that pcmlab's
-periphery has not: with them the statistics would not be equal).
+periphery has not: with them the statistics would not be equal); faulty devices off in
+pcmlab (aihwkit has none).
 aihwkit (its torch tile) programs once per run and drifts to each time, as its inference
 examples do. Prints both times, the speed-up (targets: >= 10x on the digits CNN, >= 20x
 on the residual CNN) and both accuracies.
@@ -22,7 +23,7 @@ from _common import Figures, add_report_options
 
 from examples.networks import resnet
 from pcmlab.bridge.aihwkit import aihwkit_simulate, to_aihwkit
-from pcmlab.evaluator import AnalogEvaluator, Periphery
+from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches, Periphery
 from pcmlab.pcm_model import ACCURACY_TIMES_S as TIMES_S
 from pcmlab.tasks import load_digits, reference_cnn, train_classifier
 
@@ -34,7 +35,7 @@ def compare(label: str, key: str, figures: Figures, model: torch.nn.Module, data
     t = time.perf_counter()
     ev = AnalogEvaluator(model, data.x_train, Periphery(dac_bits=None, adc_bits=None))
     sim = ev.simulate(data.x_test, data.y_test, ev.mapping(256, 512), TIMES_S, runs,
-                      np.random.default_rng(0))
+                      np.random.default_rng(0), noise=NoiseSwitches(faults=False))
     t_pcmlab = time.perf_counter() - t
     export = to_aihwkit(perfect_periphery=True)
     t = time.perf_counter()
