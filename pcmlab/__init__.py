@@ -41,6 +41,7 @@ _API = {
     # networks
     "AnalogEvaluator": "pcmlab.evaluator", "Periphery": "pcmlab.evaluator",
     "NoiseSwitches": "pcmlab.evaluator", "PCMModel": "pcmlab.pcm_model",
+    "PCMCalibration": "pcmlab.pcm_model",
     # files and analysis
     "RunReader": "pcmlab.store", "RunWriter": "pcmlab.store", "open_run": "pcmlab.dataset",
     "level_convergence": "pcmlab.dataset", "level_drift": "pcmlab.dataset",
@@ -52,6 +53,11 @@ _API = {
     # simulation sweeps
     "SweepConfig": "pcmlab.sweep", "load_sweep": "pcmlab.sweep", "run_sweep": "pcmlab.sweep",
     "open_sweep": "pcmlab.sweep",
+    # the bridge to IBM aihwkit (docs/aihwkit.md)
+    "to_aihwkit": "pcmlab.bridge.aihwkit", "write_aihwkit_module": "pcmlab.bridge.aihwkit",
+    "from_aihwkit": "pcmlab.bridge.aihwkit_checkpoint",
+    "read_fusion_csv": "pcmlab.bridge.fusion", "write_fusion_csv": "pcmlab.bridge.fusion",
+    "fusion_import_torch": "pcmlab.bridge.fusion",
     # configuration files and errors
     "load_model": "pcmlab.config", "save_model": "pcmlab.config",
     "PcmlabError": "pcmlab.errors", "ConfigError": "pcmlab.errors",
