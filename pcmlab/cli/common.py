@@ -242,8 +242,9 @@ def record_of(args: argparse.Namespace, driver) -> dict[str, object]:
 def accuracy_table(time_s, measured, simulated, ideal: float, title: str) -> Table:
     caption = f"float model (ideal): {100 * ideal:.2f} %"
     if simulated is not None and simulated.includes:
-        caption += f"; simulated: {simulated.includes}"
-    table = Table(title=title, caption=caption)
+        # its own line of the caption: a long one would wrap at the table's width
+        caption += f"\nsimulated: {simulated.includes}"
+    table = Table(title=title, caption=caption, caption_justify="left")
     for col in ("time", "measured %", "simulated %", "± std"):
         table.add_column(col, justify="right")
     for i, t in enumerate(time_s):
