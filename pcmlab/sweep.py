@@ -405,9 +405,10 @@ class _Parts:
     def _atomic(self, path: Path, write: Callable[[Any], None]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = _temporary(self.folder, ".tmp-", path.suffix)
-        # created as a plain file is (0666 less the umask): mkstemp's 0600 would keep the
-        # parts from the lab group
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # readable as a plain file is (0644 less the umask): mkstemp's 0600 would keep the
+        # parts from the lab group; never writable by others, since a training part is
+        # unpickled on resume (a group-writable one would let anyone run code in it)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)

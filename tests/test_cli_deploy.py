@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from pcmlab.cli import build_parser
@@ -155,3 +156,25 @@ def test_a_deploy_stopped_after_two_readouts_resumes_to_the_uninterrupted_result
             np.testing.assert_array_equal(a["evaluation"][name][...],
                                           b["evaluation"][name][...], err_msg=name)
         assert a["evaluation"].attrs["schedule_complete"] == 1
+
+
+@pytest.mark.slow
+def test_evaluate_uses_the_bits_the_deployment_used(tmp_path: Path) -> None:
+    """A deployment at --bits 4 was evaluated by 'pcmlab evaluate' at the model's 8 bits
+    (about 5 points higher, printed as the file's measured accuracy)."""
+    model, run = tmp_path / "m.pt", tmp_path / "d4.h5"
+    for args in (["train", "-o", str(model), "--method", "float", "--epochs1", "3"],
+                 ["deploy", str(model), "-o", str(run), "--bits", "4", "--runs", "1",
+                  "--rows", "128", "--cols", "256"]):
+        proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", *args],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "pcmlab.cli", "evaluate", str(run),
+                           "--model", str(model)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(run, "r") as f:
+        stored = f["evaluation/measured_accuracy"][()]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    printed = [float(line.split("│")[2]) for line in rows]
+    np.testing.assert_allclose(printed, 100 * stored, atol=0.006)

@@ -121,7 +121,7 @@ def write_aihwkit_module(calibration: PCMCalibration | None, path: str | Path, *
 
 
 def aihwkit_simulate(analog_model: Any, x: Any, y: Any, times_s: Any, n_runs: int, *,
-                     t0_s: float = 20.0, seed: int = 0, batch_size: int = 4096) -> Any:
+                     t0_s: float | None = None, seed: int = 0, batch_size: int = 4096) -> Any:
     """aihwkit's own Monte Carlo of an aihwkit model (accuracy, runs x times): per run
     one programming (``program_analog_weights``), then ``drift_analog_weights`` at each
     of pcmlab's times since programming (aihwkit's ``t_inference = t_s - t0_s``). The
@@ -130,6 +130,11 @@ def aihwkit_simulate(analog_model: Any, x: Any, y: Any, times_s: Any, n_runs: in
     import torch
 
     times = np.atleast_1d(np.asarray(times_s, dtype=np.float64))
+    if t0_s is None:  # the model's own noise model's t0 (a fitted one need not be 20 s)
+        t0s = {float(t.rpu_config.noise_model.t_0) for t in analog_model.analog_tiles()}
+        if len(t0s) != 1:
+            raise ConfigError(f"the model's tiles have t0 {sorted(t0s)}: give t0_s")
+        t0_s = t0s.pop()
     if n_runs < 1:
         raise ConfigError(f"n_runs = {n_runs}: need at least one run")
     acc = np.empty((n_runs, times.size))

@@ -7,6 +7,7 @@ writes it out with a fitted chip's constants in ``PARAMS`` so that an aihwkit us
 Differences from aihwkit's own ``PCMLikeNoiseModel`` (whose formulas are the defaults
 here), all to follow pcmlab's statistical model exactly:
 
+- the programming-noise polynomial is clipped at 0 as pcmlab's is;
 - every constant (programming-noise polynomial, drift-exponent lines and their clips,
   1/f amplitude q / g^e and its cap, t0, t_r) comes from ``PARAMS``, not from code;
 - the 1/f amplitude Q_s is a function of the *target* conductance (pcmlab, Joshi 2020),
@@ -69,6 +70,15 @@ class CalibratedPCMNoiseModel(PCMLikeNoiseModel):
         # pcmlab's polynomial is in g_T = G / G_max of its own G_max
         self.prog_coeff_g_max_reference = g_max
         self.params = p
+
+    @torch.no_grad()
+    def apply_programming_noise_to_conductance(self, g_target: torch.Tensor) -> torch.Tensor:
+        """G_T + sigma_prog(G_T) N(0, 1), sigma_prog = max(c0 + c1 g + c2 g^2, 0) as pcmlab
+        has it (aihwkit's own polynomial is not clipped), never negative."""
+        g = g_target / float(self.params["g_max_us"])
+        c0, c1, c2 = (float(c) for c in self.params["prog_noise_coeffs_us"])
+        sigma = (c0 + c1 * g + c2 * g * g).clamp(min=0.0) * self.prog_noise_scale
+        return (g_target + sigma * torch.randn_like(g_target)).clamp(min=0.0)
 
     def _g_rel(self, g: torch.Tensor) -> torch.Tensor:
         return (g.abs() / float(self.params["g_max_us"])).clamp(min=_G_REL_FLOOR)

@@ -46,11 +46,11 @@ class FusionLayer:
 
 def fusion_ordinals(model: nn.Module) -> dict[str, int]:
     """The number aihwkit's Fusion header gives each module of ``model`` once converted:
-    modules counted in ``named_modules`` order, Sequential containers not counted (they
-    become aihwkit's AnalogSequential containers)."""
+    modules counted in ``named_modules`` order, Sequential containers (aihwkit's
+    AnalogSequential) and ModuleLists not counted, as aihwkit's header does."""
     out, idx = {}, 0
     for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
+        if isinstance(module, nn.Sequential | nn.ModuleList):  # containers aihwkit skips
             continue
         idx += 1
         out[name] = idx

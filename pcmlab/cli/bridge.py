@@ -49,8 +49,10 @@ def cmd_fusion_export(args: argparse.Namespace) -> int:
     from protocols.deploy import deployment_readouts
 
     refuse_overwrite(args, args.output)
+    from pcmlab.cli.network import recorded_bits
+
     loaded, data = _model_and_data(args.model, args.weights, args.data)
-    evaluator = _evaluator_for(loaded, data, None, args.keep_digital)
+    evaluator = _evaluator_for(loaded, data, recorded_bits(args.run, None), args.keep_digital)
     mapping, readouts = deployment_readouts(args.run, evaluator)
     k = _readout_index(readouts.time_s, args)
     layers = fusion_from_conductances(loaded.model, evaluator, mapping,

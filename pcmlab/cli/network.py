@@ -299,6 +299,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_bits(run: Path, bits: int | None) -> int | None:
+    """The DAC/ADC bits to evaluate a deployment with: ``--bits`` if given, else the ones
+    it was deployed with (``deploy --bits N`` records them), else the model's own."""
+    if bits is not None:
+        return bits
+    from pcmlab.store import RunReader
+
+    with RunReader(run) as r:
+        stored = r.config.get("bits")
+    return None if stored is None else int(stored)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from protocols.deploy import evaluate_file
 
@@ -321,7 +333,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         console.print(f"note: --data {args.data} is not the data {args.run} was evaluated on "
                       f"({recorded.describe()}); evaluating on {data.source.describe()}",
                       highlight=False)
-    evaluator = _evaluator_for(loaded, data, args.bits, keep)
+    evaluator = _evaluator_for(loaded, data, recorded_bits(args.run, args.bits), keep)
     time_s, accuracy = evaluate_file(args.run, evaluator, data.x_test, data.y_test)
     simulated = _stored_simulated(args.run, evaluator,
                                   recorded is None or data.source.sha256 == recorded.sha256)

@@ -298,11 +298,14 @@ class RunWriter:
         status = self.status(error) if self._f.id.valid else None
         if self._f.id.valid:
             self._f.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the lock
-            self._lock_fd = None
-        if self.registration is not None and status is not None:
-            self.finish_registration(status)
+        try:  # the lock is held until the catalog knows how it ended (its hash takes time:
+            # without the lock the run would show as killed meanwhile)
+            if self.registration is not None and status is not None:
+                self.finish_registration(status)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
 
     def finish_registration(self, status: str) -> None:
         """Tell the catalog how the run ended (after the file is closed: its hash); if the

@@ -270,3 +270,23 @@ def test_an_aihwkit_network_deploys_and_comes_back_through_fusion(
           f"{100 * acc_back:.2f} %, pcmlab measured {100 * measured_day:.2f} %; {out.strip()}")
     assert abs(acc_aihwkit - acc_back) <= 0.003
     assert abs(acc_aihwkit - measured_day) <= 0.01
+
+
+def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
+    """Per level, on constants that are not the published ones (a programming-noise
+    polynomial that dips below zero near G_max, where pcmlab clips it and aihwkit's own
+    would not): the spread of the programmed state, the drift exponent's mean and spread
+    and Q_s are pcmlab's."""
+    cal = PCMCalibration(prog_noise_coeffs_us=(0.3, 2.0, -3.0), drift_mu_coeffs=(-0.03, 0.03),
+                         drift_mu_range=(0.06, 0.2), read_noise_q=0.02)
+    model, noise = PCMModel(cal), to_aihwkit(cal).noise_model
+    torch.manual_seed(0)
+    for g_us in (2.0, 10.0, 22.0):
+        g = torch.full((400_000,), g_us)
+        spread = float((noise.apply_programming_noise_to_conductance(g) - g_us).std())
+        assert spread == pytest.approx(float(model.prog_noise_sigma_us(g_us)), abs=0.01)
+        nu, q_s = noise.generate_drift_coefficients(g)
+        mu, sd = float(model.drift_nu_mean(g_us)), float(model.drift_nu_std(g_us))
+        assert float(nu.mean()) == pytest.approx(mu, rel=0.01)
+        assert float(nu.std()) == pytest.approx(sd, rel=0.02)
+        assert float(q_s[0]) == pytest.approx(float(model.read_noise_q(g_us)), rel=1e-5)

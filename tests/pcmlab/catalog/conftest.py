@@ -28,6 +28,8 @@ def _pg_engine(url: str) -> sa.Engine:
 def postgres_url() -> str:
     url = os.environ.get(PG_ENV)
     if not url:
+        if os.environ.get("CI"):  # CI starts PostgreSQL: a missing one is a failure there
+            pytest.fail(f"{PG_ENV} is not set in CI: .ci/services did not start PostgreSQL")
         pytest.skip(f"{PG_ENV} is not set (run .ci/services to start PostgreSQL)")
     try:
         with _pg_engine(url).connect() as conn:
