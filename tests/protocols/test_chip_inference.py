@@ -116,6 +116,7 @@ def test_chip_mode_computes_every_layer_kind_as_reads_do(name: str) -> None:
     import torch
 
     from examples import networks
+    from mock_chip.chip import OperationTimes
     from pcmlab.tasks import load_digits, train_classifier
 
     torch.manual_seed(0)
@@ -128,6 +129,7 @@ def test_chip_mode_computes_every_layer_kind_as_reads_do(name: str) -> None:
     mapping = ev.mapping(rows, cols, arrays=2)
     driver = MockDriver(config=MockChipConfig(
         geometry={"rows": 2 * rows, "cols": cols}, seed=3, faults=FaultRates.none(),
+        timing={k: 0.0 for k in OperationTimes.model_fields},
         mvm={"adc_gain_std": 0.0, "adc_offset_std_lsb": 0.0, "adc_noise_lsb": 0.0}))
     cells, target, _ = ev.device_targets(mapping)
     plus, minus = mapping.pair_positions()
