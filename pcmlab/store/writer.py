@@ -314,7 +314,9 @@ class RunWriter:
         if reg is None:
             return
         if not reg.finish(status, n_readouts=self._n_rows):
-            with h5py.File(self.path, "a") as f:
+            # this writer's own shared lock is still held (see close): HDF5's exclusive
+            # lock would refuse the file to us, so its locking is off for this one write
+            with h5py.File(self.path, "a", locking=False) as f:
                 f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
 
     def __enter__(self) -> RunWriter:
