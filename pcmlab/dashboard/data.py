@@ -23,7 +23,7 @@ from pcmlab.analysis import (
     drift_by_level,
     group_levels,
 )
-from pcmlab.pcm_model import PCMModel
+from pcmlab.pcm_model import PCMCalibration, PCMModel
 from pcmlab.store import RunReader
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,32 @@ class UnlockedReader(RunReader):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, locking=False)
+
+
+PUBLISHED = "the published PCM constants (Joshi et al. 2020, Nandakumar et al. 2019)"
+
+
+def recorded_calibration(config: dict[str, Any]) -> tuple[PCMCalibration | None, str]:
+    """The PCM model constants a file records, and where in its configuration they are:
+    the calibration a deployment was simulated with (``calibration``, e.g. from
+    ``pcmlab fit``), else the mock chip's own (``chip.calibration``, or chip 0's of a
+    group). (None, why) when the file records none or one that is not valid."""
+    places = [("calibration", config.get("calibration"))]
+    chip, chips = config.get("chip"), config.get("chips")
+    if isinstance(chip, dict):
+        places.append(("chip.calibration", chip.get("calibration")))
+    if isinstance(chips, list) and chips and isinstance(chips[0], dict):
+        places.append(("chips[0].calibration", chips[0].get("calibration")))
+    for where, data in places:
+        if data is None:
+            continue
+        try:
+            return PCMCalibration.model_validate(data), where
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("the file's %s is not a valid PCM calibration (%s); the model "
+                        "takes the published constants", where, str(exc).splitlines()[0])
+            return None, f"its {where} is not a valid calibration"
+    return None, "it records no calibration"
 
 
 DRIFT_SAMPLE_CELLS = 20_000  # cells whose drift exponent is fitted (seeded sample)
@@ -62,10 +88,18 @@ class RunData:
     def __init__(self, path: str | Path, *, model: PCMModel | None = None,
                  seed: int = 0) -> None:
         self.path = Path(path)
-        self.model = model or PCMModel()
         self.reader = UnlockedReader(self.path)
         r = self.reader
         self.config = r.config
+        if model is not None:
+            self.model, self.model_origin = model, "the model given"
+        else:
+            # the model a page draws beside the measurement is the one the file's chip was
+            # calibrated with; the published constants only when the file records none
+            calibration, where = recorded_calibration(self.config)
+            self.model = PCMModel(calibration)
+            self.model_origin = (f"the calibration the file records ({where})"
+                                 if calibration is not None else f"{PUBLISHED}: {where}")
         self.driver_identity = r.driver_identity
         self.created = r.created
         targets = r.targets()

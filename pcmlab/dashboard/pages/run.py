@@ -3,6 +3,7 @@ beside the model, the schedule; followed live while the run is written."""
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 
@@ -55,9 +56,11 @@ class RunPage:
         self._drift_curves()
         self._nu()
         self._schedule()
+        origin = Div(text=f"model (bands, dashed lines, model ν): {html.escape(data.model_origin)}",
+                     name="model_origin")
         doc.add_root(column(title_div, self.status, row(self.slider), self.heat,
-                            row(self.conv, self.iters), row(self.curves, self.nu_fig),
-                            self.sched, name="run_page"))
+                            row(self.conv, self.iters), origin,
+                            row(self.curves, self.nu_fig), self.sched, name="run_page"))
 
     # -- the array -------------------------------------------------------------------------
     def _heatmap(self) -> None:
