@@ -138,10 +138,13 @@ class CatalogView:
     def close(self) -> None:
         self.catalog.close()
 
-
     def cell_history(self, chip: str, cell: int):  # -> xarray.Dataset
         """The cell's life across runs (``pcmlab.cell_history``); CatalogError for a chip
         the catalog does not know."""
         from pcmlab.catalog.history import cell_history
+        from pcmlab.store.reader import reading_without_locks
 
-        return cell_history(chip, (cell, cell + 1), catalog=self.catalog)
+        # the history opens every run's file that touched the cell: without HDF5 locks, so
+        # that a page never stops a writer, resume or recover from opening one
+        with reading_without_locks():
+            return cell_history(chip, (cell, cell + 1), catalog=self.catalog)

@@ -158,3 +158,33 @@ def test_the_model_beside_a_run_is_the_calibration_its_file_records(tmp_path):
         assert all(abs(s.model_nu_mean - 0.3) > 0.15 for s in d.drift())
     finally:
         d.close()
+
+
+def test_the_cell_pages_reads_take_no_hdf5_lock(tmp_path, catalog, monkeypatch):
+    import subprocess
+    import sys
+
+    from pcmlab.store import RunReader
+    from tests.pcmlab.dashboard.live_writer import write_run
+
+    path = tmp_path / "done.h5"
+    write_run(path, rows=8, cols=16)  # registered in this test's catalog, chip serial 1
+
+    def writer_opens() -> str:  # another process opening the file for writing, now
+        out = subprocess.run([sys.executable, "-c", APPEND, str(path)],
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+    seen: list[str] = []
+    real = RunReader.targets
+
+    def targets(self):  # called while the history has the file open
+        seen.append(writer_opens())
+        return real(self)
+
+    monkeypatch.setattr(RunReader, "targets", targets)
+    ds = catalog.cell_history("1", 5)
+    assert ds.sizes["run"] == 1 and ds.sizes["read"] == 3
+    assert seen == ["ok"]
+    with RunReader(path):  # any other reader still locks as HDF5 does by default
+        assert writer_opens() != "ok"
