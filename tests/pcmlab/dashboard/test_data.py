@@ -188,3 +188,35 @@ def test_the_cell_pages_reads_take_no_hdf5_lock(tmp_path, catalog, monkeypatch):
     assert seen == ["ok"]
     with RunReader(path):  # any other reader still locks as HDF5 does by default
         assert writer_opens() != "ok"
+
+
+def test_pages_of_one_run_share_one_reading_and_each_gets_every_readout(live_writer):
+    from bokeh.document import Document
+    from bokeh.models import Div
+
+    from pcmlab.dashboard.data import SharedRuns
+    from pcmlab.dashboard.pages.run import RunPage
+
+    shared = SharedRuns()  # a server's
+    live, writer = live_writer("live.h5", readouts=5, first=2)
+    first = shared.acquire(live)
+    pages = [RunPage(Document(), first, Div())]
+    writer.next()
+    pages[0].poll()  # the first page takes readout 3 before the second page opens
+    again = shared.acquire(live)
+    assert again is first and again.n_readouts == 3  # nothing read twice
+    pages.append(RunPage(Document(), again, Div()))
+    writer.next()
+    for page in pages:  # the first to poll reads the row; the other must still draw it
+        page.poll()
+    for page in pages:
+        assert page.status.text.startswith("readouts: 4 of 5")
+        assert sorted(set(page.level_source.data["time_s"])) == first.time_s
+        assert page.slider.value == 4
+    shared.release(first)
+    assert first.reader.file.id.valid  # one page still has it open
+    shared.release(again)
+    assert not first.reader.file.id.valid and len(shared) == 0
+    shared.acquire(live)
+    shared.close_all()  # the server stops: every file it had open is closed
+    assert len(shared) == 0
