@@ -55,7 +55,9 @@ def pages(catalog: CatalogView, shared: SharedRuns | None = None
     def app(fn, **kwargs) -> Application:
         return Application(FunctionHandler(partial(fn, catalog, **kwargs)))
 
-    out = {"/": app(runs_page), "/run": app(run_page, shared=shared or SharedRuns()),
+    if shared is None:
+        shared = SharedRuns()
+    out = {"/": app(runs_page), "/run": app(run_page, shared=shared),
            "/deployment": app(deployment_page),
            "/sweep": app(sweep_page)}
     try:

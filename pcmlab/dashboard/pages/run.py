@@ -266,7 +266,8 @@ def run_page(catalog: CatalogView, doc: Document, *, shared: SharedRuns | None =
     if entry is None:
         return
     t = time.perf_counter()
-    shared = shared or SharedRuns()
+    if shared is None:  # (an empty SharedRuns is falsy: never `shared or ...`)
+        shared = SharedRuns()
     data = shared.acquire(entry.path)
     try:
         data.poll()  # what was flushed since another page of this file last looked
