@@ -46,8 +46,9 @@ def open_catalog(location: str | Path | None = None, *, timeout_s: float = 10.0)
 
 def runs(catalog: str | Path | Catalog | None = None, **filters: Any) -> pd.DataFrame:
     """One row per run, newest first, as a pandas DataFrame (columns ``RUN_COLUMNS``).
-    Filters as ``Catalog.list_runs``: chip, kind, status, since, until, tag, where, limit;
-    ``with_config=True`` fills the ``config`` column (else None: it is large)."""
+    Filters as ``Catalog.list_runs``: chip, kind, status, since, until, tag, where; a page
+    with offset, limit; ``with_config=True`` fills the ``config`` column (else None: it
+    is large)."""
     import pandas as pd
 
     if isinstance(catalog, Catalog):

@@ -331,68 +331,123 @@ class Catalog:
                   tag: str | Iterable[str] | None = None,
                   where: Mapping[str, Any] | None = None,
                   path: str | Path | None = None, content_hash: str | None = None,
-                  limit: int | None = None, newest_first: bool = True,
+                  offset: int = 0, limit: int | None = None, newest_first: bool = True,
                   with_config: bool = False) -> list[dict[str, Any]]:
         """Runs matching every filter given, newest first. ``chip``: serial (or the full
         identity string); ``kind``/``status``: one or several; ``since``/``until``: start
         times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
         present; ``where``: metadata values by (dotted) key, compared as JSON values.
         A status of ``killed`` matches runs recorded as running whose writer is gone.
-        ``config`` (large) is None unless ``with_config``; ``get`` always has it."""
-        q = _runs_query(with_config)
-        if chip is not None:
-            q = q.where((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
-        if kind is not None:
-            q = q.where(T.runs.c.kind.in_(_many(kind)))
-        statuses = set(_many(status)) if status is not None else None
-        if statuses is not None:
-            stored = statuses | ({"running", "resumed"} if "killed" in statuses else set())
-            q = q.where(T.runs.c.status.in_(sorted(stored)))
-        if since is not None:
-            q = q.where(T.runs.c.started_at >= utc(since))
-        if until is not None:
-            q = q.where(T.runs.c.started_at <= utc(until))
-        for key in _many(tag) if tag is not None else ():
-            q = q.where(_meta(key).as_string().is_not(None))
-        for key, value in (where or {}).items():
-            q = q.where(_meta_equals(key, value))
-        if path is not None:
-            q = q.where(T.runs.c.path == str(Path(path).absolute()))
-        if content_hash is not None:
-            q = q.where(T.runs.c.content_hash == content_hash)
+        ``offset``/``limit``: one page of the result, in its order (``count_runs`` with
+        the same filters says how many match in all). ``config`` (large) is None unless
+        ``with_config``; ``get`` always has it."""
+        _check_page(offset, limit)
+        filters = dict(chip=chip, kind=kind, status=status, since=since, until=until,
+                       tag=tag, where=where, path=path, content_hash=content_hash)
         order = T.runs.c.started_at.desc() if newest_first else T.runs.c.started_at.asc()
-        q = q.order_by(order, T.runs.c.run_id)
-        if limit is not None and statuses is None:
-            q = q.limit(limit)
         with self._read() as conn:
+            condition, judged = self._condition(conn, **filters)
+            q = _runs_query(with_config, listing=True).order_by(order, T.runs.c.run_id)
+            if condition is not None:
+                q = q.where(condition)
+            if offset:
+                q = q.offset(offset)
+            if limit is not None:
+                q = q.limit(limit)
             result = conn.execute(q)
             keys = list(result.keys())
             rows = result.all()
-        from pcmlab.catalog.liveness import effective_status
+        return _records(keys, rows, judged)
 
-        out = []
-        for row in rows:  # plain tuples: a RowMapping per row costs as much as the query
-            rec = _record(dict(zip(keys, row, strict=True)))
-            rec["recorded_status"] = rec["status"]
-            rec["status"] = effective_status(rec)
-            if statuses is None or rec["status"] in statuses:
-                out.append(rec)
-        return out[:limit] if limit is not None else out
+    def count_runs(self, *, chip: str | None = None,
+                   kind: str | Iterable[str] | None = None,
+                   status: str | Iterable[str] | None = None,
+                   since: dt.datetime | str | None = None,
+                   until: dt.datetime | str | None = None,
+                   tag: str | Iterable[str] | None = None,
+                   where: Mapping[str, Any] | None = None,
+                   path: str | Path | None = None,
+                   content_hash: str | None = None) -> int:
+        """How many runs ``list_runs`` with the same filters returns without a limit."""
+        with self._read() as conn:
+            condition, _ = self._condition(conn, chip=chip, kind=kind, status=status,
+                                           since=since, until=until, tag=tag, where=where,
+                                           path=path, content_hash=content_hash)
+            q = sa.select(sa.func.count()).select_from(
+                T.runs.outerjoin(T.chips, T.runs.c.chip_id == T.chips.c.chip_id))
+            if condition is not None:
+                q = q.where(condition)
+            return int(conn.execute(q).scalar_one())
+
+    def _condition(self, conn: Connection, *, chip: str | None,
+                   kind: str | Iterable[str] | None, status: str | Iterable[str] | None,
+                   since: dt.datetime | str | None, until: dt.datetime | str | None,
+                   tag: str | Iterable[str] | None, where: Mapping[str, Any] | None,
+                   path: str | Path | None, content_hash: str | None,
+                   ) -> tuple[Any, dict[str, str]]:
+        """The filters as one SQL condition (None: every run), and the status judged for
+        each run recorded as running or resumed that the status filter had to judge.
+
+        A run recorded as running or resumed may be killed (its writer's lock is gone):
+        that is judged per run, outside SQL. With a status filter those runs are judged
+        first (few: the ones still recorded as running) and named in the condition, so
+        that paging and counting stay in SQL."""
+        parts: list[Any] = []
+        if chip is not None:
+            parts.append((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
+        if kind is not None:
+            parts.append(T.runs.c.kind.in_(_many(kind)))
+        if since is not None:
+            parts.append(T.runs.c.started_at >= utc(since))
+        if until is not None:
+            parts.append(T.runs.c.started_at <= utc(until))
+        for key in _many(tag) if tag is not None else ():
+            parts.append(_meta(key).as_string().is_not(None))
+        for key, value in (where or {}).items():
+            parts.append(_meta_equals(key, value))
+        if path is not None:
+            parts.append(T.runs.c.path == str(Path(path).absolute()))
+        if content_hash is not None:
+            parts.append(T.runs.c.content_hash == content_hash)
+        judged: dict[str, str] = {}
+        if status is not None:
+            statuses = set(_many(status))
+            unknown = sorted(statuses - set(T.STATUSES))
+            if unknown:
+                raise CatalogError(f"status {', '.join(map(repr, unknown))} is not one of "
+                                   f"{', '.join(T.STATUSES)}")
+            open_ = {"running", "resumed"}
+            fixed = statuses - open_ - {"killed"}  # as recorded is as shown
+            to_judge = open_ if "killed" in statuses else statuses & open_
+            status_parts = [T.runs.c.status.in_(sorted(fixed))] if fixed else []
+            if to_judge:
+                from pcmlab.catalog.liveness import effective_status
+
+                candidates = conn.execute(
+                    sa.select(T.runs.c.run_id, T.runs.c.status, T.runs.c.host,
+                              T.runs.c.path, T.runs.c.kind, T.runs.c.pid)
+                    .select_from(T.runs.outerjoin(T.chips,
+                                                  T.runs.c.chip_id == T.chips.c.chip_id))
+                    .where(sa.and_(T.runs.c.status.in_(sorted(to_judge)), *parts))).all()
+                judged = {str(r.run_id): effective_status(r._asdict()) for r in candidates}
+                keep = [i for i, s in judged.items() if s in statuses]
+                drop = [i for i, s in judged.items() if s not in statuses]
+                # name the shorter list: an IN of a few ids whatever the catalog's size
+                status_parts.append(
+                    T.runs.c.status.in_(sorted(to_judge)) & (
+                        T.runs.c.run_id.in_(keep) if len(keep) <= len(drop)
+                        else T.runs.c.run_id.not_in(drop)))
+            parts.append(sa.or_(*status_parts) if status_parts else sa.false())
+        return (sa.and_(*parts) if parts else None), judged
 
     def list_runs_by_id(self, run_ids: Iterable[str]) -> list[dict[str, Any]]:
         """The runs with these exact ids (unknown ids are left out)."""
         with self._read() as conn:
-            rows = conn.execute(_runs_query().where(
-                T.runs.c.run_id.in_(list(run_ids)))).mappings().all()
-        from pcmlab.catalog.liveness import effective_status
-
-        out = []
-        for row in rows:
-            rec = _record(row)
-            rec["recorded_status"] = rec["status"]
-            rec["status"] = effective_status(rec)
-            out.append(rec)
-        return out
+            result = conn.execute(_runs_query(listing=True).where(
+                T.runs.c.run_id.in_(list(run_ids))))
+            keys = list(result.keys())
+            rows = result.all()
+        return _records(keys, rows, {})
 
     def count(self) -> dict[str, int]:
         with self._read() as conn:
@@ -421,8 +476,22 @@ class Catalog:
         return rows
 
 
-def _runs_query(with_config: bool = True) -> sa.Select:
-    columns = [c for c in T.runs.columns if with_config or c.name != "config"]
+_TIMES = ("started_at", "ended_at", "updated_at")
+_JSON_COLUMNS = ("meta", "config")
+
+
+def _runs_query(with_config: bool = True, *, listing: bool = False) -> sa.Select:
+    """The runs with their chip. ``listing``: the times and JSON columns as the database
+    holds them (text on SQLite), for ``_records`` to decode in bulk: per-row type
+    processing cost more than the query itself on a listing of 10,000 runs."""
+    columns = []
+    for c in T.runs.columns:
+        if c.name == "config" and not with_config:
+            continue
+        if listing and (c.name in _TIMES or c.name in _JSON_COLUMNS):
+            columns.append(sa.type_coerce(c, sa.String).label(c.name))
+        else:
+            columns.append(c)
     return (sa.select(*columns, T.chips.c.maker.label("chip_maker"),
                       T.chips.c.model.label("chip_model"),
                       T.chips.c.serial.label("chip_serial"),
@@ -430,13 +499,73 @@ def _runs_query(with_config: bool = True) -> sa.Select:
             .select_from(T.runs.outerjoin(T.chips, T.runs.c.chip_id == T.chips.c.chip_id)))
 
 
+def _check_page(offset: int, limit: int | None) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise CatalogError(f"offset {offset!r}: give a whole number of runs to skip, 0 or "
+                           "more")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 0):
+        raise CatalogError(f"limit {limit!r}: give a whole number of runs, 0 or more (or "
+                           "none for all)")
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite's text, UTC: 'YYYY-MM-DD HH:MM:SS[.ffffff]'
+        value = dt.datetime.fromisoformat(value)
+    return (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None
+            else value.astimezone(dt.timezone.utc))
+
+
+def _times(values: Sequence[Any]) -> list[dt.datetime | None]:
+    """``_time`` of each; SQLite's UTC texts parsed with their zone in one C call."""
+    parse = dt.datetime.fromisoformat
+    return [parse(v + "+00:00") if isinstance(v, str) and len(v) <= 26 else _time(v)
+            for v in values]
+
+
+def _records(keys: list[str], rows: Sequence[Sequence[Any]],
+             judged: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Records of a listing (``_runs_query(listing=True)``): times as aware UTC datetimes,
+    JSON decoded (all of a column's texts in one ``json.loads``), the status as shown
+    (``judged``, else judged here for runs recorded as running) beside
+    ``recorded_status``."""
+    from pcmlab.catalog.liveness import effective_status
+
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in keys]
+    data = dict(zip(keys, columns, strict=True))
+    for key in _TIMES:
+        if key in data:
+            data[key] = _times(data[key])
+    for key in _JSON_COLUMNS:
+        if key not in data:
+            continue
+        values = data[key]
+        text = [i for i, v in enumerate(values) if isinstance(v, str)]
+        if text:  # SQLite gives text; PostgreSQL's driver decodes JSON itself
+            decoded = json.loads("[" + ",".join(values[i] for i in text) + "]")
+            values = list(values)
+            for i, v in zip(text, decoded, strict=True):
+                values[i] = v
+            data[key] = values
+    data["meta"] = [m or {} for m in data["meta"]]
+    if "config" not in data:
+        data["config"] = [None] * len(rows)
+    names = list(data)
+    out = [dict(zip(names, row, strict=True)) for row in zip(*data.values(), strict=True)]
+    for rec in out:
+        status = rec["status"]
+        rec["recorded_status"] = status
+        if status in ("running", "resumed"):
+            rec["status"] = judged.get(rec["run_id"]) or effective_status(rec)
+    return out
+
+
 def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     rec = row if isinstance(row, dict) else dict(row)
-    for key in ("started_at", "ended_at", "updated_at"):
-        value = rec.get(key)
-        if value is not None:  # SQLite gives naive datetimes (stored as UTC)
-            rec[key] = (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None
-                        else value.astimezone(dt.timezone.utc))
+    for key in _TIMES:
+        rec[key] = _time(rec.get(key))
     rec["meta"] = rec.get("meta") or {}
     rec.setdefault("config", None)
     return rec

@@ -103,30 +103,6 @@ def entry_of(rec: dict[str, Any]) -> RunEntry:
                     tags=dict(rec.get("meta") or {}))
 
 
-def _paged_query(args: dict[str, Any]):  # -> sqlalchemy Select, the filters of list_runs
-    """The runs query of ``Catalog.list_runs`` with its filters (status aside), for a page
-    and a count on the server. (``list_runs`` has neither an offset nor a count: this is
-    the place to drop once it has.)"""
-    from pcmlab.catalog import database as D
-    from pcmlab.catalog import schema as T
-    from pcmlab.catalog.records import utc
-
-    q = D._runs_query()
-    if "chip" in args:
-        q = q.where((T.chips.c.serial == args["chip"]) | (T.chips.c.identity == args["chip"]))
-    if "kind" in args:
-        q = q.where(T.runs.c.kind.in_(D._many(args["kind"])))
-    if "since" in args:
-        q = q.where(T.runs.c.started_at >= utc(args["since"]))
-    if "until" in args:
-        q = q.where(T.runs.c.started_at <= utc(args["until"]))
-    for key in args.get("tag", ()):
-        q = q.where(D._meta(key).as_string().is_not(None))
-    for key, value in args.get("where", {}).items():
-        q = q.where(D._meta_equals(key, value))
-    return q
-
-
 class CatalogView:
     """Read-only queries the pages make of the catalog."""
 
@@ -139,30 +115,11 @@ class CatalogView:
 
     def runs(self, filt: RunFilter, offset: int = 0, limit: int = 50
              ) -> tuple[list[RunEntry], int]:
-        """A page of runs, newest first, and how many match in all."""
-        import sqlalchemy as sa
-
-        from pcmlab.catalog import database as D
-        from pcmlab.catalog import schema as T
-        from pcmlab.catalog.liveness import effective_status
-
+        """A page of runs, newest first, and how many match in all (paged and counted in
+        the catalog's SQL)."""
         args = filt.arguments()
-        if "status" in args:  # killed is judged per run (its writer's lock), not in SQL
-            found = self.catalog.list_runs(**args)
-            return [entry_of(r) for r in found[offset:offset + limit]], len(found)
-        q = _paged_query(args)
-        page_q = (q.order_by(T.runs.c.started_at.desc(), T.runs.c.run_id)
-                  .offset(offset).limit(limit))
-        count_q = sa.select(sa.func.count()).select_from(q.subquery())
-        with self.catalog._read() as conn:
-            rows = conn.execute(page_q).mappings().all()
-            total = int(conn.execute(count_q).scalar_one())
-        out = []
-        for row in rows:
-            rec = D._record(row)
-            rec["status"] = effective_status(rec)
-            out.append(entry_of(rec))
-        return out, total
+        found = self.catalog.list_runs(**args, offset=offset, limit=limit)
+        return [entry_of(r) for r in found], self.catalog.count_runs(**args)
 
     def run(self, run_id: str) -> RunEntry | None:
         """The run with exactly this id, or None."""
@@ -181,10 +138,13 @@ class CatalogView:
     def close(self) -> None:
         self.catalog.close()
 
-
     def cell_history(self, chip: str, cell: int):  # -> xarray.Dataset
         """The cell's life across runs (``pcmlab.cell_history``); CatalogError for a chip
         the catalog does not know."""
         from pcmlab.catalog.history import cell_history
+        from pcmlab.store.reader import reading_without_locks
 
-        return cell_history(chip, (cell, cell + 1), catalog=self.catalog)
+        # the history opens every run's file that touched the cell: without HDF5 locks, so
+        # that a page never stops a writer, resume or recover from opening one
+        with reading_without_locks():
+            return cell_history(chip, (cell, cell + 1), catalog=self.catalog)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pcmlab.analysis import (
     drift_by_level,
     group_levels,
 )
-from pcmlab.pcm_model import PCMModel
+from pcmlab.pcm_model import PCMCalibration, PCMModel
 from pcmlab.store import RunReader
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,32 @@ class UnlockedReader(RunReader):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, locking=False)
+
+
+PUBLISHED = "the published PCM constants (Joshi et al. 2020, Nandakumar et al. 2019)"
+
+
+def recorded_calibration(config: dict[str, Any]) -> tuple[PCMCalibration | None, str]:
+    """The PCM model constants a file records, and where in its configuration they are:
+    the calibration a deployment was simulated with (``calibration``, e.g. from
+    ``pcmlab fit``), else the mock chip's own (``chip.calibration``, or chip 0's of a
+    group). (None, why) when the file records none or one that is not valid."""
+    places = [("calibration", config.get("calibration"))]
+    chip, chips = config.get("chip"), config.get("chips")
+    if isinstance(chip, dict):
+        places.append(("chip.calibration", chip.get("calibration")))
+    if isinstance(chips, list) and chips and isinstance(chips[0], dict):
+        places.append(("chips[0].calibration", chips[0].get("calibration")))
+    for where, data in places:
+        if data is None:
+            continue
+        try:
+            return PCMCalibration.model_validate(data), where
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("the file's %s is not a valid PCM calibration (%s); the model "
+                        "takes the published constants", where, str(exc).splitlines()[0])
+            return None, f"its {where} is not a valid calibration"
+    return None, "it records no calibration"
 
 
 DRIFT_SAMPLE_CELLS = 20_000  # cells whose drift exponent is fitted (seeded sample)
@@ -62,10 +89,18 @@ class RunData:
     def __init__(self, path: str | Path, *, model: PCMModel | None = None,
                  seed: int = 0) -> None:
         self.path = Path(path)
-        self.model = model or PCMModel()
         self.reader = UnlockedReader(self.path)
         r = self.reader
         self.config = r.config
+        if model is not None:
+            self.model, self.model_origin = model, "the model given"
+        else:
+            # the model a page draws beside the measurement is the one the file's chip was
+            # calibrated with; the published constants only when the file records none
+            calibration, where = recorded_calibration(self.config)
+            self.model = PCMModel(calibration)
+            self.model_origin = (f"the calibration the file records ({where})"
+                                 if calibration is not None else f"{PUBLISHED}: {where}")
         self.driver_identity = r.driver_identity
         self.created = r.created
         targets = r.targets()
@@ -130,7 +165,11 @@ class RunData:
         self._level_of = np.where(self.converged, self.groups.index, -1)
         counts = np.bincount(self._level_of[self._level_of >= 0], minlength=len(self.groups))
         self._level_count = counts.astype(np.float64)
-        order = np.argsort(self._level_of, kind="stable")
+        # few levels: a stable sort of 16-bit keys is numpy's radix sort, several times
+        # faster than one of intp on a million cells
+        keys = (self._level_of.astype(np.int16) if len(self.groups) < 2**15
+                else self._level_of)
+        order = np.argsort(keys, kind="stable")
         self._order = order[self._level_of[order] >= 0]
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
 
@@ -172,13 +211,22 @@ class RunData:
         flat[self.cell] = g
         return flat.reshape(self.shape)
 
+    def _memo(self, name: str, key: object, compute):
+        """``compute()``, computed once per ``key`` (the pages of one file share it)."""
+        memo = self.__dict__.setdefault("_memos", {})
+        hit = memo.get(name)
+        if hit is None or hit[0] != key:
+            hit = memo[name] = (key, compute())
+        return hit[1]
+
     def convergence(self) -> list[LevelStats] | None:
         """Program-and-verify outcome per target level; None before it finished."""
         p = self.programming
         if p is None:
             return None
-        return convergence_by_level(self.target_us, p.conductance_us, p.converged,
-                                    p.iterations, model=self.model, groups=self.groups)
+        return self._memo("convergence", id(p), lambda: convergence_by_level(
+            self.target_us, p.conductance_us, p.converged, p.iterations, model=self.model,
+            groups=self.groups))
 
     def drift(self) -> list[DriftStats] | None:
         """Fitted drift exponent per level over the sampled converged cells, beside the
@@ -186,9 +234,10 @@ class RunData:
         t = np.asarray(self.time_s)
         if int((t >= self.model.calibration.t0_s).sum()) < 2:
             return None
-        g = np.stack(self._sample_rows)
-        return drift_by_level(self.target_us[self.sample], t, g,
-                              mask=self.converged[self.sample], model=self.model)
+        return self._memo("drift", (self.n_readouts, id(self.converged)),
+                          lambda: drift_by_level(
+                              self.target_us[self.sample], t, np.stack(self._sample_rows),
+                              mask=self.converged[self.sample], model=self.model))
 
     def level_labels(self) -> list[str]:
         return [self.groups.label(k) for k in range(len(self.groups))]
@@ -197,6 +246,10 @@ class RunData:
         """Per level (non-empty, converged cells): the model's mean and std of G over the
         whole schedule, what is still to come included (seeded Monte Carlo over up to
         ``MODEL_SAMPLE_CELLS`` of the level's targets)."""
+        return self._memo("model_curves", (max(self.time_s, default=0.0),
+                                           id(self.converged)), self._model_curves)
+
+    def _model_curves(self) -> list[LevelCurve]:
         t0 = self.model.calibration.t0_s
         planned = self.schedule_time_s[np.isfinite(self.schedule_time_s)]
         t_hi = max(float(planned.max()) if planned.size else 0.0,
@@ -226,6 +279,50 @@ class RunData:
 
     def close(self) -> None:
         self.reader.close()
+
+
+class SharedRuns:
+    """The ``RunData`` of each file that a server's pages have open, one per file and
+    shared by every page of it: a file's readouts are read and summarized once, however
+    many people look at the run (and a page opened again finds the work done). Pages run
+    on the server's one event loop; the lock only guards opening and releasing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, int], tuple[RunData, int]] = {}
+
+    def acquire(self, path: str | Path) -> RunData:
+        """The file's shared ``RunData`` (opened if no page has it); ``release`` it."""
+        st = Path(path).stat()  # a file replaced at the same path is another file
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            data, count = self._open.get(key, (None, 0))
+            if data is None:
+                data = RunData(path)
+            self._open[key] = (data, count + 1)
+            return data
+
+    def release(self, data: RunData) -> None:
+        """One page less; the last one closes the file."""
+        with self._lock:
+            for key, (d, count) in self._open.items():
+                if d is data:
+                    if count > 1:
+                        self._open[key] = (d, count - 1)
+                        return
+                    del self._open[key]
+                    break
+        data.close()
+
+    def close_all(self) -> None:
+        """Close every file (the server stops; its sessions end with it)."""
+        with self._lock:
+            open_, self._open = self._open, {}
+        for data, _ in open_.values():
+            data.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from pcmlab.dashboard.catalog import CatalogView
+from pcmlab.dashboard.data import SharedRuns
 from pcmlab.dashboard.pages.deployment import deployment_page
 from pcmlab.dashboard.pages.run import run_page
 from pcmlab.dashboard.pages.runs import runs_page
@@ -34,6 +35,7 @@ class Dashboard:
     host: str
     port: int
     token: str | None
+    shared: SharedRuns  # the run files its pages have open
 
     @property
     def url(self) -> str:
@@ -44,13 +46,19 @@ class Dashboard:
     def stop(self) -> None:
         self.server.stop()
         self.server.unlisten()
+        self.shared.close_all()
 
 
-def pages(catalog: CatalogView) -> dict[str, Application]:
-    def app(fn) -> Application:
-        return Application(FunctionHandler(partial(fn, catalog)))
+def pages(catalog: CatalogView, shared: SharedRuns | None = None
+          ) -> dict[str, Application]:
+    """The pages; ``shared``: the run files open on the server, shared by its run pages."""
+    def app(fn, **kwargs) -> Application:
+        return Application(FunctionHandler(partial(fn, catalog, **kwargs)))
 
-    out = {"/": app(runs_page), "/run": app(run_page), "/deployment": app(deployment_page),
+    if shared is None:
+        shared = SharedRuns()
+    out = {"/": app(runs_page), "/run": app(run_page, shared=shared),
+           "/deployment": app(deployment_page),
            "/sweep": app(sweep_page)}
     try:
         from pcmlab.dashboard.pages.cell import cell_page
@@ -82,7 +90,8 @@ def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
     kwargs = {}
     if token is not None:
         kwargs["auth_provider"] = TokenAuth(token)
-    app = BokehTornado(pages(catalog), extra_websocket_origins=origins,
+    shared = SharedRuns()
+    app = BokehTornado(pages(catalog, shared), extra_websocket_origins=origins,
                        absolute_url=f"http://{host}:{bound}",
                        # sessions only from pages this server handed out
                        secret_key=secrets.token_bytes(32), sign_sessions=True,
@@ -95,7 +104,7 @@ def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
     server = BaseServer(io_loop or IOLoop.current(), app, http)
     server.start()
     log.info("dashboard on %s:%d", host, bound)
-    return Dashboard(server, host, bound, token)
+    return Dashboard(server, host, bound, token, shared)
 
 
 class DashboardThread:

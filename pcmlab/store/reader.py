@@ -5,9 +5,12 @@ The xarray view of a run (``pcmlab.open_run``) lives above the store, in
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,11 +185,31 @@ def _open(path: Path, locking: bool = True) -> tuple[h5py.File, tuple[int, int] 
     return f, _SWMR.add(path, f)
 
 
-class RunReader:
-    """Read-only view of a run; safe to use while the run is still being written."""
+_LOCKING = contextvars.ContextVar("pcmlab_hdf5_locking", default=True)
 
-    def __init__(self, path: str | Path, *, locking: bool = True) -> None:
+
+@contextmanager
+def reading_without_locks() -> Iterator[None]:
+    """Every ``RunReader`` opened inside (in this thread, or this asyncio task) that is
+    not told otherwise takes no HDF5 file lock: for a reader that must never keep a writer,
+    ``resume`` or ``recover`` from opening the file, whichever code opens it (the
+    dashboard around ``cell_history``)."""
+    token = _LOCKING.set(False)
+    try:
+        yield
+    finally:
+        _LOCKING.reset(token)
+
+
+class RunReader:
+    """Read-only view of a run; safe to use while the run is still being written.
+    ``locking``: whether to take HDF5's file lock (default: yes, unless opened inside
+    ``reading_without_locks()``)."""
+
+    def __init__(self, path: str | Path, *, locking: bool | None = None) -> None:
         self.path = Path(path)
+        if locking is None:
+            locking = _LOCKING.get()
         self.file, self._swmr_key = _open(self.path, locking)
         try:
             self._validate()

@@ -3,6 +3,7 @@ beside the model, the schedule; followed live while the run is written."""
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 
@@ -22,7 +23,7 @@ from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
 from pcmlab.dashboard.catalog import CatalogView
-from pcmlab.dashboard.data import RunData
+from pcmlab.dashboard.data import RunData, SharedRuns
 from pcmlab.dashboard.pages.common import entry_of, fmt_s, header
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,18 @@ def _status_text(data: RunData) -> str:
 class RunPage:
     def __init__(self, doc: Document, data: RunData, title_div: Div) -> None:
         self.doc, self.data = doc, data
+        self.shown = data.n_readouts  # readouts this page has drawn (the data is shared)
         self.status = Div(text=_status_text(data), name="readout_status")
         self._heatmap()
         self._convergence()
         self._drift_curves()
         self._nu()
         self._schedule()
+        origin = Div(text=f"model (bands, dashed lines, model ν): {html.escape(data.model_origin)}",
+                     name="model_origin")
         doc.add_root(column(title_div, self.status, row(self.slider), self.heat,
-                            row(self.conv, self.iters), row(self.curves, self.nu_fig),
-                            self.sched, name="run_page"))
+                            row(self.conv, self.iters), origin,
+                            row(self.curves, self.nu_fig), self.sched, name="run_page"))
 
     # -- the array -------------------------------------------------------------------------
     def _heatmap(self) -> None:
@@ -230,14 +234,16 @@ class RunPage:
     # -- live ------------------------------------------------------------------------------
     def poll(self) -> None:
         try:
-            new = self.data.poll()
+            self.data.poll()  # the file's new rows (another page of it may have taken them)
         except Exception:  # a file that went bad stops following, and says so
             log.exception("following %s", self.data.path)
             self.status.text = "the file cannot be read any more; following stopped"
             self.doc.remove_periodic_callback(self.callback)
             return
+        new = list(range(self.shown, self.data.n_readouts))
         if not new:
             return
+        self.shown = self.data.n_readouts
         self.level_source.stream(self._level_columns(new))
         self.nu_source.data = self._nu_columns()
         self.sched_source.data = self._schedule_columns()
@@ -252,14 +258,24 @@ class RunPage:
         self.status.text = _status_text(self.data)
 
 
-def run_page(catalog: CatalogView, doc: Document) -> None:
+def run_page(catalog: CatalogView, doc: Document, *, shared: SharedRuns | None = None
+             ) -> None:
+    """The page; ``shared``: the server's open files, which its pages of one file share
+    (None: this page's own)."""
     entry = entry_of(doc, catalog, ("run", "deployment", "characterization"))
     if entry is None:
         return
     t = time.perf_counter()
-    data = RunData(entry.path)
-    page = RunPage(doc, data, header(entry))
+    if shared is None:  # (an empty SharedRuns is falsy: never `shared or ...`)
+        shared = SharedRuns()
+    data = shared.acquire(entry.path)
+    try:
+        data.poll()  # what was flushed since another page of this file last looked
+        page = RunPage(doc, data, header(entry))
+    except BaseException:
+        shared.release(data)
+        raise
     log.info("run page of %s built in %.2f s", entry.id, time.perf_counter() - t)
     doc.title = f"pcmlab run {entry.id}"
     page.callback = doc.add_periodic_callback(page.poll, POLL_MS)
-    doc.on_session_destroyed(lambda _ctx: data.close())
+    doc.on_session_destroyed(lambda _ctx: shared.release(data))

@@ -19,6 +19,7 @@ from bokeh.models import (
 )
 
 from pcmlab.dashboard.catalog import KINDS, STATUSES, CatalogView, RunFilter
+from pcmlab.errors import CatalogError
 
 PAGE_ROWS = 50
 REFRESH_MS = 3000
@@ -100,7 +101,7 @@ class RunsPage:
         try:
             filt = self._filter()
             entries, total = self.catalog.runs(filt, self.offset, PAGE_ROWS)
-        except ValueError as exc:  # a filter the catalog cannot take: say which
+        except (ValueError, CatalogError) as exc:  # a filter the catalog cannot take
             self.message.text = f"<span style='color:firebrick'>{html.escape(str(exc))}</span>"
             return
         self.message.text = ""

@@ -118,3 +118,61 @@ def test_where_the_catalog_is(tmp_path, monkeypatch) -> None:
     with pytest.raises(CatalogUnavailableError) as err:
         open_catalog("postgresql://ada:s3cret@127.0.0.1:1/lab", timeout_s=1)
     assert "s3cret" not in str(err.value) and "ada:***@127.0.0.1:1/lab" in str(err.value)
+
+
+def test_pages_and_counts_of_many_runs(catalog_url: str) -> None:
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a writer that is gone: its runs still recorded as running are killed
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    kinds = ("run", "deployment", "sweep")
+    with open_catalog(catalog_url) as cat:
+        for i in range(130):
+            status, pid = ("finished", None) if i % 3 else ("stopped", None)
+            if i % 7 == 0:
+                status, pid = "running", dead.pid
+            elif i % 11 == 0:
+                status, pid = ("running", os.getpid()) if i % 2 else ("resumed", os.getpid())
+            _register(cat, kinds[i % 3], (start + dt.timedelta(hours=i)).isoformat(),
+                      status=status, pid=pid, meta={"i": i, "even": i % 2 == 0},
+                      config={"i": i}, n_readouts=i)
+        everything = cat.list_runs()
+        assert [r["meta"]["i"] for r in everything] == list(range(129, -1, -1))
+        assert cat.count_runs() == 130
+        shown = {r["meta"]["i"]: r["status"] for r in everything}
+        assert {i for i, s in shown.items() if s == "killed"} == set(range(0, 130, 7))
+        for f in ({}, {"kind": "run"}, {"status": "killed"}, {"status": "running"},
+                  {"status": ["killed", "finished"]}, {"status": "resumed"},
+                  {"status": "finished", "kind": "deployment"},
+                  {"status": ["running", "stopped"], "where": {"even": True}}):
+            statuses = f.get("status")
+            statuses = {statuses} if isinstance(statuses, str) else set(statuses or ())
+            want = [r["run_id"] for r in everything
+                    if (not statuses or r["status"] in statuses)
+                    and r["kind"] == f.get("kind", r["kind"])
+                    and r["meta"]["even"] == f.get("where", {}).get("even", r["meta"]["even"])]
+            assert want, f  # every case selects something
+            assert [r["run_id"] for r in cat.list_runs(**f)] == want, f
+            assert cat.count_runs(**f) == len(want), f
+            paged = [r["run_id"] for o in range(0, 140, 25)
+                     for r in cat.list_runs(**f, offset=o, limit=25)]
+            assert paged == want, f
+            assert [r["run_id"] for r in cat.list_runs(**f, limit=3)] == want[:3], f
+        oldest = cat.list_runs(newest_first=False, offset=5, limit=2)
+        assert [r["meta"]["i"] for r in oldest] == [5, 6]
+        # a listing's record is what get() has (its configuration aside, unless asked)
+        for r in cat.list_runs(offset=40, limit=5, with_config=True):
+            one = cat.get(r["run_id"])
+            one.pop("cells")
+            assert {k: v for k, v in r.items() if k not in ("status", "recorded_status")} \
+                == {k: v for k, v in one.items() if k != "status"}
+            assert r["recorded_status"] == one["status"]
+            assert r["started_at"].tzinfo == dt.timezone.utc
+            assert r["config"] == {"i": r["meta"]["i"]}
+        assert cat.list_runs(limit=1)[0]["config"] is None
+        with pytest.raises(CatalogError, match="offset -1"):
+            cat.list_runs(offset=-1)
+        with pytest.raises(CatalogError, match="'done'"):
+            cat.count_runs(status="done")

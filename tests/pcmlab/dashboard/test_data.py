@@ -98,3 +98,125 @@ def test_sweep_curves_are_the_chosen_slice():
         np.testing.assert_allclose(out["band_ys"][k][:4], 100 * (mean[k, 1] - mean[k, 1] / 10))
     out = sweep_curves(ds, "training", {"bits": "6", "training": "noise"})
     np.testing.assert_allclose(out["ys"][0], 100 * mean[1, 0])
+
+
+def _page_text(data, name: str) -> str:
+    from bokeh.document import Document
+    from bokeh.models import Div
+
+    from pcmlab.dashboard.pages.run import RunPage
+
+    doc = Document()
+    RunPage(doc, data, Div())
+    return doc.select_one({"name": name}).text
+
+
+def test_the_model_beside_a_run_is_the_calibration_its_file_records(tmp_path):
+    from pcmlab.pcm_model import PCMCalibration
+
+    # a chip whose fitted drift is six times the published one (nu = 0.3 at every level)
+    fitted = PCMCalibration(drift_mu_coeffs=(0.0, 0.3), drift_mu_range=(0.3, 0.3),
+                            drift_sigma_coeffs=(0.0, 0.01), drift_sigma_range=(0.01, 0.01),
+                            t0_s=40.0).model_dump(mode="json")
+    rng = np.random.default_rng(5)
+    cells = np.arange(2000, dtype=np.uint32)
+    target = rng.choice([5.0, 10.0, 20.0], cells.size).astype(np.float32)
+    times = np.geomspace(40, 4e5, 5)
+    for name, config in (("chip", {"chip": {"calibration": fitted}}),
+                         ("deploy", {"calibration": fitted, "chip": {}}),
+                         ("none", {})):
+        w = RunWriter.create(tmp_path / f"{name}.h5", config=config, driver_identity="t,T,1,0",
+                             cells=cells, target_us=target, schedule_time_s=times,
+                             geometry={"rows": 40, "cols": 50, "arrays": 1}, register=False)
+        w.write_programming(conductance_us=target, iterations=np.ones(cells.size, np.uint16),
+                            converged=np.ones(cells.size, bool),
+                            last_pulse_s=np.zeros(cells.size), end_chip_time_s=0.0,
+                            interrupted=False)
+        for t in times:  # measured: drifting with nu = 0.3 from t0 = 40 s
+            w.append_readout(float(t), 0.0, 0.0, (target * (t / 40.0) ** -0.3).astype(
+                np.float32))
+        w.close()
+    for name in ("chip", "deploy"):
+        d = RunData(tmp_path / f"{name}.h5")
+        try:
+            assert d.model.calibration.model_dump(mode="json") == fitted
+            for c in d.model_curves():
+                late = c.model_time_s[-1]
+                want = c.target_us * (late / 40.0) ** -0.3
+                assert abs(c.model_mean_us[-1] - want) < 0.05 * want, (name, c.label)
+            nu = d.drift()
+            assert [round(s.model_nu_mean, 6) for s in nu] == [0.3, 0.3, 0.3]
+            assert all(abs(s.nu_mean - 0.3) < 0.01 for s in nu)  # beside what was measured
+            text = _page_text(d, "model_origin")
+            assert "calibration the file records" in text and "published" not in text
+        finally:
+            d.close()
+    d = RunData(tmp_path / "none.h5")
+    try:  # no calibration in the file: the published one, and the page says so
+        assert d.model.calibration == PCMCalibration()
+        assert "published PCM constants" in _page_text(d, "model_origin")
+        assert all(abs(s.model_nu_mean - 0.3) > 0.15 for s in d.drift())
+    finally:
+        d.close()
+
+
+def test_the_cell_pages_reads_take_no_hdf5_lock(tmp_path, catalog, monkeypatch):
+    import subprocess
+    import sys
+
+    from pcmlab.store import RunReader
+    from tests.pcmlab.dashboard.live_writer import write_run
+
+    path = tmp_path / "done.h5"
+    write_run(path, rows=8, cols=16)  # registered in this test's catalog, chip serial 1
+
+    def writer_opens() -> str:  # another process opening the file for writing, now
+        out = subprocess.run([sys.executable, "-c", APPEND, str(path)],
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+    seen: list[str] = []
+    real = RunReader.targets
+
+    def targets(self):  # called while the history has the file open
+        seen.append(writer_opens())
+        return real(self)
+
+    monkeypatch.setattr(RunReader, "targets", targets)
+    ds = catalog.cell_history("1", 5)
+    assert ds.sizes["run"] == 1 and ds.sizes["read"] == 3
+    assert seen == ["ok"]
+    with RunReader(path):  # any other reader still locks as HDF5 does by default
+        assert writer_opens() != "ok"
+
+
+def test_pages_of_one_run_share_one_reading_and_each_gets_every_readout(live_writer):
+    from bokeh.document import Document
+    from bokeh.models import Div
+
+    from pcmlab.dashboard.data import SharedRuns
+    from pcmlab.dashboard.pages.run import RunPage
+
+    shared = SharedRuns()  # a server's
+    live, writer = live_writer("live.h5", readouts=5, first=2)
+    first = shared.acquire(live)
+    pages = [RunPage(Document(), first, Div())]
+    writer.next()
+    pages[0].poll()  # the first page takes readout 3 before the second page opens
+    again = shared.acquire(live)
+    assert again is first and again.n_readouts == 3  # nothing read twice
+    pages.append(RunPage(Document(), again, Div()))
+    writer.next()
+    for page in pages:  # the first to poll reads the row; the other must still draw it
+        page.poll()
+    for page in pages:
+        assert page.status.text.startswith("readouts: 4 of 5")
+        assert sorted(set(page.level_source.data["time_s"])) == first.time_s
+        assert page.slider.value == 4
+    shared.release(first)
+    assert first.reader.file.id.valid  # one page still has it open
+    shared.release(again)
+    assert not first.reader.file.id.valid and len(shared) == 0
+    shared.acquire(live)
+    shared.close_all()  # the server stops: every file it had open is closed
+    assert len(shared) == 0

@@ -74,6 +74,9 @@ def test_only_catalog_runs_are_read(serve, two_runs, monkeypatch):
     for page in ("deployment", "sweep"):  # a run is not a deployment or a sweep
         assert title(get(f"{s.base}/{page}?id={run_id}")[1]) == "pcmlab: not found"
     assert opened == [registered.resolve()]  # nothing else was ever opened
+    # a second page of the run shares the server's one reading of its file
+    assert title(get(f"{s.base}/run?id={run_id}")[1]) == f"pcmlab run {run_id}"
+    assert opened == [registered.resolve()] and len(s.dashboard.shared) == 1
     status, _, _ = get(f"{s.base}/static/../../../../etc/passwd")
     assert status in (403, 404)
 

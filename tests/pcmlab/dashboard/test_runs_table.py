@@ -1,0 +1,61 @@
+"""The runs table pages on the server through the catalog's public paging (list_runs
+with offset and limit, count_runs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from bokeh.document import Document
+
+from pcmlab.catalog import new_run_id
+from pcmlab.dashboard.catalog import RunFilter
+from pcmlab.dashboard.pages.runs import PAGE_ROWS, RunsPage
+
+
+def _many(catalog, n: int) -> list[str]:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    ids = []
+    for i in range(n):
+        rid = new_run_id()
+        catalog.catalog.register(rid, kind=("run", "deployment")[i % 2],
+                                 path=f"/data/r{i}.h5", chip_identity="pcmlab,MockPCM,SN-1,1",
+                                 started_at=start + dt.timedelta(minutes=i),
+                                 status="stopped" if i % 5 == 0 else "finished",
+                                 meta={"i": i})
+        ids.append(rid)
+    return ids[::-1]  # newest first
+
+
+def test_the_runs_table_is_paged_on_the_server(catalog, monkeypatch):
+    ids = _many(catalog, 2 * PAGE_ROWS + 17)
+    calls = []
+    real = catalog.catalog.list_runs
+
+    def spy(**kw):
+        calls.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(catalog.catalog, "list_runs", spy)
+    entries, total = catalog.runs(RunFilter(), PAGE_ROWS, PAGE_ROWS)
+    assert total == len(ids) and [e.id for e in entries] == ids[PAGE_ROWS:2 * PAGE_ROWS]
+    assert calls[-1]["offset"] == PAGE_ROWS and calls[-1]["limit"] == PAGE_ROWS
+    stopped = [rid for k, rid in enumerate(ids) if (len(ids) - 1 - k) % 5 == 0]
+    entries, total = catalog.runs(RunFilter(status="stopped"), 10, 5)
+    assert total == len(stopped) and [e.id for e in entries] == stopped[10:15]
+
+    doc = Document()
+    page = RunsPage(doc, catalog)
+    assert page.info.text == f"runs 1-{PAGE_ROWS} of {len(ids)}"
+    assert [i[:8] for i in ids[:PAGE_ROWS]] == page.source.data["id"]
+    page._move(PAGE_ROWS)
+    page._move(PAGE_ROWS)
+    assert page.info.text == f"runs {2 * PAGE_ROWS + 1}-{len(ids)} of {len(ids)}"
+    assert page.source.data["id"] == [i[:8] for i in ids[2 * PAGE_ROWS:]]
+    assert page.next.disabled and not page.prev.disabled
+    page.kind.value = "deployment"  # a filter starts again at the first page
+    deployments = ids[::2] if (len(ids) - 1) % 2 == 1 else ids[1::2]
+    assert page.info.text == f"runs 1-{PAGE_ROWS} of {len(deployments)}"
+    assert page.source.data["id"] == [i[:8] for i in deployments[:PAGE_ROWS]]
+    assert all(kw.get("limit") == PAGE_ROWS for kw in calls[-2:])  # never the whole table
+    page.tag.value = "."  # a key the catalog refuses: said on the page
+    assert "metadata key" in page.message.text
