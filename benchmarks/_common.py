@@ -60,6 +60,16 @@ def numpy_reference(n_cells: int, rounds: int = 20, seed: int = 0) -> Callable[[
     return run
 
 
+def zero_timing():
+    """The mock chip's operation times all zero (its defaults are a real controller's:
+    1 µs per pulse would put a second of virtual time on every SET of 1 M cells, and the
+    reads would then age the devices): the clock moves only when told, as the pulse-and-
+    read benchmarks state."""
+    from mock_chip.chip import OperationTimes
+
+    return OperationTimes(**dict.fromkeys(OperationTimes.model_fields, 0.0))
+
+
 def add_report_options(parser: argparse.ArgumentParser) -> None:
     """``--json PATH``: also write the figures machine-readably (``run_all.py`` does)."""
     parser.add_argument("--json", type=Path, metavar="PATH",
