@@ -99,6 +99,16 @@ class Figures:
                                     "load_average": os.getloadavg()}))
 
 
+def not_run(path: Path | None, reason: str) -> int:
+    """A benchmark that cannot run here (a missing browser, say): says why, and tells
+    run_all.py, whose rows then read "not run: <reason>" and count as missed. Returns the
+    exit status for ``main`` (0: the script did what it could)."""
+    print(f"not run: {reason}")
+    if path is not None:
+        path.write_text(json.dumps({"not_run": reason, "figures": {}}))
+    return 0
+
+
 def cpu_best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
     """(fastest wall time, fastest CPU time of this thread) over ``repeats`` runs, in s:
     on a machine shared with other work the CPU time is the steadier of the two."""
