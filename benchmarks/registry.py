@@ -86,7 +86,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("sweep.py", {
         "speedup": Target("sweep, 2 local workers over 1", "x", ">=", 1.6),
         "overhead_pct": Target("sweep engine overhead beside the bare tasks", "%", "<=", 10.0),
-    }, ("--runs", "8", "--pairs", "1")),
+    }, ("--quick", "--pairs", "1")),
     Benchmark("drift_compensation.py", {
         "device_sum_spread_pct": Target("drift compensation at 1 year, spread of alpha "
                                         "(device_sum, largest layer)", "%"),
