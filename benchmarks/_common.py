@@ -60,6 +60,16 @@ def numpy_reference(n_cells: int, rounds: int = 20, seed: int = 0) -> Callable[[
     return run
 
 
+def zero_timing():
+    """The mock chip's operation times all zero (its defaults are a real controller's:
+    1 µs per pulse would put a second of virtual time on every SET of 1 M cells, and the
+    reads would then age the devices): the clock moves only when told, as the pulse-and-
+    read benchmarks state."""
+    from mock_chip.chip import OperationTimes
+
+    return OperationTimes(**dict.fromkeys(OperationTimes.model_fields, 0.0))
+
+
 def add_report_options(parser: argparse.ArgumentParser) -> None:
     """``--json PATH``: also write the figures machine-readably (``run_all.py`` does)."""
     parser.add_argument("--json", type=Path, metavar="PATH",
@@ -87,6 +97,16 @@ class Figures:
             return
         path.write_text(json.dumps({"script": self.entry.script, "figures": self.values,
                                     "load_average": os.getloadavg()}))
+
+
+def not_run(path: Path | None, reason: str) -> int:
+    """A benchmark that cannot run here (a missing browser, say): says why, and tells
+    run_all.py, whose rows then read "not run: <reason>" and count as missed. Returns the
+    exit status for ``main`` (0: the script did what it could)."""
+    print(f"not run: {reason}")
+    if path is not None:
+        path.write_text(json.dumps({"not_run": reason, "figures": {}}))
+    return 0
 
 
 def cpu_best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:

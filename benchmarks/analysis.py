@@ -300,10 +300,13 @@ def report(figures: dict, args: argparse.Namespace, need_gb: float) -> None:
           f"{TARGETS['median_ratio']:g}: {verdict(checks['median_ratio'][1])})")
     print(f"level_drift : {d['ratio']:.2f} x bare h5py + numpy (target <= "
           f"{TARGETS['drift_ratio']:g}: {verdict(checks['drift_ratio'][1])})")
-    if args.json is not None:
+    if args.json is not None:  # "figures": the registry's keys (run_all.py reads them)
+        flat = {"open_s": o["pcmlab_s"], "peak_mib": o["pcmlab_peak_mb"],  # ru_maxrss / 1024: MiB
+                "median_ratio": m["ratio"], "level_drift_ratio": d["ratio"]}
         args.json.write_text(json.dumps({
+            "script": "analysis.py", "figures": flat, "details": figures,
             "benchmark": "analysis", "cells": args.cells, "readouts": args.readouts,
-            "quick": bool(args.quick), "load_average": list(load), "figures": figures,
+            "quick": bool(args.quick), "load_average": list(load),
             "targets": {k: {"value": v, "target": TARGETS[k], "met": ok}
                         for k, (v, ok) in checks.items()}}, indent=2))
 

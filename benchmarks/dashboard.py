@@ -16,13 +16,15 @@ names the new readout (the heatmap, curves and schedule are updated in the same 
 before it); the flush is the writer's time after its append, or the moment a bare h5py
 reader first saw the row if that is earlier. Targets: under 2 s and under 2 s.
 
-    python benchmarks/dashboard.py [--loads 3] [--readouts 3] [--json]
+    python benchmarks/dashboard.py [--loads 3] [--readouts 3] [--json PATH]
+
+Without Chromium, chromedriver or selenium it says "not run: ..." (and run_all.py counts
+its rows as not measured).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -36,6 +38,7 @@ from pathlib import Path
 import _common  # noqa: F401  (takes this folder off sys.path: see _common.py)
 import h5py
 import numpy as np
+from _common import Figures, add_report_options, not_run
 
 ROWS, COLS, READOUTS = 512, 2048, 30
 
@@ -110,8 +113,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--loads", type=int, default=3, help="page loads timed")
     p.add_argument("--readouts", type=int, default=3, help="live readouts timed")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    add_report_options(p)
     a = p.parse_args()
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        return not_run(a.json, f"{' and '.join(missing)} not installed (the page is "
+                       "measured in headless Chromium)")
+    report = Figures("dashboard.py")
     work = Path(tempfile.mkdtemp(prefix="pcmlab-bench-dashboard-"))
     os.environ["PCMLAB_CATALOG"] = str(work / "catalog.sqlite")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -120,8 +132,7 @@ def main() -> int:
     from tests.pcmlab.dashboard.conftest import LiveWriter
 
     def say(text: str) -> None:
-        if not a.json:
-            print(text, flush=True)
+        print(text, flush=True)
 
     t = time.perf_counter()
     writer = LiveWriter(work / "run.h5", rows=ROWS, cols=COLS,
@@ -188,9 +199,10 @@ def main() -> int:
             "rows": ROWS, "cols": COLS, "readouts": READOUTS,
             "load_average_1min": os.getloadavg()[0],
         }
-        say(f"load average {os.getloadavg()[0]:.1f}")
-        if a.json:
-            print(json.dumps({"dashboard": figures}))
+        say(f"load average {os.getloadavg()[0]:.1f}; render "
+            f"{report.add('render_median_s', figures['render_median_s'])}, flush to page "
+            f"{report.add('flush_to_page_median_s', figures['flush_to_page_median_s'])}")
+        report.write(a.json)
     finally:
         driver.quit()
         server.stop()

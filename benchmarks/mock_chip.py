@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import Figures, add_report_options, cpu_best_of, numpy_reference
+from _common import Figures, add_report_options, cpu_best_of, numpy_reference, zero_timing
 
 from mock_chip import MockChip
 from mock_chip.chip import OperationTimes
@@ -47,7 +47,7 @@ def main() -> None:
 
     n = args.rows * args.cols
     ref = numpy_reference(n, args.rounds)
-    chip_rounds, timed_rounds = rounds_of(OperationTimes()), rounds_of(TIMED)
+    chip_rounds, timed_rounds = rounds_of(zero_timing()), rounds_of(TIMED)
     runs = {"chip": [], "ref": [], "timed": []}
     for _ in range(args.repeats):  # interleaved: all three see the same load
         runs["chip"].append(cpu_best_of(chip_rounds, 1))

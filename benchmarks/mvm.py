@@ -24,13 +24,13 @@ from mock_chip.serial_server import SerialServer
 from pcmlab.analog.chip import ChipBackend
 from pcmlab.evaluator import AnalogEvaluator, Periphery
 from pcmlab.tasks import load_digits, reference_cnn, train_classifier
-from protocols.chip_inference import chip_mode
+from protocols.chip_inference import chip_mode, mvm_chip
 from protocols.program_verify import program_pairs
 
 
 def forward_times(ev: AnalogEvaluator, driver, mapping, x: torch.Tensor, n: int
                   ) -> tuple[list[float], int]:
-    backend = ChipBackend(driver, mapping, ev.network)
+    backend = ChipBackend(mvm_chip(driver), mapping, ev.network)
     out = []
     with chip_mode(ev, backend), torch.no_grad():
         for _ in range(n):

@@ -12,11 +12,10 @@ import argparse
 import time
 
 import numpy as np
-from _common import Figures, add_report_options, cpu_best_of, numpy_reference
+from _common import Figures, add_report_options, cpu_best_of, numpy_reference, zero_timing
 
 from drivers import MockDriver
 from mock_chip import MockChipConfig
-from mock_chip.chip import OperationTimes
 from protocols import program_and_verify
 
 
@@ -37,7 +36,7 @@ def main() -> None:
     for i in range(args.repeats):  # interleaved with the reference: both see the same load
         ref_times.append(cpu_best_of(ref, 1))
         driver = MockDriver(config=MockChipConfig(
-            geometry={"rows": args.rows, "cols": args.cols}, seed=i, timing=OperationTimes()))
+            geometry={"rows": args.rows, "cols": args.cols}, seed=i, timing=zero_timing()))
         t, c = time.perf_counter(), time.thread_time()
         result = program_and_verify(driver, cells, target)
         cpu_times.append(time.thread_time() - c)

@@ -86,7 +86,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("sweep.py", {
         "speedup": Target("sweep, 2 local workers over 1", "x", ">=", 1.6),
         "overhead_pct": Target("sweep engine overhead beside the bare tasks", "%", "<=", 10.0),
-    }, ("--runs", "8", "--pairs", "1")),
+    }, ("--quick", "--pairs", "1")),
     Benchmark("drift_compensation.py", {
         "device_sum_spread_pct": Target("drift compensation at 1 year, spread of alpha "
                                         "(device_sum, largest layer)", "%"),
@@ -99,7 +99,21 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "median_ratio": Target("  one level's median over time, vs bare h5py + numpy", "x",
                                "<=", 2.0),
         "level_drift_ratio": Target("  level_drift, vs numpy", "x", "<=", 2.0),
-    }),
+    }, ("--quick", "--repeats", "1")),
+    Benchmark("catalog.py", {
+        "list_s": Target("catalog, list every run on SQLite (10,000; --quick 500)", "s",
+                         "<=", 0.5),
+        "register_ms": Target("  one registration (register + finish)", "ms"),
+        "list_ratio": Target("  listing vs a plain SELECT", "x"),
+        "filter_ratio": Target("  filtering (kind + metadata) vs a plain SELECT", "x"),
+    }, ("--runs", "500")),
+    # needs Chromium and chromedriver: without them its rows say "not run: ..." (missed)
+    Benchmark("dashboard.py", {
+        "render_median_s": Target("dashboard, first full render of a 512 x 2048 run page",
+                                  "s", "<=", 2.0),
+        "flush_to_page_median_s": Target("  a readout's flush to the open page", "s", "<=",
+                                         2.0),
+    }, ("--loads", "1", "--readouts", "1")),
     # issue 23 item 3 (against aihwkit): benchmarks/vs_aihwkit.py reports these
     Benchmark("vs_aihwkit.py", {
         "digits_speedup": Target("digits CNN, aihwkit time / pcmlab time", "x", ">=", 10.0),

@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_one(entry, quick: bool, logs: Path, timeout_s: float) -> tuple[str, dict, float]:
-    """(status, figures, seconds) of one script: status "ok", "absent", "failed ..."."""
+    """(status, figures, seconds) of one script: status "ok", "absent", "failed ...",
+    "not run: <why>" (the script said it cannot run here, e.g. no browser)."""
     script = HERE / entry.script
     if not script.exists():
         return "absent", {}, 0.0
@@ -44,7 +45,10 @@ def run_one(entry, quick: bool, logs: Path, timeout_s: float) -> tuple[str, dict
         elapsed = time.perf_counter() - t
         if proc.returncode != 0 or not out.exists():
             return f"failed (exit {proc.returncode}, see {log})", {}, elapsed
-        return "ok", json.loads(out.read_text())["figures"], elapsed
+        report = json.loads(out.read_text())
+        if report.get("not_run"):  # the script could not run here: not a pass
+            return f"not run: {report['not_run']}", {}, elapsed
+        return "ok", report["figures"], elapsed
 
 
 def main() -> int:

@@ -82,6 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=8, help="runs per point")
     parser.add_argument("--pairs", type=int, default=3, help="timed (bare, engine) pairs")
+    parser.add_argument("--quick", action="store_true", help="a smaller sweep: 8 points "
+                        "(no read-noise axis) of one block of 4 runs")
     add_report_options(parser)
     args = parser.parse_args()
     figures = Figures("sweep.py")
@@ -90,6 +92,9 @@ def main() -> None:
             "training": {"stage1_epochs": 4, "stage2_epochs": 0},
             "axes": {"bits": [8, 6, 4, 3], "drift_compensation": [True, False],
                      "read_noise": [True, False]}}
+    if args.quick:
+        spec = {**spec, "runs": 4, "axes": {k: v for k, v in spec["axes"].items()
+                                            if k != "read_noise"}}
     config = SweepConfig.model_validate(spec)
     warm = SweepConfig.model_validate({**spec, "runs": 4, "axes": {"bits": [8, 4]}})
     n_eval = len(config.points()) * len(config.blocks())

@@ -370,21 +370,24 @@ def program_and_verify(
             touched = np.flatnonzero(pulsed)
             if touched.size == 0:
                 break
-            g[touched] = driver.read(cells_arr[touched])
+            g_read = np.asarray(driver.read(cells_arr[touched]), dtype=np.float32)  # as g holds
+            g[touched] = g_read
             calls += 1
             if it > 0:
                 iterations[touched] += 1
-            err = target[touched] - g[touched]
-            ok = np.abs(err) <= tol[touched]
+            # the touched cells' values gathered once each (the same numbers)
+            err = target[touched] - g_read
+            tol_touched, zero_touched = tol[touched], zero[touched]
+            ok = np.abs(err) <= tol_touched
             converged[touched[ok]] = True
             need_reset[touched] = False
             need_set[touched[ok]] = False
             # zero targets that still read high: RESET again
-            bad_zero = touched[~ok & zero[touched]]
+            bad_zero = touched[~ok & zero_touched]
             need_reset[bad_zero] = True
             # SET cells: feedback on the error; overshoot handled by policy
-            live = ~ok & ~zero[touched]
-            over = live & (err < -tol[touched])
+            live = ~ok & ~zero_touched
+            over = live & (err < -tol_touched)
             under = live & ~over
             idx_under = touched[under]
             amp[idx_under] = np.clip(amp[idx_under] + gain[idx_under] * err[under],
