@@ -90,7 +90,18 @@ class SimulatedAccuracy:
 
     @property
     def std(self) -> npt.NDArray[np.float64]:
-        return self.accuracy.std(axis=0)
+        """Sample standard deviation over the runs (ddof 1: the runs are a sample of
+        chips, and this is the spread shown as "± std"); NaN with a single run."""
+        return sample_std(self.accuracy)
+
+
+def sample_std(runs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per column (time) the sample standard deviation (ddof 1) over the rows (runs);
+    NaN where there is a single run (a spread of one chip is unknown)."""
+    a = np.atleast_2d(np.asarray(runs, dtype=np.float64))
+    if a.shape[0] < 2:
+        return np.full(a.shape[1], np.nan)
+    return a.std(axis=0, ddof=1)
 
 
 def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
