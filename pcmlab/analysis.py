@@ -207,7 +207,8 @@ def _as_rows(g_us: Any) -> Any:
 
 
 def fit_drift(
-    time_s: npt.ArrayLike, g_us: Any, *, t_min_s: float = 20.0
+    time_s: npt.ArrayLike, g_us: Any, *, t_min_s: float = 20.0,
+    age_offset_s: npt.ArrayLike | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per-device drift exponent nu and the variance of that estimate (from the fit's
     residuals): least squares of ln G on ln t over the readouts at or after ``t_min_s``
@@ -217,7 +218,12 @@ def fit_drift(
     ``g_us`` is readouts x cells: an array, or anything that reads by rows (a dask array,
     an h5py dataset); it is read once, a block of rows at a time, so memory is a few
     per-cell sums whatever the number of readouts. The sums are taken about a shift (the
-    mean ln t, each cell's first ln G), which keeps them as accurate as centred ones."""
+    mean ln t, each cell's first ln G), which keeps them as accurate as centred ones.
+
+    ``age_offset_s`` (one per cell): how much older than ``time_s`` each cell is (end of
+    programming minus its last pulse): the fit is then on ln(each cell's own age), where
+    its drift (t / t0)^-nu counts from. Without it every cell counts from ``time_s``, and
+    cells programmed minutes before the end fit a nu that is too low."""
     t = np.asarray(time_s, dtype=np.float64)
     g_rows = _as_rows(g_us)
     use = t >= t_min_s
@@ -226,8 +232,15 @@ def fit_drift(
                          f"have {int(use.sum())}")
     if g_rows.shape[0] != t.size:
         raise ConfigError(f"{t.size} readout times for {g_rows.shape[0]} readouts")
-    x_all = np.log(np.where(use, t, 1.0)) - np.log(t[use]).mean()
+    shift = np.log(t[use]).mean()
+    x_all = np.log(np.where(use, t, 1.0)) - shift
     n_cells = int(g_rows.shape[1])
+    offset = None
+    if age_offset_s is not None:
+        offset = np.nan_to_num(np.asarray(age_offset_s, dtype=np.float64))
+        if offset.shape != (n_cells,) or (offset < 0).any():
+            raise ConfigError(f"age offsets of shape {offset.shape}: need one non-negative "
+                              f"offset (s) per cell, {n_cells}")
     n, sx, sy, sxx, sxy, syy = np.zeros((6, n_cells))
     y_ref = None
     for first, block in row_blocks(g_rows):
@@ -235,7 +248,10 @@ def fit_drift(
         if not rows.any():
             continue
         g = block[rows].astype(np.float64)
-        x = x_all[first:first + block.shape[0]][rows][:, None]
+        if offset is None:
+            x = x_all[first:first + block.shape[0]][rows][:, None]
+        else:  # each cell's own age
+            x = np.log(t[first:first + block.shape[0]][rows][:, None] + offset) - shift
         valid = g > 0
         y = np.log(np.where(valid, g, 1.0), out=g)
         if y_ref is None:  # each cell's first reading (0 where it is not valid)
@@ -248,8 +264,8 @@ def fit_drift(
             sxx += (x * x * valid).sum(axis=0)
         else:
             n += valid.shape[0]
-            sx += x.sum()
-            sxx += (x * x).sum()
+            sx += x.sum(axis=0)
+            sxx += (x * x).sum(axis=0)
         sy += y.sum(axis=0)
         sxy += (x * y).sum(axis=0)
         syy += np.einsum("ij,ij->j", y, y)

@@ -91,7 +91,18 @@ class SimulatedAccuracy:
 
     @property
     def std(self) -> npt.NDArray[np.float64]:
-        return self.accuracy.std(axis=0)
+        """Sample standard deviation over the runs (ddof 1: the runs are a sample of
+        chips, and this is the spread shown as "± std"); NaN with a single run."""
+        return sample_std(self.accuracy)
+
+
+def sample_std(runs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Per column (time) the sample standard deviation (ddof 1) over the rows (runs);
+    NaN where there is a single run (a spread of one chip is unknown)."""
+    a = np.atleast_2d(np.asarray(runs, dtype=np.float64))
+    if a.shape[0] < 2:
+        return np.full(a.shape[1], np.nan)
+    return a.std(axis=0, ddof=1)
 
 
 def accuracy_metric(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -324,13 +335,18 @@ class AnalogEvaluator:
                  times_s: npt.ArrayLike, n_runs: int, rng: np.random.Generator, *,
                  pcm: PCMModel | None = None, noise: NoiseSwitches | None = None,
                  metric: Metric | None = None,
-                 verify_tolerance: tuple[float, float] = (0.5, 0.04)) -> SimulatedAccuracy:
+                 verify_tolerance: tuple[float, float] = (0.5, 0.04),
+                 age_offset_s: npt.ArrayLike | None = None) -> SimulatedAccuracy:
         """Monte Carlo over the statistical PCM model: per run one programming (with the
         calibration's faulty devices and the pair compensation of a deployment) and one set
         of drift exponents, independent read noise at every time. Drift compensation is
         referenced to the programmed state read at t0 (the model's, 20 s).
         ``verify_tolerance``: (µS, share of G_T) of the program-and-verify window, which
-        decides which faulty devices a deployment sees as stuck."""
+        decides which faulty devices a deployment sees as stuck. ``age_offset_s``: per
+        device (``device_targets`` order), how much older than ``times_s`` it is (the
+        end of programming minus its last pulse, as a deployment's file records): each
+        device then drifts and reads its 1/f noise at its own age, and the drift
+        reference is each device at t0 + its offset, as the readout nearest t0 is."""
         if n_runs < 1:
             raise ConfigError(f"n_runs = {n_runs}: need at least one run")
         pcm = pcm or PCMModel()
@@ -349,18 +365,37 @@ class AnalogEvaluator:
         dev = self.device
         q_read = torch.from_numpy(pcm.read_noise_q(g_t).astype(np.float32)).to(dev)
         gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
+        offset = None
+        if age_offset_s is not None:
+            offset = np.nan_to_num(np.asarray(age_offset_s, dtype=np.float64))
+            if offset.shape != g_t.shape or (offset < 0).any():
+                raise ConfigError(f"age offsets of shape {offset.shape}: need one "
+                                  f"non-negative offset (s) per device, {g_t.size}")
+            if not offset.any():
+                offset = None
 
         def read(g_prog: torch.Tensor, nu: torch.Tensor, q: torch.Tensor, t: float
                  ) -> torch.Tensor:
-            """pcm.drift and pcm.read_noise_sigma_us at one time t."""
-            if noise.drift:
-                g = torch.exp(nu * float(-np.log(max(t, t0) / t0))).mul_(g_prog)
+            """pcm.drift and pcm.read_noise_sigma_us at one time t (each device's own
+            age, t + its offset, when offsets are given)."""
+            if offset is None:
+                log_drift: float | torch.Tensor = float(-np.log(max(t, t0) / t0))
+                c: float | torch.Tensor = float(np.sqrt(max(float(
+                    pcm.read_noise_log_factor(t)), 0.0)))
             else:
-                g = g_prog.clone()
+                age = t + offset
+                log_drift = torch.from_numpy(
+                    -np.log(np.maximum(age, t0) / t0).astype(np.float32)).to(dev)
+                c = torch.from_numpy(np.sqrt(np.maximum(pcm.read_noise_log_factor(age), 0.0))
+                                     .astype(np.float32)).to(dev)
+            g = torch.exp(nu * log_drift).mul_(g_prog) if noise.drift else g_prog.clone()
             if noise.read:
-                c = float(np.sqrt(max(float(pcm.read_noise_log_factor(t)), 0.0)))
                 z = torch.randn(g.shape, generator=gen, device=dev)
-                g.addcmul_(g * q, z, value=c).clamp_(min=0.0)
+                if offset is None:
+                    g.addcmul_(g * q, z, value=float(c))
+                else:
+                    g.addcmul_(g * q, z * c)
+                g.clamp_(min=0.0)
             return g
 
         def tensor(a: npt.NDArray[np.float64]) -> torch.Tensor:

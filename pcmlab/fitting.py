@@ -137,7 +137,11 @@ def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult
                           "run to complete it)")
     burst = ro.conductance_us[:n_burst].astype(np.float64)
     burst_t = float(ro.time_s[:n_burst].mean())
-    nu_all, nu_var_all = fit_drift(ro.time_s, ro.conductance_us, t_min_s=prior.t0_s)
+    # each cell's own age: the readouts count from the end of programming, a cell's drift
+    # from its last pulse (seconds to minutes earlier on a large array)
+    offset_s = np.nan_to_num(prog.end_chip_time_s - prog.last_pulse_s).clip(min=0.0)
+    nu_all, nu_var_all = fit_drift(ro.time_s, ro.conductance_us, t_min_s=prior.t0_s,
+                                   age_offset_s=offset_s)
     levels = []
     for level in np.unique(target):
         sel = (target == level) & prog.converged
@@ -152,7 +156,7 @@ def fit_file(path: str | Path, prior: PCMCalibration | None = None) -> FitResult
         sigma_prog = math.sqrt(max(spread - within / n_burst, 0.0))
         read_sigma = math.sqrt(within)
         g_mean = float(b.mean())
-        log_factor = float(model.read_noise_log_factor(burst_t))
+        log_factor = float(model.read_noise_log_factor(burst_t + offset_s[sel]).mean())
         q_s = read_sigma / (g_mean * math.sqrt(log_factor)) if g_mean > 0 else math.nan
         # drift exponents per device, the fit noise taken out of their spread
         nu, nu_var = nu_all[sel], nu_var_all[sel]

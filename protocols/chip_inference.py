@@ -205,7 +205,7 @@ CHIP_COLUMNS = ("time_s", "uncorrected", "drift_compensated", "calibrated_once",
 class ChipModeAccuracy:
     """Accuracy through the chip at one time, four ways."""
 
-    time_s: float
+    time_s: float  # s after programming when its passes began (after its readout's)
     uncorrected: float
     drift_compensated: float
     calibrated_once: float  # drift compensation + the calibration fitted after programming
@@ -230,7 +230,11 @@ class ChipInTheLoop:
         self.results: list[ChipModeAccuracy] = []
 
     def at(self, time_s: float) -> ChipModeAccuracy:
+        """Chip mode now, ``time_s`` after programming (a readout's time). The row's time
+        is when its test-set passes began on the chip's clock: after the drift reference
+        and the calibration, which take chip time (seconds on a large network)."""
         ev, d, m = self.evaluator, self.driver, self.mapping
+        called_s = d.clock.now()
         sums = drift_reference(d, m)
         if self.reference is None:
             self.reference = sums
@@ -239,8 +243,9 @@ class ChipInTheLoop:
         if self.first is None:
             self.first = now
         x, y = self.x_test, self.y_test
+        began_s = float(time_s) + (d.clock.now() - called_s)
         row = ChipModeAccuracy(
-            float(time_s), chip_accuracy(ev, d, m, x, y),
+            began_s, chip_accuracy(ev, d, m, x, y),
             chip_accuracy(ev, d, m, x, y, drift=factors),
             chip_accuracy(ev, d, m, x, y, drift=factors, calibration=self.first),
             chip_accuracy(ev, d, m, x, y, drift=factors, calibration=now))

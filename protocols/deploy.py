@@ -191,7 +191,9 @@ def _evaluate_into(paths: list[Path], mapping: NetworkMapping, evaluator: Analog
                                        cfg.simulated_runs, np.random.default_rng(cfg.seed),
                                        pcm=pcm,
                                        verify_tolerance=(cfg.program.tolerance_abs_us,
-                                                         cfg.program.tolerance_rel))
+                                                         cfg.program.tolerance_rel),
+                                       age_offset_s=combined_age_offsets(paths, cells,
+                                                                         per_part))
     ideal = evaluator.ideal_accuracy(x_test, y_test)
     attrs: dict[str, Any] = {
         "periphery": cfg.periphery.model_dump(mode="json"),
@@ -277,6 +279,21 @@ def combined_readouts(paths: list[Path], mapping: NetworkMapping,
         g[:, part_of == k] = r[:n]
     assert times is not None
     return _Combined(np.asarray(times[:n], dtype=np.float64), g)
+
+
+def combined_age_offsets(paths: list[Path], cells: npt.NDArray[np.uint32],
+                         cells_per_part: int) -> npt.NDArray[np.float64]:
+    """Per device (the mapping's targets order): how much older it is than its readouts'
+    times, which count from the end of its part's programming: end of programming minus
+    the device's last pulse (0 where the file has none)."""
+    out = np.zeros(cells.size)
+    part_of = cells // cells_per_part
+    for k, p in enumerate(paths):
+        with RunReader(p) as run:
+            prog = run.programming()
+        if prog is not None:
+            out[part_of == k] = np.nan_to_num(prog.end_chip_time_s - prog.last_pulse_s)
+    return np.maximum(out, 0.0)
 
 
 def recorded_t0_s(path: str | Path) -> float:

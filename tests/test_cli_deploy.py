@@ -95,7 +95,10 @@ def test_deploy_mvm_records_chip_mode_over_tcp_and_refuses_a_chip_without_mvm(
                         "chip_recalibrated", "chip_time_s", "chip_uncorrected"]
         assert n == 13 and all(ev[k].shape == (n,) for k in chip)
         assert all(np.isfinite(ev[k][...]).all() for k in chip)
-        np.testing.assert_allclose(ev["chip_time_s"][...], ev["measured_time_s"][...])
+        # chip mode runs after its readout, once the chip's drift reference and
+        # calibration are done: its recorded times say so
+        lag = ev["chip_time_s"][...] - ev["measured_time_s"][...]
+        assert (lag > 0).all() and (lag < 600).all(), lag
     # a chip without MVM: one line naming it, before any work
     (tmp_path / "nomvm.toml").write_text("[geometry]\nrows = 256\ncols = 512\n"
                                          "[mvm]\nenabled = false\n")

@@ -43,7 +43,10 @@ def write_evaluation(
                              data=np.asarray(simulated_time_s, dtype=np.float64))
             g.create_dataset(S.SIMULATED_RUNS, data=runs)
             g.create_dataset(S.SIMULATED_MEAN, data=runs.mean(axis=0))
-            g.create_dataset(S.SIMULATED_STD, data=runs.std(axis=0))
+            # sample std over the simulated chips (ddof 1), as SimulatedAccuracy.std
+            g.create_dataset(S.SIMULATED_STD, data=(runs.std(axis=0, ddof=1)
+                                                    if runs.shape[0] > 1
+                                                    else np.full(runs.shape[1], np.nan)))
         for name, values in (chip or {}).items():
             g.create_dataset(f"chip_{name}", data=np.asarray(values, dtype=np.float64))
         if ideal_accuracy is not None:

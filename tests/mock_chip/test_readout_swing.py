@@ -64,3 +64,53 @@ def test_the_state_at_t0_has_stopped_relaxing(reads) -> None:
               f"20 s -> 60 s mean drop {100 * drop:.2f} % (drift alone {100 * expect:.2f} %)")
         assert spread == pytest.approx(model, rel=0.20)
         assert drop == pytest.approx(expect, abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_full_method_network_swings_between_readouts_no_more_than_the_model_says() -> None:
+    """Issue 21 item 14: for a network trained with the full method (learned DAC/ADC
+    ranges, the trained periphery) the mock's readouts of one chip a minute apart move the
+    drift-compensated accuracy no more than independent model reads of one programmed chip
+    do (measured: digits CNN 0.38 against 0.41 points over 24 readouts; the residual CNN
+    with BatchNorm 0.55 against 1.36 over 12: the mock's reads a minute apart share their
+    slow 1/f terms)."""
+    import torch
+
+    from pcmlab.evaluator import AnalogEvaluator
+    from pcmlab.tasks import load_digits, reference_cnn
+    from pcmlab.training import TrainingConfig, train_analognets
+    from protocols.program_verify import program_pairs
+
+    torch.manual_seed(0)
+    d = load_digits()
+    res = train_analognets(reference_cnn(), d.x_train, d.y_train,
+                           TrainingConfig(stage1_epochs=10, stage2_epochs=4))
+    ev = AnalogEvaluator(res.model, d.x_train, res.periphery, ranges=res.ranges)
+    mapping = ev.mapping(256, 512)
+    cells, target, _ = ev.device_targets(mapping)
+    plus, minus = mapping.pair_positions()
+    chip = MockDriver(config=MockChipConfig(geometry={"rows": 256, "cols": 512}, seed=1,
+                                            faults=FaultRates.none()))
+    result = program_pairs(chip, cells, target, plus, minus)
+    times = 25.0 + 60.0 * np.arange(24)
+    mock_rows = []
+    for t in times:
+        chip.clock.sleep_until(result.end_s + t)
+        mock_rows.append(chip.read(None)[cells])
+    rng = np.random.default_rng(0)
+    g_t = target.astype(np.float64)
+    g_prog, nu = MODEL.program(g_t, rng), MODEL.sample_nu(g_t, rng)
+    model_rows = []
+    for t in times:
+        g = MODEL.drift(g_prog, nu, t)
+        noise = MODEL.read_noise_sigma_us(g, g_t, t) * rng.standard_normal(g.shape)
+        model_rows.append(np.maximum(g + noise, 0.0))
+    x, y = d.x_test, d.y_test
+    mock = ev.measured(x, y, mapping, np.array(mock_rows), time_s=times, t0_s=25.0)
+    model = ev.measured(x, y, mapping, np.array(model_rows, dtype=np.float32),
+                        time_s=times, t0_s=25.0)
+    print(f"readout to readout: mock {100 * mock.std(ddof=1):.2f} points, model "
+          f"{100 * model.std(ddof=1):.2f} points (means {100 * mock.mean():.2f}, "
+          f"{100 * model.mean():.2f} %)")
+    # the mock's read noise 2.5 times the model's: 0.83 against 0.41, this fails
+    assert mock.std(ddof=1) <= 1.3 * model.std(ddof=1)

@@ -157,3 +157,24 @@ def test_drift_compensation_is_referenced_to_the_readout_at_t0(digits_model) -> 
     assert at_t0[0] == pytest.approx(ideal, rel=1e-3)  # the state at t0 is the reference
     first = ev.measured(d.x_test, d.y_test, mapping, rows, metric=size)  # first row: ref
     assert first[0] < 0.8 * at_t0[0]
+
+
+def test_the_simulated_spread_is_the_sample_std_over_the_chips(tmp_path) -> None:
+    """The runs are a sample of simulated chips: "± std" is their sample std (ddof 1),
+    in the result and in the file; a single run has no spread (NaN, never ± 0)."""
+    import h5py
+
+    from pcmlab.evaluator import SimulatedAccuracy
+    from pcmlab.store.evaluation import write_evaluation
+
+    runs = np.array([[0.90, 0.80], [0.94, 0.84], [0.92, 0.88]])
+    sim = SimulatedAccuracy(np.array([25.0, 3600.0]), runs)
+    print("std over 3 runs", sim.std, "ddof 0 would be", runs.std(axis=0))
+    np.testing.assert_allclose(sim.std, [0.02, 0.04])
+    assert np.isnan(SimulatedAccuracy(np.array([25.0]), runs[:1, :1]).std).all()
+    path = tmp_path / "e.h5"
+    h5py.File(path, "w").close()
+    write_evaluation(path, measured_time_s=[25.0], measured_accuracy=[0.9],
+                     simulated_time_s=sim.time_s, simulated_accuracy=runs)
+    with h5py.File(path) as f:
+        np.testing.assert_allclose(f["evaluation/simulated_accuracy_std"][...], sim.std)

@@ -139,3 +139,36 @@ def test_interrupted_characterization_resumes_on_a_rebuilt_mock(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert "6 readouts were there, 22 of 22 now" in proc.stdout
     assert fit_file(path).levels  # and the fit takes it
+
+
+def test_drift_fits_count_from_each_cells_own_last_pulse(tmp_path: Path) -> None:
+    """On a chip that programs slowly (2 ms per pulse), cells that converged first are up
+    to a minute older than the end of programming, where the readouts count from: fitted
+    against each cell's own age, nu is the model's; against the end of programming it is
+    several per cent low (the early readouts look flatter than they are)."""
+    from pcmlab.analysis import fit_drift
+    from pcmlab.store import RunReader
+
+    driver = MockDriver(config=MockChipConfig(geometry={"rows": 64, "cols": 128}, seed=4,
+                                              faults=FaultRates.none(),
+                                              timing={"pulse_per_cell_s": 2e-3}))
+    characterize(driver, tmp_path / "slow.h5", CharacterizeConfig(cells_per_level=500))
+    fit = fit_file(tmp_path / "slow.h5")
+    with RunReader(tmp_path / "slow.h5") as run:
+        prog, ro, target = run.programming(), run.readouts(), run.targets().conductance_us
+    offset = prog.end_chip_time_s - prog.last_pulse_s
+    nu_end, _ = fit_drift(ro.time_s, ro.conductance_us)  # every cell from the end
+    model = PCMModel(DEFAULT)
+    print(f"cells older than the end of programming by {np.nanmin(offset):.3f}.."
+          f"{np.nanmax(offset):.1f} s")
+    assert np.nanmax(offset) > 30.0
+    for lv in fit.levels:
+        if lv.target_us < 7.5:  # mu_nu at its floor from here: one sharp figure
+            continue
+        sel = (target == lv.target_us) & prog.converged
+        expect = float(model.drift_nu_mean(lv.target_us))
+        from_end = float(np.nanmean(nu_end[sel]))
+        print(f"{lv.target_us:5.1f} µS: nu {lv.nu_mean:.4f} (each cell's age), "
+              f"{from_end:.4f} (end of programming), model {expect:.4f}")
+        assert lv.nu_mean == pytest.approx(expect, rel=0.03)
+        assert from_end < expect * 0.97  # what counting from the end would have given
