@@ -12,7 +12,6 @@ a reader, or a resume after SIGKILL, never takes a half-written row for a measur
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import glob
 import json
 import logging
@@ -30,7 +29,7 @@ import numpy.typing as npt
 
 from pcmlab import __version__
 from pcmlab.errors import ConfigError, SchemaError
-from pcmlab.filelock import writer_alive
+from pcmlab.filelock import hold_writer_lock, writer_alive
 from pcmlab.store import schema as S
 
 if TYPE_CHECKING:
@@ -64,10 +63,10 @@ class RunWriter:
         self.registration = registration
         self._interrupted = False
         self._last_update_s = time.monotonic()
-        # A shared lock for as long as this writer lives (the kernel drops it if the
-        # process dies): resume and recover refuse a file whose writer is alive.
-        self._lock_fd: int | None = os.open(path, os.O_RDONLY)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        # The writer's lock for as long as this writer lives (the kernel drops it if the
+        # process dies): resume and recover refuse a file whose writer is alive, and the
+        # catalog tells a killed run from a running one (pcmlab.filelock).
+        self._lock_fd: int | None = hold_writer_lock(path)
 
     # -- creation --------------------------------------------------------------------------
     @classmethod
@@ -314,9 +313,7 @@ class RunWriter:
         if reg is None:
             return
         if not reg.finish(status, n_readouts=self._n_rows):
-            # this writer's own shared lock is still held (see close): HDF5's exclusive
-            # lock would refuse the file to us, so its locking is off for this one write
-            with h5py.File(self.path, "a", locking=False) as f:
+            with h5py.File(self.path, "a") as f:
                 f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
 
     def __enter__(self) -> RunWriter:
