@@ -1,6 +1,13 @@
 """Writing a measurement file: everything created up front, SWMR on at once, then the
 programming results and one row per readout, each flushed as it is written.
 
+The HDF5 file is open only while the writer writes: from creation to the end of
+programming, then for each readout, reopened in SWMR write mode (readouts are seconds to
+months apart). A writer killed between readouts so leaves a closed file that plain h5py
+and xarray open without ``recover``. When the next planned readout is due within
+``KEEP_OPEN_S`` of the last one, the file stays open for it. The writer's lock
+(``pcmlab.filelock``) is held for the writer's whole life, open file or not.
+
 SWMR goes on before anything is measured because a file a writer left open in plain mode
 (killed) opens in neither mode afterwards, while a SWMR file stays readable.
 
@@ -56,9 +63,15 @@ class RunWriter:
                  registration: Registration | None = None) -> None:
         self._f = file
         self.path = path
-        self._readouts = file[S.READOUTS]
-        self._g = self._readouts[S.CONDUCTANCE]
+        self._bind(file)
+        self._schedule_s = file[S.READOUTS][S.SCHEDULE][...]
+        self._programmed = False
+        self._closed = False
+        self._pins = 0  # readers in this process (they need the file kept open)
         self._n_rows = 0
+        st = os.stat(path)
+        self._key = (st.st_dev, st.st_ino)
+        _WRITERS[self._key] = self
         self.run_id = str(file.attrs.get(S.ATTR_RUN_ID, ""))
         self.registration = registration
         self._interrupted = False
@@ -67,6 +80,37 @@ class RunWriter:
         # process dies): resume and recover refuse a file whose writer is alive, and the
         # catalog tells a killed run from a running one (pcmlab.filelock).
         self._lock_fd: int | None = hold_writer_lock(path)
+
+    def _bind(self, file: h5py.File) -> None:
+        self._f = file
+        self._readouts = file[S.READOUTS]
+        self._g = self._readouts[S.CONDUCTANCE]
+
+    def _file(self) -> h5py.File:
+        """The file, reopened in SWMR write mode if the writer released it. HDF5's own
+        file locking is off for it: a reader holding the file open (HDF5 gives it a shared
+        lock) must not keep the run from writing its next readout; the writer's lock
+        already keeps a second writer out."""
+        if self._closed:
+            raise SchemaError(f"{self.path}: the writer is closed")
+        if not self._f.id.valid:
+            self._bind(_open_swmr_write(self.path))
+        return self._f
+
+    def release(self) -> None:
+        """Close the HDF5 file until the next write (the writer's lock stays held), so
+        that a kill meanwhile leaves a file any HDF5 tool opens. Kept open while a reader
+        in this process has it (HDF5 would not reopen for writing a file this process
+        has open read-only)."""
+        if self._f.id.valid and (self._pins == 0 or self._closed):
+            self._f.close()
+
+    def _pin(self) -> None:
+        self._file()
+        self._pins += 1
+
+    def _unpin(self) -> None:
+        self._pins = max(self._pins - 1, 0)
 
     # -- creation --------------------------------------------------------------------------
     @classmethod
@@ -204,7 +248,7 @@ class RunWriter:
     def update_targets(self, target_us: npt.ArrayLike) -> None:
         """Replace the targets by the ones finally programmed (same cells, e.g. after pair
         compensation); before the programming results are written."""
-        ds = self._f[S.TARGETS][S.CONDUCTANCE]
+        ds = self._file()[S.TARGETS][S.CONDUCTANCE]
         ds[...] = np.asarray(target_us, dtype=np.float32)
         ds.flush()
 
@@ -217,7 +261,7 @@ class RunWriter:
         """Store the programming results; the end time, written last, marks them complete.
         ``set_pulses`` / ``reset_pulses``: the pulses each cell received (a cell's
         endurance, summed across runs by ``pcmlab history``)."""
-        p = self._f[S.PROGRAMMING]
+        p = self._file()[S.PROGRAMMING]
         pulses = [(name, value, np.uint32) for name, value in
                   ((S.SET_PULSES, set_pulses), (S.RESET_PULSES, reset_pulses))
                   if value is not None and name in p]
@@ -241,10 +285,13 @@ class RunWriter:
         p[S.END_CHIP_TIME][()] = float(end_chip_time_s)
         p[S.END_CHIP_TIME].flush()
         self._interrupted = bool(interrupted)
+        self._programmed = not np.isnan(float(end_chip_time_s))
+        cells = self._f[S.TARGETS][S.CELL][:]
+        if self._schedule_s.size == 0 or self._schedule_s[0] >= KEEP_OPEN_S:
+            self.release()  # the first readout is a while away
         if self.registration is not None:
             from pcmlab.catalog.records import cell_ranges
 
-            cells = self._f[S.TARGETS][S.CELL][:]
             self.registration.update(cells=cell_ranges(
                 cells, "programmed", n_set=set_pulses, n_reset=reset_pulses))
 
@@ -254,9 +301,12 @@ class RunWriter:
         return self._n_rows
 
     def append_readout(self, time_s: float, chip_time_s: float, wall_time: float,
-                       conductance_us: npt.ArrayLike) -> int:
-        """Append one row and flush it; returns the row index."""
+                       conductance_us: npt.ArrayLike, *, keep_open: bool | None = None) -> int:
+        """Append one row and flush it; returns the row index. The file is then closed
+        until the next write unless ``keep_open`` (default: the next planned readout is due
+        within ``KEEP_OPEN_S`` of this one)."""
         g = np.asarray(conductance_us, dtype=np.float32)
+        self._file()
         if g.shape != (self._g.shape[1],):
             raise ConfigError(f"a readout has {g.size} values; this run has "
                               f"{self._g.shape[1]} cells")
@@ -276,6 +326,11 @@ class RunWriter:
         times[0][i] = time_s  # last: its value marks the row complete
         times[0].flush()
         self._n_rows = i + 1
+        if keep_open is None:
+            keep_open = (i + 1 < self._schedule_s.size
+                         and float(self._schedule_s[i + 1]) - time_s < KEEP_OPEN_S)
+        if not keep_open:
+            self.release()
         if self.registration is not None and (
                 time.monotonic() - self._last_update_s > READOUT_UPDATE_S):
             self._last_update_s = time.monotonic()
@@ -287,16 +342,18 @@ class RunWriter:
         programming interrupted, or fewer readouts), failed (an error ended it)."""
         if error is not None and not isinstance(error, KeyboardInterrupt):
             return "failed"
-        planned = self._readouts[S.SCHEDULE].shape[0]
-        programmed = not np.isnan(self._f[S.PROGRAMMING][S.END_CHIP_TIME][()])
-        if error is not None or self._interrupted or not programmed or self._n_rows < planned:
+        planned = self._schedule_s.size
+        if (error is not None or self._interrupted or not self._programmed
+                or self._n_rows < planned):
             return "stopped"
         return "finished"
 
     def close(self, error: BaseException | None = None) -> None:
-        status = self.status(error) if self._f.id.valid else None
-        if self._f.id.valid:
-            self._f.close()
+        status = None if self._closed else self.status(error)
+        self._closed = True
+        self.release()
+        if _WRITERS.get(self._key) is self:
+            del _WRITERS[self._key]
         try:  # the lock is held until the catalog knows how it ended (its hash takes time:
             # without the lock the run would show as killed meanwhile)
             if self.registration is not None and status is not None:
@@ -350,6 +407,7 @@ class RunWriter:
         path = Path(path)
         from pcmlab.store.reader import opens_closed
 
+        refuse_if_written(path)  # a live writer's file is closed between its readouts
         if opens_closed(path):
             return None
         entry = {"recovered_at": utc_now_iso(),
@@ -428,7 +486,8 @@ class RunWriter:
                     writer.append_readout(float(readouts.time_s[i]),
                                           float(readouts.chip_time_s[i]),
                                           float(readouts.wall_time[i]),
-                                          readouts.conductance_us[i])
+                                          readouts.conductance_us[i], keep_open=True)
+                writer.release()  # before the file takes the original's place
             except BaseException:
                 writer.close()
                 tmp.unlink(missing_ok=True)
@@ -450,6 +509,34 @@ class RunWriter:
 
 
 READOUT_UPDATE_S = 10.0  # the catalog's readout count follows a run at most this often
+# the file stays open for a readout due within this many seconds (on the chip's clock) of
+# the last one; further apart, it is closed between them
+KEEP_OPEN_S = 1.0
+
+
+_WRITERS: dict[tuple[int, int], RunWriter] = {}  # live writers of this process, by file
+
+
+def pin_for_reader(path: Path) -> Callable[[], None] | None:
+    """If a live RunWriter of this process writes ``path``: its file opened and kept open
+    for a reader, and the function that lets it go again; else None."""
+    st = path.stat()
+    writer = _WRITERS.get((st.st_dev, st.st_ino))
+    if writer is None or writer._closed:
+        return None
+    writer._pin()
+    return writer._unpin
+
+
+def _open_swmr_write(path: Path) -> h5py.File:
+    """The file reopened straight in SWMR write mode (h5py's ``File`` opens for writing
+    without SWMR first, a moment a live reader should not see), HDF5 locking off."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE,
+                        fapl=fapl)
+    return h5py.File(fid)
 
 
 def _new_run_id() -> str:

@@ -182,7 +182,7 @@ with h5py.File(sys.argv[1], "r", swmr=sys.argv[2] == "swmr") as f:
 """
 
 
-@pytest.mark.parametrize("reader", ["swmr"])
+@pytest.mark.parametrize("reader", ["swmr", "plain"])
 def test_killed_while_a_reader_holds_the_file(reader, tmp_path) -> None:
     """A reader with the file open (HDF5 holds a file lock for it) neither makes a killed
     run look running nor a running one killed."""
