@@ -4,6 +4,7 @@ driver equal the cumulative count; open_run takes a run id."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pcmlab
 from pcmlab.catalog import open_catalog
@@ -67,3 +68,34 @@ def test_history_counts_every_pulse(catalog_url, monkeypatch, tmp_path, capsys) 
         run_id = cat.list_runs(kind="characterization")[0]["run_id"]
     assert pcmlab.open_run(run_id[:8]).sizes["readout"] == 5
     assert main(["history", "--chip", "nope", "--cells", "1:2", "--catalog", catalog_url]) == 2
+
+
+@pytest.mark.slow
+def test_history_on_the_demos_chip_counts_every_pulse(tmp_path, monkeypatch, capsys) -> None:
+    """``pcmlab demo`` (a network deployed on the mock), then ``pcmlab history`` on its
+    chip: each cell's cumulative pulses are the pulses that reached the mock driver."""
+    from drivers.mock import MockDriver
+
+    catalog = str(tmp_path / "c.sqlite")
+    applied = {}
+    original = MockDriver.apply_pulses
+
+    def counting(self, cells, kind, amplitude_ua, width_ns):
+        n = original(self, cells, kind, amplitude_ua, width_ns)
+        # every pulse the driver applied, 0 µA ones included (program-and-verify lowers an
+        # overshooting cell's amplitude down to min_set_ua, 0 by default, and counts them)
+        counts = applied.setdefault(self.info.identity, np.zeros(self.info.n_cells, np.int64))
+        np.add.at(counts, np.asarray(cells, np.int64), 1)
+        return n
+
+    monkeypatch.setattr(MockDriver, "apply_pulses", counting)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--catalog", catalog, "demo", "--output-dir", "demo", "--epochs", "1",
+                 "--runs", "1", "--no-mvm"]) == 0
+    ((identity, pulses),) = applied.items()
+    touched = np.flatnonzero(pulses)
+    start, stop = int(touched.min()), int(touched.max()) + 1
+    ds = pcmlab.cell_history(identity.split(",")[2], f"{start}:{stop}", catalog)
+    assert list(ds.kind.values) == ["deployment"]
+    assert pulses.sum() > 1000  # the demo programmed the network
+    assert np.array_equal(ds.cumulative_pulses.values[-1], pulses[start:stop])
