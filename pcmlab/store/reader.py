@@ -361,6 +361,17 @@ class RunReader:
             reset_pulses=self._optional(f"{S.PROGRAMMING}/{S.RESET_PULSES}"),
         )
 
+    def pulse_counts(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]] | None:
+        """(SET, RESET) pulses each cell has received, as far as programming got: the
+        writer records them after every pulse call, so a run killed mid-programming has
+        them too. None in files from before they were recorded."""
+        self.refresh()
+        set_pulses = self._optional(f"{S.PROGRAMMING}/{S.SET_PULSES}")
+        reset_pulses = self._optional(f"{S.PROGRAMMING}/{S.RESET_PULSES}")
+        if set_pulses is None or reset_pulses is None:
+            return None
+        return set_pulses, reset_pulses
+
     def _optional(self, name: str) -> Any:
         return self._read(name) if name in self.file else None
 

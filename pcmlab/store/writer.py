@@ -159,7 +159,7 @@ class RunWriter:
         registration = None
         if register:  # before the file exists: a kill now leaves no half-made file behind
             registration = _register_start(run_id, path, kind, config, driver_identity,
-                                           cell_arr.size, geometry, network_mapping)
+                                           cell_arr, geometry, network_mapping)
         try:
             f = h5py.File(path, "w", libver="latest")
         except BaseException:
@@ -251,6 +251,14 @@ class RunWriter:
         ds = self._file()[S.TARGETS][S.CONDUCTANCE]
         ds[...] = np.asarray(target_us, dtype=np.float32)
         ds.flush()
+
+    def record_pulses(self, set_pulses: npt.ArrayLike, reset_pulses: npt.ArrayLike) -> None:
+        """The SET and RESET pulses each cell has received so far, while programming goes
+        on (one flush): a run killed mid-programming still tells its cells' endurance."""
+        p = self._file()[S.PROGRAMMING]
+        p[S.SET_PULSES][...] = np.asarray(set_pulses, dtype=np.uint32)
+        p[S.RESET_PULSES][...] = np.asarray(reset_pulses, dtype=np.uint32)
+        self._f.flush()
 
     def write_programming(
         self, *, conductance_us: npt.ArrayLike, iterations: npt.ArrayLike,
@@ -546,10 +554,13 @@ def _new_run_id() -> str:
 
 
 def _register_start(run_id: str, path: Path, kind: str, config: dict[str, Any],
-                    driver_identity: str, n_cells: int, geometry: dict[str, int] | None,
+                    driver_identity: str, cells: npt.NDArray[np.uint32],
+                    geometry: dict[str, int] | None,
                     network_mapping: str | None) -> Registration:
     """Register a run file about to be created (``pending`` says if the catalog did not
-    take it: the file then records it)."""
+    take it: the file then records it), with the cells it is to program (pulse counts
+    come when programming ends; until then, and after a kill, from the file)."""
+    from pcmlab.catalog.records import cell_ranges
     from pcmlab.catalog.registration import Registration
 
     fingerprint = json.loads(network_mapping).get("fingerprint") if network_mapping else None
@@ -557,7 +568,8 @@ def _register_start(run_id: str, path: Path, kind: str, config: dict[str, Any],
     meta = {k: config[k] for k in ("part", "parts") if k in config}
     reg = Registration.start(
         kind, path, run_id=run_id, chip_identity=driver_identity,
+        cells=cell_ranges(cells, "programmed"),
         driver=driver_identity, resource=config.get("resource"), geometry=geometry,
-        config=config, n_cells=n_cells, n_readouts=0, network_fingerprint=fingerprint,
+        config=config, n_cells=int(cells.size), n_readouts=0, network_fingerprint=fingerprint,
         data_hash=data.get("sha256"), meta=meta)
     return reg

@@ -99,3 +99,52 @@ def test_history_on_the_demos_chip_counts_every_pulse(tmp_path, monkeypatch, cap
     assert list(ds.kind.values) == ["deployment"]
     assert pulses.sum() > 1000  # the demo programmed the network
     assert np.array_equal(ds.cumulative_pulses.values[-1], pulses[start:stop])
+
+
+# programs 64 cells on the mock and SIGKILLs itself as its pulse call number argv[3]
+# begins (the pulses of the calls before it were applied: their counts saved beside)
+KILLED_PROGRAMMING = """
+import os, signal, sys
+import numpy as np
+import pcmlab
+from drivers.mock import MockDriver
+calls, counts = [0], np.zeros(64, np.int64)
+original = MockDriver.apply_pulses
+def counting(self, cells, kind, amplitude_ua, width_ns):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[3]):
+        np.save(sys.argv[2], counts)
+        os.kill(os.getpid(), signal.SIGKILL)
+    n = original(self, cells, kind, amplitude_ua, width_ns)
+    np.add.at(counts, np.asarray(cells, np.int64), 1)
+    return n
+MockDriver.apply_pulses = counting
+cfg = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=600.0,
+                                                       n_readouts=3))
+with pcmlab.open_driver("mock://?rows=8&cols=8&seed=4") as d:
+    pcmlab.measure_run(d, cfg, sys.argv[1], cells=np.arange(64),
+                       target_us=np.linspace(0, 20, 64))
+"""
+
+
+def test_history_counts_the_pulses_of_a_run_killed_mid_programming(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    catalog = str(tmp_path / "c.sqlite")
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PCMLAB_CATALOG": catalog, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_PROGRAMMING, str(tmp_path / "k.h5"),
+                           str(tmp_path / "applied.npy"), "6"], env=env, timeout=120)
+    assert proc.returncode == -9
+    applied = np.load(tmp_path / "applied.npy")
+    assert applied.sum() > 64  # the RESET of every cell and some SET iterations
+    with open_catalog(catalog) as cat:
+        (run,) = cat.list_runs()
+        serial = run["chip_serial"]
+    assert run["status"] == "killed"
+    ds = pcmlab.cell_history(serial, "0:64", catalog)
+    assert not ds.programmed.values.any()  # programming never finished
+    assert np.array_equal(ds.cumulative_pulses.values[-1], applied)
