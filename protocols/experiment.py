@@ -188,10 +188,12 @@ def measure_into_file(
     with writer:
         if pairs is None:
             result = program_and_verify(driver, cells, target_us, program,
-                                        progress=program_progress, stop=stop)
+                                        progress=program_progress, stop=stop,
+                                        pulses=writer.record_pulses)
         else:
             result = program_pairs(driver, cells, target_us, pairs[0], pairs[1], program,
-                                   progress=program_progress, stop=stop)
+                                   progress=program_progress, stop=stop,
+                                   pulses=writer.record_pulses)
             writer.update_targets(result.target_us)
         writer.write_programming(
             conductance_us=result.g_us, iterations=result.iterations,

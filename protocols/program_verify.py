@@ -153,6 +153,9 @@ class ProgramResult:
 
 
 ProgressCallback = Callable[[ProgramProgress], None]
+# (SET pulses, RESET pulses) each cell has received so far, after every pulse call: a run
+# file records them as they grow, so a run killed mid-programming still counts its pulses
+PulseCallback = Callable[[npt.NDArray[np.uint32], npt.NDArray[np.uint32]], None]
 
 
 def differential_targets(
@@ -302,11 +305,13 @@ def program_and_verify(
     *,
     progress: ProgressCallback | None = None,
     stop: StopToken | None = None,
+    pulses: PulseCallback | None = None,
 ) -> ProgramResult:
     """Program each cell to its target conductance (µS) and verify it.
 
     Every cell is RESET first; zero targets stay RESET (re-RESET until they read within
     the window). Returns the partial result, marked interrupted, on Ctrl-C or ``stop``.
+    ``pulses(n_set, n_reset)`` is told the pulse counts so far after every pulse call.
     """
     cfg = config or ProgramVerifyConfig()
     info = driver.info
@@ -352,6 +357,8 @@ def program_and_verify(
                                     cfg.reset_width_ns)
                 calls += 1
                 n_reset[rs] += 1
+                if pulses is not None:
+                    pulses(n_set, n_reset)
                 last_pulse[rs] = driver.clock.now()
                 pulsed[rs] = True
                 if stop.requested:
@@ -362,6 +369,8 @@ def program_and_verify(
                 driver.apply_pulses(cells_arr[ss], PulseKind.SET, amp[ss], cfg.set_width_ns)
                 calls += 1
                 n_set[ss] += 1
+                if pulses is not None:
+                    pulses(n_set, n_reset)
                 last_pulse[ss] = driver.clock.now()
                 pulsed[ss] = True
                 if stop.requested:
@@ -434,6 +443,7 @@ def program_pairs(
     *,
     progress: ProgressCallback | None = None,
     stop: StopToken | None = None,
+    pulses: PulseCallback | None = None,
 ) -> ProgramResult:
     """Program differential pairs, then compensate pairs with a stuck device.
 
@@ -449,7 +459,8 @@ def program_pairs(
     cfg = config or ProgramVerifyConfig()
     p = np.asarray(plus, dtype=np.intp)
     m = np.asarray(minus, dtype=np.intp)
-    result = program_and_verify(driver, cells, target_us, cfg, progress=progress, stop=stop)
+    result = program_and_verify(driver, cells, target_us, cfg, progress=progress, stop=stop,
+                                pulses=pulses)
     if result.interrupted:
         return result
     tgt = result.target_us.copy()
@@ -476,9 +487,16 @@ def program_pairs(
              redo.size)
     # compensating targets may all be small (a partner a few tenths of a µS above its
     # stuck device): they are the protocol's, not a user's in another unit
+    def pulses_again(n_set_redo: npt.NDArray[np.uint32],
+                     n_reset_redo: npt.NDArray[np.uint32]) -> None:
+        n_set, n_reset = result.set_pulses.copy(), result.reset_pulses.copy()
+        n_set[redo] += n_set_redo
+        n_reset[redo] += n_reset_redo
+        pulses(n_set, n_reset)
+
     again = program_and_verify(driver, result.cells[redo], tgt[redo],
                                cfg.model_copy(update={"allow_targets_below_resolution": True}),
-                               stop=stop)
+                               stop=stop, pulses=None if pulses is None else pulses_again)
     g_us = result.g_us.copy()
     g_us[redo] = again.g_us
     iterations = result.iterations.copy()

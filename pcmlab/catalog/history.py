@@ -111,9 +111,11 @@ def _history(cat: Catalog, chip: str, start: int, stop: int) -> xr.Dataset:
                 converged[k, hit] = prog.converged[idx]
                 per_run["iterations"][k, hit] = prog.iterations[idx]
                 per_run["verify_us"][k, hit] = prog.conductance_us[idx]
-                if prog.set_pulses is not None:
-                    per_run["set_pulses"][k, hit] = prog.set_pulses[idx]
-                    per_run["reset_pulses"][k, hit] = prog.reset_pulses[idx]
+            # the pulses as far as programming got (a run killed mid-programming too)
+            counts = run.pulse_counts()
+            if counts is not None:
+                per_run["set_pulses"][k, hit] = counts[0][idx]
+                per_run["reset_pulses"][k, hit] = counts[1][idx]
             ro = run.readouts()
             for i in range(ro.n):
                 row = np.full(n_cells, np.nan, dtype=np.float32)

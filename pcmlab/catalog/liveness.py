@@ -1,8 +1,8 @@
-"""Is a run recorded as running still alive? A run file's writer holds a shared ``flock``
-on it for as long as it lives (``pcmlab.store.writer``): the lock gone while the catalog
-says running means the writer was killed. Other kinds (sweeps, checks) are judged by
-their writing process. Only runs written on this host can be judged; others stay as
-recorded."""
+"""Is a run recorded as running still alive? A run file's writer holds a lock on it for as
+long as it lives (``pcmlab.filelock``, one that HDF5's own file locks of readers do not
+touch): the lock gone while the catalog says running means the writer was killed. Other
+kinds (sweeps, checks) are judged by their writing process. Only runs written on this host
+can be judged; others stay as recorded."""
 
 from __future__ import annotations
 

@@ -180,6 +180,10 @@ def scan(catalog: Catalog, folder: str | Path) -> ScanReport:
                              cells=rec.cells, host=host, **fields)
             report.added.append((run_id, path))
             continue
+        if fields["status"] == "stopped" and known["status"] == "killed":
+            # a writer killed between readouts left its file closed, as a stopped run's
+            # is: the catalog, which saw it running, knows better
+            fields["status"] = "killed"
         run_id = known["run_id"]
         old_path = Path(known["path"])
         if old_path != path and known["host"] == host and old_path.exists():

@@ -171,9 +171,13 @@ def _open(path: Path, locking: bool = True) -> tuple[h5py.File, tuple[int, int] 
     key, f = _SWMR.acquire(path)
     if f is not None:
         return f, key
-    # A plain open first: it checks the file against truncation. A file a writer has open
-    # (live, or killed) refuses it and is read in SWMR mode, which follows a live writer.
-    f = _open_plain(path, locking)
+    # A live writer's file is read in SWMR mode, which follows it (between readouts the
+    # writer has it closed: a plain open would succeed and see no more rows). Otherwise a
+    # plain open first: it checks the file against truncation. A file a killed writer left
+    # open refuses it and is read in SWMR mode.
+    from pcmlab.filelock import writer_alive
+
+    f = None if writer_alive(path) else _open_plain(path, locking)
     if f is not None:
         return f, None
     try:
@@ -210,7 +214,17 @@ class RunReader:
         self.path = Path(path)
         if locking is None:
             locking = _LOCKING.get()
-        self.file, self._swmr_key = _open(self.path, locking)
+        _check_hdf5(self.path)
+        from pcmlab.store.writer import pin_for_reader
+
+        # a writer in this process keeps its file open while this reader has it
+        self._unpin = pin_for_reader(self.path)
+        try:
+            # (HDF5 refuses a second open with other locking flags than the writer's)
+            self.file, self._swmr_key = _open(self.path, locking and self._unpin is None)
+        except BaseException:
+            self._release_writer()
+            raise
         try:
             self._validate()
             if self._swmr_key is not None:
@@ -370,6 +384,17 @@ class RunReader:
             reset_pulses=self._optional(f"{S.PROGRAMMING}/{S.RESET_PULSES}"),
         )
 
+    def pulse_counts(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]] | None:
+        """(SET, RESET) pulses each cell has received, as far as programming got: the
+        writer records them after every pulse call, so a run killed mid-programming has
+        them too. None in files from before they were recorded."""
+        self.refresh()
+        set_pulses = self._optional(f"{S.PROGRAMMING}/{S.SET_PULSES}")
+        reset_pulses = self._optional(f"{S.PROGRAMMING}/{S.RESET_PULSES}")
+        if set_pulses is None or reset_pulses is None:
+            return None
+        return set_pulses, reset_pulses
+
     def _optional(self, name: str) -> Any:
         return self._read(name) if name in self.file else None
 
@@ -435,6 +460,12 @@ class RunReader:
             _SWMR.release(key)
         elif self.file.id.valid:
             self.file.close()
+        self._release_writer()
+
+    def _release_writer(self) -> None:
+        if self._unpin is not None:
+            unpin, self._unpin = self._unpin, None
+            unpin()
 
     def __enter__(self) -> RunReader:
         return self

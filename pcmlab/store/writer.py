@@ -1,6 +1,13 @@
 """Writing a measurement file: everything created up front, SWMR on at once, then the
 programming results and one row per readout, each flushed as it is written.
 
+The HDF5 file is open only while the writer writes: from creation to the end of
+programming, then for each readout, reopened in SWMR write mode (readouts are seconds to
+months apart). A writer killed between readouts so leaves a closed file that plain h5py
+and xarray open without ``recover``. When the next planned readout is due within
+``KEEP_OPEN_S`` of the last one, the file stays open for it. The writer's lock
+(``pcmlab.filelock``) is held for the writer's whole life, open file or not.
+
 SWMR goes on before anything is measured because a file a writer left open in plain mode
 (killed) opens in neither mode afterwards, while a SWMR file stays readable.
 
@@ -12,7 +19,6 @@ a reader, or a resume after SIGKILL, never takes a half-written row for a measur
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import glob
 import json
 import logging
@@ -30,7 +36,7 @@ import numpy.typing as npt
 
 from pcmlab import __version__
 from pcmlab.errors import ConfigError, SchemaError
-from pcmlab.filelock import writer_alive
+from pcmlab.filelock import hold_writer_lock, writer_alive
 from pcmlab.store import schema as S
 
 if TYPE_CHECKING:
@@ -57,17 +63,54 @@ class RunWriter:
                  registration: Registration | None = None) -> None:
         self._f = file
         self.path = path
-        self._readouts = file[S.READOUTS]
-        self._g = self._readouts[S.CONDUCTANCE]
+        self._bind(file)
+        self._schedule_s = file[S.READOUTS][S.SCHEDULE][...]
+        self._programmed = False
+        self._closed = False
+        self._pins = 0  # readers in this process (they need the file kept open)
         self._n_rows = 0
+        st = os.stat(path)
+        self._key = (st.st_dev, st.st_ino)
+        _WRITERS[self._key] = self
         self.run_id = str(file.attrs.get(S.ATTR_RUN_ID, ""))
         self.registration = registration
         self._interrupted = False
         self._last_update_s = time.monotonic()
-        # A shared lock for as long as this writer lives (the kernel drops it if the
-        # process dies): resume and recover refuse a file whose writer is alive.
-        self._lock_fd: int | None = os.open(path, os.O_RDONLY)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+        # The writer's lock for as long as this writer lives (the kernel drops it if the
+        # process dies): resume and recover refuse a file whose writer is alive, and the
+        # catalog tells a killed run from a running one (pcmlab.filelock).
+        self._lock_fd: int | None = hold_writer_lock(path)
+
+    def _bind(self, file: h5py.File) -> None:
+        self._f = file
+        self._readouts = file[S.READOUTS]
+        self._g = self._readouts[S.CONDUCTANCE]
+
+    def _file(self) -> h5py.File:
+        """The file, reopened in SWMR write mode if the writer released it. HDF5's own
+        file locking is off for it: a reader holding the file open (HDF5 gives it a shared
+        lock) must not keep the run from writing its next readout; the writer's lock
+        already keeps a second writer out."""
+        if self._closed:
+            raise SchemaError(f"{self.path}: the writer is closed")
+        if not self._f.id.valid:
+            self._bind(_open_swmr_write(self.path))
+        return self._f
+
+    def release(self) -> None:
+        """Close the HDF5 file until the next write (the writer's lock stays held), so
+        that a kill meanwhile leaves a file any HDF5 tool opens. Kept open while a reader
+        in this process has it (HDF5 would not reopen for writing a file this process
+        has open read-only)."""
+        if self._f.id.valid and (self._pins == 0 or self._closed):
+            self._f.close()
+
+    def _pin(self) -> None:
+        self._file()
+        self._pins += 1
+
+    def _unpin(self) -> None:
+        self._pins = max(self._pins - 1, 0)
 
     # -- creation --------------------------------------------------------------------------
     @classmethod
@@ -116,7 +159,7 @@ class RunWriter:
         registration = None
         if register:  # before the file exists: a kill now leaves no half-made file behind
             registration = _register_start(run_id, path, kind, config, driver_identity,
-                                           cell_arr.size, geometry, network_mapping)
+                                           cell_arr, geometry, network_mapping)
         try:
             f = h5py.File(path, "w", libver="latest")
         except BaseException:
@@ -205,9 +248,17 @@ class RunWriter:
     def update_targets(self, target_us: npt.ArrayLike) -> None:
         """Replace the targets by the ones finally programmed (same cells, e.g. after pair
         compensation); before the programming results are written."""
-        ds = self._f[S.TARGETS][S.CONDUCTANCE]
+        ds = self._file()[S.TARGETS][S.CONDUCTANCE]
         ds[...] = np.asarray(target_us, dtype=np.float32)
         ds.flush()
+
+    def record_pulses(self, set_pulses: npt.ArrayLike, reset_pulses: npt.ArrayLike) -> None:
+        """The SET and RESET pulses each cell has received so far, while programming goes
+        on (one flush): a run killed mid-programming still tells its cells' endurance."""
+        p = self._file()[S.PROGRAMMING]
+        p[S.SET_PULSES][...] = np.asarray(set_pulses, dtype=np.uint32)
+        p[S.RESET_PULSES][...] = np.asarray(reset_pulses, dtype=np.uint32)
+        self._f.flush()
 
     def write_programming(
         self, *, conductance_us: npt.ArrayLike, iterations: npt.ArrayLike,
@@ -218,7 +269,7 @@ class RunWriter:
         """Store the programming results; the end time, written last, marks them complete.
         ``set_pulses`` / ``reset_pulses``: the pulses each cell received (a cell's
         endurance, summed across runs by ``pcmlab history``)."""
-        p = self._f[S.PROGRAMMING]
+        p = self._file()[S.PROGRAMMING]
         pulses = [(name, value, np.uint32) for name, value in
                   ((S.SET_PULSES, set_pulses), (S.RESET_PULSES, reset_pulses))
                   if value is not None and name in p]
@@ -242,10 +293,13 @@ class RunWriter:
         p[S.END_CHIP_TIME][()] = float(end_chip_time_s)
         p[S.END_CHIP_TIME].flush()
         self._interrupted = bool(interrupted)
+        self._programmed = not np.isnan(float(end_chip_time_s))
+        cells = self._f[S.TARGETS][S.CELL][:]
+        if self._schedule_s.size == 0 or self._schedule_s[0] >= KEEP_OPEN_S:
+            self.release()  # the first readout is a while away
         if self.registration is not None:
             from pcmlab.catalog.records import cell_ranges
 
-            cells = self._f[S.TARGETS][S.CELL][:]
             self.registration.update(cells=cell_ranges(
                 cells, "programmed", n_set=set_pulses, n_reset=reset_pulses))
 
@@ -255,9 +309,12 @@ class RunWriter:
         return self._n_rows
 
     def append_readout(self, time_s: float, chip_time_s: float, wall_time: float,
-                       conductance_us: npt.ArrayLike) -> int:
-        """Append one row and flush it; returns the row index."""
+                       conductance_us: npt.ArrayLike, *, keep_open: bool | None = None) -> int:
+        """Append one row and flush it; returns the row index. The file is then closed
+        until the next write unless ``keep_open`` (default: the next planned readout is due
+        within ``KEEP_OPEN_S`` of this one)."""
         g = np.asarray(conductance_us, dtype=np.float32)
+        self._file()
         if g.shape != (self._g.shape[1],):
             raise ConfigError(f"a readout has {g.size} values; this run has "
                               f"{self._g.shape[1]} cells")
@@ -277,6 +334,11 @@ class RunWriter:
         times[0][i] = time_s  # last: its value marks the row complete
         times[0].flush()
         self._n_rows = i + 1
+        if keep_open is None:
+            keep_open = (i + 1 < self._schedule_s.size
+                         and float(self._schedule_s[i + 1]) - time_s < KEEP_OPEN_S)
+        if not keep_open:
+            self.release()
         if self.registration is not None and (
                 time.monotonic() - self._last_update_s > READOUT_UPDATE_S):
             self._last_update_s = time.monotonic()
@@ -288,16 +350,18 @@ class RunWriter:
         programming interrupted, or fewer readouts), failed (an error ended it)."""
         if error is not None and not isinstance(error, KeyboardInterrupt):
             return "failed"
-        planned = self._readouts[S.SCHEDULE].shape[0]
-        programmed = not np.isnan(self._f[S.PROGRAMMING][S.END_CHIP_TIME][()])
-        if error is not None or self._interrupted or not programmed or self._n_rows < planned:
+        planned = self._schedule_s.size
+        if (error is not None or self._interrupted or not self._programmed
+                or self._n_rows < planned):
             return "stopped"
         return "finished"
 
     def close(self, error: BaseException | None = None) -> None:
-        status = self.status(error) if self._f.id.valid else None
-        if self._f.id.valid:
-            self._f.close()
+        status = None if self._closed else self.status(error)
+        self._closed = True
+        self.release()
+        if _WRITERS.get(self._key) is self:
+            del _WRITERS[self._key]
         try:  # the lock is held until the catalog knows how it ended (its hash takes time:
             # without the lock the run would show as killed meanwhile)
             if self.registration is not None and status is not None:
@@ -314,9 +378,7 @@ class RunWriter:
         if reg is None:
             return
         if not reg.finish(status, n_readouts=self._n_rows):
-            # this writer's own shared lock is still held (see close): HDF5's exclusive
-            # lock would refuse the file to us, so its locking is off for this one write
-            with h5py.File(self.path, "a", locking=False) as f:
+            with h5py.File(self.path, "a") as f:
                 f.attrs[S.ATTR_CATALOG_PENDING] = reg.pending_record()
 
     def __enter__(self) -> RunWriter:
@@ -353,6 +415,7 @@ class RunWriter:
         path = Path(path)
         from pcmlab.store.reader import opens_closed
 
+        refuse_if_written(path)  # a live writer's file is closed between its readouts
         if opens_closed(path):
             return None
         entry = {"recovered_at": utc_now_iso(),
@@ -431,7 +494,8 @@ class RunWriter:
                     writer.append_readout(float(readouts.time_s[i]),
                                           float(readouts.chip_time_s[i]),
                                           float(readouts.wall_time[i]),
-                                          readouts.conductance_us[i])
+                                          readouts.conductance_us[i], keep_open=True)
+                writer.release()  # before the file takes the original's place
             except BaseException:
                 writer.close()
                 tmp.unlink(missing_ok=True)
@@ -453,6 +517,34 @@ class RunWriter:
 
 
 READOUT_UPDATE_S = 10.0  # the catalog's readout count follows a run at most this often
+# the file stays open for a readout due within this many seconds (on the chip's clock) of
+# the last one; further apart, it is closed between them
+KEEP_OPEN_S = 1.0
+
+
+_WRITERS: dict[tuple[int, int], RunWriter] = {}  # live writers of this process, by file
+
+
+def pin_for_reader(path: Path) -> Callable[[], None] | None:
+    """If a live RunWriter of this process writes ``path``: its file opened and kept open
+    for a reader, and the function that lets it go again; else None."""
+    st = path.stat()
+    writer = _WRITERS.get((st.st_dev, st.st_ino))
+    if writer is None or writer._closed:
+        return None
+    writer._pin()
+    return writer._unpin
+
+
+def _open_swmr_write(path: Path) -> h5py.File:
+    """The file reopened straight in SWMR write mode (h5py's ``File`` opens for writing
+    without SWMR first, a moment a live reader should not see), HDF5 locking off."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_file_locking(False, True)
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE,
+                        fapl=fapl)
+    return h5py.File(fid)
 
 
 def _new_run_id() -> str:
@@ -462,10 +554,13 @@ def _new_run_id() -> str:
 
 
 def _register_start(run_id: str, path: Path, kind: str, config: dict[str, Any],
-                    driver_identity: str, n_cells: int, geometry: dict[str, int] | None,
+                    driver_identity: str, cells: npt.NDArray[np.uint32],
+                    geometry: dict[str, int] | None,
                     network_mapping: str | None) -> Registration:
     """Register a run file about to be created (``pending`` says if the catalog did not
-    take it: the file then records it)."""
+    take it: the file then records it), with the cells it is to program (pulse counts
+    come when programming ends; until then, and after a kill, from the file)."""
+    from pcmlab.catalog.records import cell_ranges
     from pcmlab.catalog.registration import Registration
 
     fingerprint = json.loads(network_mapping).get("fingerprint") if network_mapping else None
@@ -473,7 +568,8 @@ def _register_start(run_id: str, path: Path, kind: str, config: dict[str, Any],
     meta = {k: config[k] for k in ("part", "parts") if k in config}
     reg = Registration.start(
         kind, path, run_id=run_id, chip_identity=driver_identity,
+        cells=cell_ranges(cells, "programmed"),
         driver=driver_identity, resource=config.get("resource"), geometry=geometry,
-        config=config, n_cells=n_cells, n_readouts=0, network_fingerprint=fingerprint,
+        config=config, n_cells=int(cells.size), n_readouts=0, network_fingerprint=fingerprint,
         data_hash=data.get("sha256"), meta=meta)
     return reg

@@ -330,3 +330,66 @@ def test_the_store_imports_none_of_its_views() -> None:
             found += [f"{module.name}: {n}" for n in names if n.startswith("pcmlab")
                       and not n.startswith("pcmlab.store") and n not in allowed]
     assert found == []
+
+
+# writes two readouts, then waits (as for a readout hours away) until it is killed
+BETWEEN_READOUTS = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from pcmlab.store import RunWriter
+    w = RunWriter.create(sys.argv[1], config={}, driver_identity="a,b,1,f",
+                         cells=np.arange(16), target_us=np.ones(16),
+                         schedule_time_s=[20.0, 200.0, 2000.0], register=False)
+    w.write_programming(conductance_us=np.ones(16), iterations=np.ones(16),
+                        converged=np.ones(16, bool), last_pulse_s=np.zeros(16),
+                        end_chip_time_s=0.0, interrupted=False)
+    for i, t in enumerate((20.0, 200.0)):
+        w.append_readout(t, t, 1.7e9 + i, np.full(16, i, "f4"))
+    print("waiting", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_run_killed_between_readouts_opens_without_recover(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    xarray = pytest.importorskip("xarray")
+    path = tmp_path / "run.h5"
+    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_READOUTS, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    with h5py.File(path, "r") as f:  # plain h5py: no "already open for write"
+        assert f["readouts/time_s"][:].tolist() == [20.0, 200.0]
+        assert f["readouts/conductance_us"][1].tolist() == [1.0] * 16
+    with xarray.open_dataset(path, group="readouts", engine="h5netcdf") as ds:
+        assert ds["conductance_us"].shape == (2, 16)
+    assert RunWriter.recover(path) is None  # nothing to recover: the file is closed
+
+
+def test_a_reader_in_the_writers_process_follows_it(tmp_path: Path) -> None:
+    """The writer closes its file between readouts; a reader in the same process (a
+    notebook measuring and looking) keeps it open and sees each new row."""
+    path = tmp_path / "run.h5"
+    w = RunWriter.create(path, config={}, driver_identity="a,b,1,f", cells=np.arange(4),
+                         target_us=np.ones(4), schedule_time_s=[10.0, 20.0, 30.0],
+                         register=False)
+    w.write_programming(conductance_us=np.ones(4), iterations=np.ones(4),
+                        converged=np.ones(4, bool), last_pulse_s=np.zeros(4),
+                        end_chip_time_s=0.0, interrupted=False)
+    w.append_readout(10.0, 10.0, 0.0, np.zeros(4))
+    with RunReader(path) as run:
+        assert run.n_readouts == 1
+        w.append_readout(20.0, 20.0, 0.0, np.ones(4))
+        run.refresh()
+        assert run.n_readouts == 2 and run.readouts().conductance_us[1].tolist() == [1.0] * 4
+    w.append_readout(30.0, 30.0, 0.0, np.full(4, 2.0))
+    w.close()
+    with h5py.File(path, "r") as f:
+        assert f["readouts/time_s"][:].tolist() == [10.0, 20.0, 30.0]

@@ -35,9 +35,10 @@ t_end_s = 1e6
 n_readouts = 12
 """
 
-# Runs `pcmlab run` and SIGKILLs itself right after the k-th HDF5 flush.
+# Runs `pcmlab run` and SIGKILLs itself right after the k-th HDF5 flush (k = 0: never;
+# then it prints how many flushes the run made).
 KILLER = textwrap.dedent("""
-    import os, signal, sys
+    import atexit, os, signal, sys
     import h5py
     config, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     count = 0
@@ -51,6 +52,8 @@ KILLER = textwrap.dedent("""
         return flush
     h5py.Dataset.flush = counting(h5py.Dataset.flush)
     h5py.File.flush = counting(h5py.File.flush)
+    if kill_at == 0:
+        atexit.register(lambda: print("flushes", count))
     from pcmlab.cli import main
     sys.exit(main(["run", config, "-o", out]))
 """)
@@ -115,16 +118,22 @@ def test_sigkill_at_many_points_then_resume(tmp_path: Path) -> None:
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     reference = tmp_path / "reference.h5"
-    assert pcmlab("run", str(config), "-o", str(reference)).returncode == 0
+    proc = subprocess.run([sys.executable, str(killer), str(config), str(reference), "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     with RunReader(reference) as run:
         ref = run.readouts()
         schedule = run.schedule_time_s
     n = schedule.size
-    # flushes 1-8 store programming (4 arrays, the SET and RESET pulse counts, interrupted
-    # flag, end time); then 3 per readout (every dataset grown with time_s NaN; the values;
-    # time_s)
-    prog = 8
-    kill_points = [1, 3, 6, 8, 9, 10, 11, 12, 17, 22, 28, 35, 42, 43]
+    # programming flushes first: the pulse counts after every pulse call (a kill
+    # mid-programming keeps them), then 8 storing the results (4 arrays, the SET and
+    # RESET pulse counts, interrupted flag, end time); then 3 per readout (every dataset
+    # grown with time_s NaN; the values; time_s)
+    total = int(proc.stdout.split("flushes")[-1])
+    prog = total - 3 * n
+    assert prog > 8 + 1  # a RESET call and a SET call at least
+    kill_points = [1, 3, prog - 2, prog, *(prog + k for k in (1, 2, 3, 4, 9, 14, 20, 27, 34,
+                                                               35))]
     for k in kill_points:
         out = tmp_path / f"killed-{k}.h5"
         proc = subprocess.run([sys.executable, str(killer), str(config), str(out), str(k)],

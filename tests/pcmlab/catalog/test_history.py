@@ -4,6 +4,7 @@ driver equal the cumulative count; open_run takes a run id."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import pcmlab
 from pcmlab.catalog import open_catalog
@@ -67,3 +68,83 @@ def test_history_counts_every_pulse(catalog_url, monkeypatch, tmp_path, capsys) 
         run_id = cat.list_runs(kind="characterization")[0]["run_id"]
     assert pcmlab.open_run(run_id[:8]).sizes["readout"] == 5
     assert main(["history", "--chip", "nope", "--cells", "1:2", "--catalog", catalog_url]) == 2
+
+
+@pytest.mark.slow
+def test_history_on_the_demos_chip_counts_every_pulse(tmp_path, monkeypatch, capsys) -> None:
+    """``pcmlab demo`` (a network deployed on the mock), then ``pcmlab history`` on its
+    chip: each cell's cumulative pulses are the pulses that reached the mock driver."""
+    from drivers.mock import MockDriver
+
+    catalog = str(tmp_path / "c.sqlite")
+    applied = {}
+    original = MockDriver.apply_pulses
+
+    def counting(self, cells, kind, amplitude_ua, width_ns):
+        n = original(self, cells, kind, amplitude_ua, width_ns)
+        # every pulse the driver applied, 0 µA ones included (program-and-verify lowers an
+        # overshooting cell's amplitude down to min_set_ua, 0 by default, and counts them)
+        counts = applied.setdefault(self.info.identity, np.zeros(self.info.n_cells, np.int64))
+        np.add.at(counts, np.asarray(cells, np.int64), 1)
+        return n
+
+    monkeypatch.setattr(MockDriver, "apply_pulses", counting)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--catalog", catalog, "demo", "--output-dir", "demo", "--epochs", "1",
+                 "--runs", "1", "--no-mvm"]) == 0
+    ((identity, pulses),) = applied.items()
+    touched = np.flatnonzero(pulses)
+    start, stop = int(touched.min()), int(touched.max()) + 1
+    ds = pcmlab.cell_history(identity.split(",")[2], f"{start}:{stop}", catalog)
+    assert list(ds.kind.values) == ["deployment"]
+    assert pulses.sum() > 1000  # the demo programmed the network
+    assert np.array_equal(ds.cumulative_pulses.values[-1], pulses[start:stop])
+
+
+# programs 64 cells on the mock and SIGKILLs itself as its pulse call number argv[3]
+# begins (the pulses of the calls before it were applied: their counts saved beside)
+KILLED_PROGRAMMING = """
+import os, signal, sys
+import numpy as np
+import pcmlab
+from drivers.mock import MockDriver
+calls, counts = [0], np.zeros(64, np.int64)
+original = MockDriver.apply_pulses
+def counting(self, cells, kind, amplitude_ua, width_ns):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[3]):
+        np.save(sys.argv[2], counts)
+        os.kill(os.getpid(), signal.SIGKILL)
+    n = original(self, cells, kind, amplitude_ua, width_ns)
+    np.add.at(counts, np.asarray(cells, np.int64), 1)
+    return n
+MockDriver.apply_pulses = counting
+cfg = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=600.0,
+                                                       n_readouts=3))
+with pcmlab.open_driver("mock://?rows=8&cols=8&seed=4") as d:
+    pcmlab.measure_run(d, cfg, sys.argv[1], cells=np.arange(64),
+                       target_us=np.linspace(0, 20, 64))
+"""
+
+
+def test_history_counts_the_pulses_of_a_run_killed_mid_programming(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    catalog = str(tmp_path / "c.sqlite")
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PCMLAB_CATALOG": catalog, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_PROGRAMMING, str(tmp_path / "k.h5"),
+                           str(tmp_path / "applied.npy"), "6"], env=env, timeout=120)
+    assert proc.returncode == -9
+    applied = np.load(tmp_path / "applied.npy")
+    assert applied.sum() > 64  # the RESET of every cell and some SET iterations
+    with open_catalog(catalog) as cat:
+        (run,) = cat.list_runs()
+        serial = run["chip_serial"]
+    assert run["status"] == "killed"
+    ds = pcmlab.cell_history(serial, "0:64", catalog)
+    assert not ds.programmed.values.any()  # programming never finished
+    assert np.array_equal(ds.cumulative_pulses.values[-1], applied)

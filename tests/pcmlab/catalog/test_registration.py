@@ -168,3 +168,42 @@ def test_registered_before_the_file_exists(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(registration.Registration, "start", classmethod(spy))
     _measure(tmp_path / "a.h5")
     assert seen == [False]
+
+
+# holds the run file open as another HDF5 program would (a notebook, the dashboard): HDF5
+# keeps a shared flock on it for as long as it is open
+HOLD_OPEN = """
+import sys, time
+import h5py
+with h5py.File(sys.argv[1], "r", swmr=sys.argv[2] == "swmr") as f:
+    assert "readouts/conductance_us" in f
+    print("open", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("reader", ["swmr", "plain"])
+def test_killed_while_a_reader_holds_the_file(reader, tmp_path) -> None:
+    """A reader with the file open (HDF5 holds a file lock for it) neither makes a killed
+    run look running nor a running one killed."""
+    catalog = str(tmp_path / "catalog.sqlite")
+    path = tmp_path / "slow.h5"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(path)], env=_env(catalog),
+                              stdout=subprocess.PIPE, text=True)
+    holder = None
+    try:
+        assert writer.stdout.readline().strip() == "waiting"
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), reader],
+                                  env=_env(catalog), stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "open"
+        with open_catalog(catalog) as cat:
+            assert [r["status"] for r in cat.list_runs()] == ["running"]
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+            assert holder.poll() is None  # the reader still has the file open
+            assert [r["status"] for r in cat.list_runs()] == ["killed"]
+    finally:
+        for proc in (writer, holder):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
