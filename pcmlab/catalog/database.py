@@ -337,7 +337,8 @@ class Catalog:
         identity string); ``kind``/``status``: one or several; ``since``/``until``: start
         times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
         present; ``where``: metadata values by (dotted) key, compared as JSON values.
-        A status of ``killed`` matches runs recorded as running whose writer is gone.
+        A status of ``killed`` matches runs recorded as killed and runs recorded as
+        running whose writer is gone.
         ``offset``/``limit``: one page of the result, in its order (``count_runs`` with
         the same filters says how many match in all). ``config`` (large) is None unless
         ``with_config``; ``get`` always has it."""
@@ -417,7 +418,9 @@ class Catalog:
                 raise CatalogError(f"status {', '.join(map(repr, unknown))} is not one of "
                                    f"{', '.join(T.STATUSES)}")
             open_ = {"running", "resumed"}
-            fixed = statuses - open_ - {"killed"}  # as recorded is as shown
+            # as recorded is as shown; "killed" matches both the runs recorded as killed
+            # (scan records them so) and the ones judged killed below
+            fixed = statuses - open_
             to_judge = open_ if "killed" in statuses else statuses & open_
             status_parts = [T.runs.c.status.in_(sorted(fixed))] if fixed else []
             if to_judge:

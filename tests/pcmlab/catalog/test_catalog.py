@@ -176,3 +176,15 @@ def test_pages_and_counts_of_many_runs(catalog_url: str) -> None:
             cat.list_runs(offset=-1)
         with pytest.raises(CatalogError, match="'done'"):
             cat.count_runs(status="done")
+
+
+def test_status_killed_matches_runs_recorded_as_killed(catalog_url: str) -> None:
+    # scan records a killed run as "killed": the filter must find it, beside the judged ones
+    with open_catalog(catalog_url) as cat:
+        stored = _register(cat, status="killed", started="2026-03-02T00:00:00")
+        done = _register(cat, status="finished", started="2026-03-01T00:00:00")
+        assert [r["run_id"] for r in cat.list_runs(status="killed")] == [stored]
+        assert cat.count_runs(status="killed") == 1
+        assert [r["run_id"] for r in cat.list_runs(status=["killed", "finished"],
+                                                   offset=1, limit=1)] == [done]
+        assert cat.count_runs(status=["killed", "finished"]) == 2
