@@ -335,7 +335,8 @@ class Catalog:
                   with_config: bool = False) -> list[dict[str, Any]]:
         """Runs matching every filter given, newest first. ``chip``: serial (or the full
         identity string); ``kind``/``status``: one or several; ``since``/``until``: start
-        times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
+        times (ISO 8601 or datetime, UTC if no zone; an ``until`` date without a time
+        takes in that whole day); ``tag``: metadata keys that must be
         present; ``where``: metadata values by (dotted) key, compared as JSON values.
         A status of ``killed`` matches runs recorded as killed and runs recorded as
         running whose writer is gone.
@@ -401,7 +402,12 @@ class Catalog:
         if since is not None:
             parts.append(T.runs.c.started_at >= utc(since))
         if until is not None:
-            parts.append(T.runs.c.started_at <= utc(until))
+            day = _date_only(until)
+            if day is not None:  # a date alone: to the end of that day (UTC), inclusive
+                parts.append(T.runs.c.started_at < utc(dt.datetime.combine(
+                    day + dt.timedelta(days=1), dt.time())))
+            else:
+                parts.append(T.runs.c.started_at <= utc(until))
         for key in _many(tag) if tag is not None else ():
             parts.append(_meta(key).as_string().is_not(None))
         for key, value in (where or {}).items():
@@ -572,6 +578,18 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     rec["meta"] = rec.get("meta") or {}
     rec.setdefault("config", None)
     return rec
+
+
+def _date_only(value: Any) -> dt.date | None:
+    """The day of a date given without a time (``date``, or text 'YYYY-MM-DD'), else None."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def _many(value: str | Iterable[str]) -> list[str]:

@@ -81,7 +81,8 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", action="append", choices=("running", "finished", "stopped",
                    "killed", "resumed", "recovered", "failed"), help="repeatable")
     p.add_argument("--since", metavar="TIME", help="started at or after (ISO 8601, UTC)")
-    p.add_argument("--until", metavar="TIME", help="started at or before (ISO 8601, UTC)")
+    p.add_argument("--until", metavar="TIME", help="started at or before (ISO 8601, UTC; a date "
+                   "alone, e.g. 2026-03-31, takes in that whole day)")
     p.add_argument("--tag", action="append", metavar="KEY", help="has this metadata key "
                    "(repeatable)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE", default=[],

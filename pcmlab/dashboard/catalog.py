@@ -60,6 +60,9 @@ class RunFilter:
             value = getattr(self, name)
             if value:
                 out[name] = parse_time(value)
+                if name == "until" and len(value.strip()) == 10:
+                    # a date alone: the catalog takes in the whole of that day
+                    out[name] = out[name].date()
         if self.tag:
             out["tag"] = list(self.tag)
         where = {}

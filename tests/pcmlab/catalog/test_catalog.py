@@ -188,3 +188,18 @@ def test_status_killed_matches_runs_recorded_as_killed(catalog_url: str) -> None
         assert [r["run_id"] for r in cat.list_runs(status=["killed", "finished"],
                                                    offset=1, limit=1)] == [done]
         assert cat.count_runs(status=["killed", "finished"]) == 2
+
+
+def test_until_a_date_takes_in_that_whole_day(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        late = _register(cat, started="2026-03-31T15:00:00")
+        _register(cat, started="2026-04-01T00:00:00")  # the next day: left out
+        early = _register(cat, started="2026-03-30T23:59:59")
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31")] == [late, early]
+        assert [r["run_id"] for r in cat.list_runs(until=dt.date(2026, 3, 31))] == [late,
+                                                                                     early]
+        assert cat.count_runs(until="2026-03-31") == 2
+        # a time is kept as given, inclusive
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T15:00:00")] == [late,
+                                                                                      early]
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T14:59")] == [early]

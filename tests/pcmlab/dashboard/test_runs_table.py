@@ -59,3 +59,11 @@ def test_the_runs_table_is_paged_on_the_server(catalog, monkeypatch):
     assert all(kw.get("limit") == PAGE_ROWS for kw in calls[-2:])  # never the whole table
     page.tag.value = "."  # a key the catalog refuses: said on the page
     assert "metadata key" in page.message.text
+
+
+def test_the_until_box_takes_in_the_whole_day(catalog):
+    ids = _many(catalog, 3)  # 2026-01-01 00:00, 00:01, 00:02
+    entries, total = catalog.runs(RunFilter(until="2026-01-01"), 0, 10)
+    assert total == 3 and [e.id for e in entries] == ids
+    entries, total = catalog.runs(RunFilter(until="2026-01-01T00:01"), 0, 10)
+    assert total == 2 and [e.id for e in entries] == ids[1:]
