@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -98,3 +100,29 @@ def utc(value: dt.datetime | str | float | None) -> dt.datetime | None:
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class _InexactError(ValueError):
+    pass
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if json.dumps(value) != text:  # 1.10 would read back as 1.1, 1e3 as 1000.0
+        raise _InexactError(text)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise _InexactError(text)  # NaN, Infinity: not JSON a catalog can compare
+
+
+def parse_value(text: str) -> Any:
+    """A metadata value typed on a command line or in a filter box: JSON (3, true, null,
+    "quoted text", {"a": 1}) when it reads back exactly as typed, else the text itself, so
+    that firmware=1.10 stays "1.10" and lot=1e3 stays "1e3" (quote to force text:
+    n='"3"')."""
+    try:
+        return json.loads(text, parse_float=_exact_float, parse_constant=_no_constant)
+    except ValueError:  # not JSON, or a number that would not read back as typed
+        return text

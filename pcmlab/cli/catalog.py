@@ -42,7 +42,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("tag", help="set metadata on a run: pcmlab tag ID key=value ...")
     p.add_argument("run_id")
     p.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="a dotted key nests "
-                   "(sample.batch=B7); a JSON value stays typed (n=3, ok=true), else text")
+                   "(sample.batch=B7); a JSON value stays typed (n=3, ok=true) when it reads "
+                   "back exactly as typed, else text (firmware=1.10 stays '1.10'; "
+                   "quote to force text: n='\"3\"')")
     add_catalog_option(p)
     p.set_defaults(func=cmd_tag)
 
@@ -86,15 +88,16 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", action="append", metavar="KEY", help="has this metadata key "
                    "(repeatable)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE", default=[],
-                   help="metadata KEY equals VALUE (dotted keys; repeatable)")
+                   help="metadata KEY equals VALUE (dotted keys; repeatable; "
+                   "VALUE read as for 'pcmlab tag': 3 is a number, 1.10 is text)")
 
 
 def parse_value(text: str) -> Any:
-    """A JSON value (3, 2.5, true, null, {"a": 1}) stays typed; anything else is text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    """A JSON value (3, true, null, {"a": 1}) stays typed when it reads back exactly as
+    typed; anything else (1.10, 1e3, ada) is text."""
+    from pcmlab.catalog.records import parse_value as parse
+
+    return parse(text)
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, Any]:

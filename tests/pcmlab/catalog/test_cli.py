@@ -155,3 +155,21 @@ def test_catalog_info_never_prints_a_password(capsys) -> None:
         == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "ada:***@127.0.0.1:1/lab" in " ".join(err.split())
+
+
+def test_tag_values_are_kept_as_typed(catalog_url, capsys) -> None:
+    # firmware=1.10 must not become 1.1, lot=1e3 not 1000.0; exact JSON stays typed
+    with open_catalog(catalog_url) as cat:
+        from pcmlab.catalog import new_run_id
+
+        rid = cat.register(new_run_id(), kind="run", path="/d/t.h5", status="finished")
+    c = ["--catalog", catalog_url]
+    assert main(["tag", rid, "firmware=1.10", "lot=1e3", "n=3", "gain=2.5", "ok=true",
+                 'serial="42"', *c]) == 0
+    with open_catalog(catalog_url) as cat:
+        meta = cat.get(rid)["meta"]
+    assert meta == {"firmware": "1.10", "lot": "1e3", "n": 3, "gain": 2.5, "ok": True,
+                    "serial": "42"}
+    assert [r["run_id"] for r in _runs(capsys, catalog_url, "--where", "firmware=1.10",
+                                       "--where", "lot=1e3", "--where", "n=3")] == [rid]
+    assert _runs(capsys, catalog_url, "--where", 'firmware="1.1"') == []

@@ -67,3 +67,11 @@ def test_the_until_box_takes_in_the_whole_day(catalog):
     assert total == 3 and [e.id for e in entries] == ids
     entries, total = catalog.runs(RunFilter(until="2026-01-01T00:01"), 0, 10)
     assert total == 2 and [e.id for e in entries] == ids[1:]
+
+
+def test_the_where_box_reads_values_as_the_cli_does(catalog):
+    rid = new_run_id()
+    catalog.catalog.register(rid, kind="run", path="/data/fw.h5", meta={"firmware": "1.10"})
+    assert RunFilter(where=("firmware=1.10",)).arguments()["where"] == {"firmware": "1.10"}
+    entries, total = catalog.runs(RunFilter(where=("firmware=1.10",)), 0, 10)
+    assert total == 1 and [e.id for e in entries] == [rid]
