@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from pcmlab import __version__
 from pcmlab.catalog import schema as T
 from pcmlab.catalog.location import redact, resolve_location, to_url
-from pcmlab.catalog.records import CellRange, ChipIdentity, now_utc, utc
+from pcmlab.catalog.records import CellRange, ChipIdentity, check_run_id, now_utc, utc
 from pcmlab.errors import CatalogError, CatalogUnavailableError
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class Catalog:
         Returns the run id."""
         if kind not in T.RUN_KINDS:
             raise CatalogError(f"run kind {kind!r} is not one of {', '.join(T.RUN_KINDS)}")
+        check_run_id(run_id)
         values = self._values(fields)
         values.update(kind=kind, path=str(Path(path).absolute()))
         now = now_utc()

@@ -19,6 +19,21 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
+def check_run_id(run_id: str, source: object = None) -> str:
+    """``run_id`` if it has the form pcmlab writes (a UUID, lower case with hyphens, as
+    ``new_run_id``), else CatalogError naming it and ``source`` (the file it came from):
+    an id is shown in pages and links, so nothing else may reach the catalog."""
+    try:
+        canonical = str(uuid.UUID(run_id)) if isinstance(run_id, str) else None
+    except ValueError:
+        canonical = None
+    if canonical != run_id:
+        where = f" in {source}" if source is not None else ""
+        raise CatalogError(f"run id {run_id!r}{where} is not a run id pcmlab writes (a UUID "
+                           "such as 3f2a6c1e-0b8d-4e57-9a4c-2d1f0e9b7a65); not registered")
+    return run_id
+
+
 @dataclass(frozen=True)
 class CellRange:
     """Cells [start, stop) of a chip that a run touched: ``action`` is programmed, read or

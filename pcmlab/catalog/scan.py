@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pcmlab.catalog.database import Catalog
-from pcmlab.catalog.records import CellRange, cell_ranges, new_run_id, utc
+from pcmlab.catalog.records import CellRange, cell_ranges, check_run_id, new_run_id, utc
 from pcmlab.catalog.registration import file_fields
 from pcmlab.errors import PcmlabError
 
@@ -163,6 +163,13 @@ def scan(catalog: Catalog, folder: str | Path) -> ScanReport:
         if rec is None:
             report.skipped.append((path, "not a file pcmlab wrote"))
             continue
+        if rec.run_id:
+            try:
+                check_run_id(rec.run_id, path)
+            except PcmlabError as exc:
+                log.warning("%s", exc)
+                report.skipped.append((path, str(exc)))
+                continue
         fields = dict(rec.fields)
         if fields["status"] != "running":
             fields.update(file_fields(path))

@@ -17,6 +17,7 @@ import pytest
 from pcmlab.catalog import open_catalog
 from pcmlab.catalog.registration import content_hash
 from pcmlab.cli import main
+from pcmlab.errors import CatalogError
 from tests.pcmlab.catalog.test_registration import SLOW_RUN, _env
 
 SWEEP = """
@@ -173,3 +174,28 @@ def test_tag_values_are_kept_as_typed(catalog_url, capsys) -> None:
     assert [r["run_id"] for r in _runs(capsys, catalog_url, "--where", "firmware=1.10",
                                        "--where", "lot=1e3", "--where", "n=3")] == [rid]
     assert _runs(capsys, catalog_url, "--where", 'firmware="1.1"') == []
+
+
+HOSTILE_ID = '"><img src=x onerror=alert(1)>'
+
+
+def test_scan_refuses_a_run_id_pcmlab_does_not_write(tmp_path, capsys) -> None:
+    # the id reaches pages and links: a file claiming this one must not be registered
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "evil.json").write_text(json.dumps({"run_id": HOSTILE_ID, "results": [],
+                                                  "failed": 0}))
+    (folder / "good.json").write_text(json.dumps({"run_id": "3f2a6c1e-0b8d-4e57-9a4c-"
+                                                  "2d1f0e9b7a65", "results": [], "failed": 0}))
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["catalog", "scan", str(folder), "--catalog", cat]) == 0
+    capsys.readouterr()
+    with open_catalog(cat) as c:
+        assert [r["run_id"] for r in c.list_runs()] == ["3f2a6c1e-0b8d-4e57-9a4c-2d1f0e9b7a65"]
+        from pcmlab.catalog.scan import scan
+
+        report = scan(c, folder)
+        (skipped,) = [why for p, why in report.skipped if p.name == "evil.json"]
+        assert "is not a run id pcmlab writes" in skipped and "evil.json" in skipped
+        with pytest.raises(CatalogError, match="not a run id pcmlab writes"):
+            c.register(HOSTILE_ID, kind="run", path="/x/a.h5")

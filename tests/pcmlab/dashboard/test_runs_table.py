@@ -4,6 +4,7 @@ with offset and limit, count_runs)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from bokeh.document import Document
 
@@ -75,3 +76,17 @@ def test_the_where_box_reads_values_as_the_cli_does(catalog):
     assert RunFilter(where=("firmware=1.10",)).arguments()["where"] == {"firmware": "1.10"}
     entries, total = catalog.runs(RunFilter(where=("firmware=1.10",)), 0, 10)
     assert total == 1 and [e.id for e in entries] == [rid]
+
+
+def test_the_id_link_is_escaped():
+    import re
+
+    from pcmlab.dashboard.catalog import RunEntry
+    from pcmlab.dashboard.pages.runs import LINK_TEMPLATE, _columns
+
+    # underscore's <%= %> inserts raw HTML; every field must go through <%- %> (escaped)
+    assert re.findall(r"<%(.)", LINK_TEMPLATE) == ["-", "-"]
+    hostile = '"><img src=x onerror=alert(1)>'
+    cols = _columns([RunEntry(id=hostile, kind="run", status="finished",
+                              path=Path("/d/x.h5"), started="")])
+    assert cols["link"] == ["/run?id=%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"]
