@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # columns a caller may set through register/update (the rest are the catalog's own)
 RUN_FIELDS = frozenset(c.name for c in T.runs.columns) - {"run_id", "chip_id", "updated_at"}
+OPEN_STATUSES = frozenset({"running", "resumed"})  # a file still being written
 _JSON_VALUE = (str, int, float, bool, type(None), list, dict)
 
 
@@ -192,6 +193,10 @@ class Catalog:
             else:
                 if "meta" in values:
                     values["meta"] = {**(existing.meta or {}), **values["meta"]}
+                if values.get("status") in OPEN_STATUSES:
+                    # written again (resumed): its end, hash and size are no longer true
+                    for key in ("ended_at", "content_hash", "file_size"):
+                        values.setdefault(key, None)
                 conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
                              .values(updated_at=now, **values))
             if cells is not None:

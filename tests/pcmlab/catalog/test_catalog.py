@@ -203,3 +203,23 @@ def test_until_a_date_takes_in_that_whole_day(catalog_url: str) -> None:
         assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T15:00:00")] == [late,
                                                                                       early]
         assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T14:59")] == [early]
+
+
+def test_a_resumed_run_loses_its_end_and_hash(catalog_url: str, tmp_path) -> None:
+    import os
+
+    from pcmlab.catalog.registration import file_fields
+    from pcmlab.catalog.scan import verify
+
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"first part")
+    with open_catalog(catalog_url) as cat:
+        rid = _register(cat, status="killed")
+        cat.register(rid, kind="run", path=path, status="finished",
+                     ended_at="2026-03-02T00:00:00", **file_fields(path))
+        assert verify(cat)[1] == []
+        cat.register(rid, kind="run", path=path, status="resumed", pid=os.getpid())
+        rec = cat.get(rid)
+        assert (rec["ended_at"], rec["content_hash"], rec["file_size"]) == (None, None, None)
+        path.write_bytes(b"first part, and the readouts after the resume")
+        assert verify(cat)[1] == []  # being written again: nothing to compare yet
