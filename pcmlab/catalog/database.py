@@ -33,16 +33,27 @@ OPEN_STATUSES = frozenset({"running", "resumed"})  # a file still being written
 _JSON_VALUE = (str, int, float, bool, type(None), list, dict)
 
 
-def _sqlite_engine(url: sa.URL, timeout_s: float) -> Engine:
-    if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_engine(url: sa.URL, timeout_s: float, *, create: bool = True,
+                   read_only: bool = False) -> Engine:
+    path = Path(url.database) if url.database and url.database != ":memory:" else None
+    if path is not None and not path.exists() and (not create or read_only):
+        raise CatalogError(
+            f"catalog {path} does not exist; check --catalog / PCMLAB_CATALOG (a mistyped "
+            "path is a new, empty catalog). A catalog is made by any measuring command "
+            "(pcmlab run, deploy, ...) or by 'pcmlab catalog scan FOLDER' over your files")
+    if path is not None and not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and read_only:  # SQLite's own read-only mode: it writes nothing
+        url = url.set(database=f"{path.absolute().as_uri()}?mode=ro",
+                      query={"uri": "true"})
     engine = sa.create_engine(url, connect_args={"timeout": timeout_s})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we say BEGIN ourselves (below)
         cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        if not read_only:  # a writer made it WAL; a read-only connection keeps that
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
         # WAL + NORMAL: never corrupt; a power cut may lose the last commits, which the
         # files still hold for 'pcmlab catalog scan'
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -63,30 +74,35 @@ class Catalog:
     """An open catalog. ``Catalog.open()`` finds it (argument, ``PCMLAB_CATALOG``, the
     per-user default); use as a context manager or call ``close()``."""
 
-    def __init__(self, engine: Engine, location: str) -> None:
+    def __init__(self, engine: Engine, location: str, *, read_only: bool = False) -> None:
         self.engine = engine
+        self.read_only = read_only
         self._write_engine = engine.execution_options(pcmlab_write=True)
         self.location = location
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str | Path | None = None, *, timeout_s: float = 10.0) -> Catalog:
+    def open(cls, location: str | Path | None = None, *, timeout_s: float = 10.0,
+             create: bool = True, read_only: bool = False) -> Catalog:
         """Open (and create or migrate) the catalog at a path or URL. ``timeout_s``: how
-        long to wait for a locked SQLite file or an unreachable server.
+        long to wait for a locked SQLite file or an unreachable server. ``create=False``:
+        a SQLite file that does not exist is refused (CatalogError naming it), not made.
+        ``read_only``: nothing is written (no tables made, no migration; SQLite opened in
+        its read-only mode); implies ``create=False``.
         Raises ``CatalogUnavailableError`` if it cannot be reached."""
         where = resolve_location(location)
         url = to_url(where)
         if url.get_backend_name() == "sqlite":
-            engine = _sqlite_engine(url, timeout_s)
+            engine = _sqlite_engine(url, timeout_s, create=create, read_only=read_only)
         elif url.get_backend_name() == "postgresql":
             engine = sa.create_engine(url, pool_pre_ping=True,
                                       connect_args={"connect_timeout": max(1, int(timeout_s))})
         else:
             raise CatalogError(f"catalog backend {url.get_backend_name()!r} is not "
                                "supported; use SQLite (a path) or postgresql://")
-        catalog = cls(engine, redact(url))
+        catalog = cls(engine, redact(url), read_only=read_only)
         try:
-            catalog._prepare()
+            catalog._check() if read_only else catalog._prepare()
         except BaseException:
             engine.dispose()
             raise
@@ -150,6 +166,21 @@ class Catalog:
                 conn.execute(T.schema_version.insert().values(
                     version=version, applied_at=now_utc(), pcmlab_version=__version__))
                 log.info("migrated catalog %s to schema %d", self.location, version)
+
+    def _check(self) -> None:
+        """A reader's look at the schema: refused unless it is this pcmlab's."""
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table(T.schema_version.name):
+                raise CatalogError(f"catalog {self.location} has no pcmlab tables; is it a "
+                                   "pcmlab catalog? (any measuring command or 'pcmlab "
+                                   "catalog scan FOLDER' makes one)")
+            version = self._version(conn)
+        if version != T.SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.location} has schema version {version}, this pcmlab "
+                f"({__version__}) reads {T.SCHEMA_VERSION}; "
+                + ("upgrade pcmlab" if version > T.SCHEMA_VERSION else
+                   "run 'pcmlab catalog scan' (a writer) once to bring it up to date"))
 
     @staticmethod
     def _version(conn: Connection) -> int:

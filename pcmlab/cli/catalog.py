@@ -110,14 +110,15 @@ def parse_pairs(items: list[str], what: str) -> dict[str, Any]:
     return out
 
 
-def _open(args: argparse.Namespace):  # -> Catalog
+def _open(args: argparse.Namespace, *, create: bool = False):  # -> Catalog
     from pcmlab.catalog import open_catalog
     from pcmlab.catalog.registration import OFF
 
     where = getattr(args, "catalog", None)
     if where is not None and str(where).lower() == OFF:
         raise ConfigError("the catalog is switched off (--catalog off); give a catalog")
-    return open_catalog(where)
+    # only scan makes a catalog: a mistyped path for the others is an error, not a new one
+    return open_catalog(where, create=create)
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,7 +266,7 @@ def cmd_catalog_info(args: argparse.Namespace) -> int:
 def cmd_catalog_scan(args: argparse.Namespace) -> int:
     from pcmlab.catalog.scan import scan
 
-    with _open(args) as cat:
+    with _open(args, create=True) as cat:
         report = scan(cat, args.folder)
     for run_id, path in report.added:
         console.print(f"[green]added[/]   {run_id[:8]} {path}")

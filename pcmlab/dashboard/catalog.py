@@ -111,7 +111,8 @@ class CatalogView:
 
     @classmethod
     def open(cls, location: str | Path | None = None) -> CatalogView:
-        return cls(open_catalog(location))
+        # read-only, as docs/dashboard.md promises: never creates, migrates or writes
+        return cls(open_catalog(location, read_only=True))
 
     def runs(self, filt: RunFilter, offset: int = 0, limit: int = 50
              ) -> tuple[list[RunEntry], int]:

@@ -199,3 +199,15 @@ def test_scan_refuses_a_run_id_pcmlab_does_not_write(tmp_path, capsys) -> None:
         assert "is not a run id pcmlab writes" in skipped and "evil.json" in skipped
         with pytest.raises(CatalogError, match="not a run id pcmlab writes"):
             c.register(HOSTILE_ID, kind="run", path="/x/a.h5")
+
+
+def test_readers_refuse_a_catalog_that_does_not_exist(tmp_path, capsys) -> None:
+    missing = tmp_path / "typo.sqlite"
+    assert main(["runs", "--catalog", str(missing)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "typo.sqlite does not exist" in err and "pcmlab catalog scan" in err
+    assert not missing.exists()
+    (tmp_path / "data").mkdir()
+    assert main(["catalog", "scan", str(tmp_path / "data"), "--catalog", str(missing)]) == 0
+    assert missing.exists()  # a writer makes it
+    assert main(["runs", "--catalog", str(missing)]) == 0

@@ -90,3 +90,26 @@ def test_the_id_link_is_escaped():
     cols = _columns([RunEntry(id=hostile, kind="run", status="finished",
                               path=Path("/d/x.h5"), started="")])
     assert cols["link"] == ["/run?id=%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"]
+
+
+def test_the_dashboard_never_makes_or_writes_a_catalog(tmp_path):
+    import pytest
+
+    from pcmlab.catalog import open_catalog
+    from pcmlab.dashboard.catalog import CatalogView
+    from pcmlab.errors import CatalogError
+
+    missing = tmp_path / "mistyped.sqlite"
+    with pytest.raises(CatalogError, match=r"mistyped\.sqlite does not exist.*catalog scan"):
+        CatalogView.open(missing)
+    assert not missing.exists()  # not made empty
+    path = tmp_path / "catalog.sqlite"
+    with open_catalog(path) as cat:
+        rid = cat.register(new_run_id(), kind="run", path="/d/a.h5", status="finished")
+    view = CatalogView.open(path)
+    try:
+        assert [e.id for e in view.runs(RunFilter())[0]] == [rid]
+        with pytest.raises(CatalogError, match="readonly"):
+            view.catalog.register(new_run_id(), kind="run", path="/d/b.h5")
+    finally:
+        view.close()
