@@ -70,6 +70,9 @@ class Registration:
     def __init__(self, run_id: str, kind: str, path: Path) -> None:
         self.run_id, self.kind, self.path = run_id, kind, path
         self.pending: str | None = None
+        # the record start() could not send: sent whole with the first update or finish
+        # that reaches a catalog not knowing the run (chip, config, start time, ...)
+        self._unsent: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, kind: str, path: str | Path, *, run_id: str | None = None,
@@ -78,15 +81,35 @@ class Registration:
         """Register a file being created (status running, this process as its writer)."""
         reg = cls(run_id or new_run_id(), kind, Path(path).absolute())
         fields.setdefault("pid", os.getpid())
-        reg._send(lambda cat: cat.register(reg.run_id, kind=kind, path=reg.path,
-                                           chip_identity=chip_identity, cells=cells,
-                                           status=status, **fields))
+        fields.setdefault("started_at", now_utc())
+        record = dict(fields, chip_identity=chip_identity, cells=cells, status=status)
+        if not reg._send(lambda cat: cat.register(reg.run_id, kind=kind, path=reg.path,
+                                                  **record)):
+            reg._unsent = record
         return reg
 
     def update(self, *, cells: list[CellRange] | None = None, **fields: Any) -> bool:
         """Change fields while the file is written (e.g. the cells, once programmed)."""
-        return self._send(lambda cat: cat.register(self.run_id, kind=self.kind,
-                                                   path=self.path, cells=cells, **fields))
+        return self._send_fields(cells, fields)
+
+    def _send_fields(self, cells: list[CellRange] | None, fields: dict[str, Any]) -> bool:
+        unsent = self._unsent
+
+        def action(cat: Any) -> None:
+            if unsent is not None and not cat.list_runs_by_id([self.run_id]):
+                record = {**unsent, **fields}
+                record["meta"] = {**(unsent.get("meta") or {}), **(fields.get("meta") or {})}
+                if cells is not None:
+                    record["cells"] = cells
+                cat.register(self.run_id, kind=self.kind, path=self.path, **record)
+            else:
+                cat.register(self.run_id, kind=self.kind, path=self.path, cells=cells,
+                             **fields)
+
+        if not self._send(action):
+            return False
+        self._unsent = None
+        return True
 
     def finish(self, status: str, *, cells: list[CellRange] | None = None,
                hash_file: bool = True, **fields: Any) -> bool:
@@ -94,9 +117,7 @@ class Registration:
         fields.setdefault("ended_at", now_utc())
         if hash_file and self.path.exists():
             fields.update(file_fields(self.path))
-        return self._send(lambda cat: cat.register(self.run_id, kind=self.kind,
-                                                   path=self.path, cells=cells,
-                                                   status=status, **fields))
+        return self._send_fields(cells, {**fields, "status": status})
 
     def pending_record(self) -> str:
         """What a file records when its registration is pending (JSON)."""

@@ -168,3 +168,34 @@ def test_registered_before_the_file_exists(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(registration.Registration, "start", classmethod(spy))
     _measure(tmp_path / "a.h5")
     assert seen == [False]
+
+
+def test_a_catalog_back_mid_run_gets_the_whole_record(tmp_path, monkeypatch) -> None:
+    import datetime as dt
+
+    from pcmlab.catalog.registration import Registration
+
+    where = str(tmp_path / "c.sqlite")
+    open_catalog(where).close()
+    monkeypatch.setenv("PCMLAB_CATALOG", where)
+    monkeypatch.setattr(registration, "REGISTER_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(where, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # locked while the run starts
+    before = dt.datetime.now(dt.timezone.utc)
+    reg = Registration.start("run", tmp_path / "a.h5", chip_identity="pcmlab,MockPCM,SN-7,1.2",
+                             config={"schedule": {"t0_s": 20.0}}, meta={"part": 1},
+                             geometry={"rows": 8, "cols": 8, "arrays": 1})
+    assert reg.pending is not None
+    time.sleep(0.05)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert reg.update(n_readouts=3, meta={"note": "back"})  # the first send that reaches it
+    with open_catalog(where) as cat:
+        rec = cat.get(reg.run_id)
+    assert (rec["chip_serial"], rec["rows"], rec["n_readouts"]) == ("SN-7", 8, 3)
+    assert rec["config"] == {"schedule": {"t0_s": 20.0}}
+    assert rec["meta"] == {"part": 1, "note": "back"}
+    assert before <= rec["started_at"] < before + dt.timedelta(seconds=0.2)  # not "now"
+    assert reg.finish("finished", hash_file=False)
+    with open_catalog(where) as cat:
+        assert cat.get(reg.run_id)["status"] == "finished"
