@@ -13,7 +13,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,14 @@ OFF = "off"  # PCMLAB_CATALOG=off (or --catalog off): register nothing
 PENDING_ATTR = "catalog_pending"
 RUN_ID_ATTR = "run_id"
 REGISTER_TIMEOUT_S = 5.0  # a run waits at most this long for a locked catalog
+# after a failed send, updates during the run (the readout path) do not try that catalog
+# again for this long: a locked or unreachable catalog delays at most one readout per
+# period, never every one; start and finish always try
+RETRY_AFTER_S = 300.0
 
 _location: str | None = None  # set by configure(); None: PCMLAB_CATALOG or the default
 _warned: set[str] = set()
+_failed_at: dict[str, float] = {}  # location -> time.monotonic() of its last failed send
 
 
 def configure(location: str | os.PathLike[str] | None) -> None:
@@ -90,9 +97,10 @@ class Registration:
 
     def update(self, *, cells: list[CellRange] | None = None, **fields: Any) -> bool:
         """Change fields while the file is written (e.g. the cells, once programmed)."""
-        return self._send_fields(cells, fields)
+        return self._send_fields(cells, fields, hot=True)
 
-    def _send_fields(self, cells: list[CellRange] | None, fields: dict[str, Any]) -> bool:
+    def _send_fields(self, cells: list[CellRange] | None, fields: dict[str, Any], *,
+                     hot: bool = False) -> bool:
         unsent = self._unsent
 
         def action(cat: Any) -> None:
@@ -106,7 +114,7 @@ class Registration:
                 cat.register(self.run_id, kind=self.kind, path=self.path, cells=cells,
                              **fields)
 
-        if not self._send(action):
+        if not self._send(action, hot=hot):
             return False
         self._unsent = None
         return True
@@ -125,16 +133,22 @@ class Registration:
                            "since": now_utc().isoformat(timespec="seconds"),
                            "reason": self.pending or ""}, sort_keys=True)
 
-    def _send(self, action: Any) -> bool:
+    def _send(self, action: Any, *, hot: bool = False) -> bool:
+        """``hot``: on a measurement's path (an update during the run): skipped while the
+        catalog failed within the last ``RETRY_AFTER_S``."""
         where = location()
         if where is None:
             return True  # registration switched off: nothing is pending
+        if hot and time.monotonic() - _failed_at.get(where, -math.inf) < RETRY_AFTER_S:
+            self.pending = self.pending or f"catalog {where} unavailable"
+            return False
         from pcmlab.catalog.database import Catalog
 
         try:
             with Catalog.open(where, timeout_s=REGISTER_TIMEOUT_S) as cat:
                 action(cat)
         except CatalogError as exc:
+            _failed_at[where] = time.monotonic()
             self.pending = str(exc)
             if where not in _warned:  # once: a month-long run must not warn per readout
                 _warned.add(where)
@@ -142,6 +156,7 @@ class Registration:
                             "the registration and 'pcmlab catalog scan' will catch up (%s)",
                             exc)
             return False
+        _failed_at.pop(where, None)
         self.pending = None
         return True
 
