@@ -49,7 +49,8 @@ def _columns(entries) -> dict[str, list]:
 class RunsPage:
     def __init__(self, doc: Document, catalog: CatalogView) -> None:
         self.catalog, self.offset = catalog, 0
-        self.chip = TextInput(title="chip", placeholder="serial or model", width=160)
+        # as 'pcmlab runs --chip': the serial (or the whole identity string)
+        self.chip = TextInput(title="chip", placeholder="serial", width=160)
         self.kind = Select(title="kind", value="", options=["", *KINDS], width=130)
         self.status = Select(title="status", value="", options=["", *STATUSES], width=120)
         self.since = TextInput(title="since (UTC)", placeholder="2026-03-01", width=140)
@@ -89,10 +90,14 @@ class RunsPage:
         def text(w) -> str | None:
             return w.value.strip() or None
 
+        tag, where = text(self.tag), text(self.where)
+        # the tag box as its placeholder says: a key (has it, as 'pcmlab runs --tag') or
+        # key=value (equals it, as --where)
+        tags = (tag,) if tag and "=" not in tag else ()
+        wheres = tuple(w for w in (where, tag if tag and "=" in tag else None) if w)
         return RunFilter(chip=text(self.chip), kind=text(self.kind), status=text(self.status),
                          since=text(self.since), until=text(self.until),
-                         tag=(text(self.tag),) if text(self.tag) else (),
-                         where=(text(self.where),) if text(self.where) else ())
+                         tag=tags, where=wheres)
 
     def _on_filter(self, _attr: str, _old: str, _new: str) -> None:
         self.offset = 0

@@ -113,3 +113,19 @@ def test_the_dashboard_never_makes_or_writes_a_catalog(tmp_path):
             view.catalog.register(new_run_id(), kind="run", path="/d/b.h5")
     finally:
         view.close()
+
+
+def test_the_tag_box_takes_a_key_or_key_value(catalog):
+    ada, bob = new_run_id(), new_run_id()
+    catalog.catalog.register(ada, kind="run", path="/d/a.h5", meta={"operator": "ada"},
+                             started_at="2026-01-02T00:00:00")
+    catalog.catalog.register(bob, kind="run", path="/d/b.h5", meta={"operator": "bob"},
+                             started_at="2026-01-01T00:00:00")
+    page = RunsPage(Document(), catalog)
+    page.tag.value = "operator=ada"
+    assert page.info.text == "runs 1-1 of 1" and page.source.data["id"] == [ada[:8]]
+    page.tag.value = "operator"
+    assert page.info.text == "runs 1-2 of 2"
+    page.where.value = "operator=bob"  # both boxes apply
+    assert page.source.data["id"] == [bob[:8]]
+    assert page.chip.placeholder == "serial"  # what the chip filter matches
