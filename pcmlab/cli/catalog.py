@@ -55,7 +55,8 @@ def add_parsers(sub: Any) -> None:
     add_catalog_option(c)
     c.set_defaults(func=cmd_catalog_info)
     c = csub.add_parser("scan", help="register the files in a folder (idempotent; moved "
-                        "files are found again, not duplicated)")
+                        "files are found again, not duplicated; exit 1 naming any pcmlab "
+                        "file that cannot be read)")
     c.add_argument("folder", type=Path)
     add_catalog_option(c)
     c.set_defaults(func=cmd_catalog_scan)
@@ -274,10 +275,14 @@ def cmd_catalog_scan(args: argparse.Namespace) -> int:
         console.print(f"[cyan]updated[/] {run_id[:8]} {path}")
     for run_id, path, old in report.moved:
         console.print(f"[yellow]moved[/]   {run_id[:8]} {old} -> {path}")
+    for path, why in report.unreadable:
+        err_console.print(f"[red]unreadable[/] {path}: {why}")
     console.print(f"{len(report.added)} added, {len(report.updated)} updated, "
                   f"{len(report.moved)} moved, {report.unchanged} unchanged, "
-                  f"{len(report.skipped)} other file(s) skipped")
-    return 0
+                  f"{len(report.skipped)} other file(s) skipped"
+                  + (f", {len(report.unreadable)} pcmlab file(s) unreadable (exit 1)"
+                     if report.unreadable else ""))
+    return 1 if report.unreadable else 0
 
 
 def cmd_catalog_verify(args: argparse.Namespace) -> int:

@@ -211,3 +211,18 @@ def test_readers_refuse_a_catalog_that_does_not_exist(tmp_path, capsys) -> None:
     assert main(["catalog", "scan", str(tmp_path / "data"), "--catalog", str(missing)]) == 0
     assert missing.exists()  # a writer makes it
     assert main(["runs", "--catalog", str(missing)]) == 0
+
+
+def test_scan_names_an_unreadable_pcmlab_file(tmp_path, capsys) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with h5py.File(folder / "broken.h5", "w") as f:  # pcmlab's schema, its groups lost
+        f.attrs["schema"] = "pcmlab/1"
+    with h5py.File(folder / "foreign.h5", "w") as f:
+        f.attrs["schema"] = "someone-else/3"
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["catalog", "scan", str(folder), "--catalog", cat]) == 1
+    out = capsys.readouterr()
+    err = " ".join(out.err.split())
+    assert "broken.h5" in err and "unreadable" in err and "foreign.h5" not in err
+    assert "1 other file(s) skipped, 1 pcmlab file(s) unreadable" in " ".join(out.out.split())
