@@ -38,10 +38,12 @@ RUN_COLUMNS = (
 )
 
 
-def open_catalog(location: str | Path | None = None, *, timeout_s: float = 10.0) -> Catalog:
+def open_catalog(location: str | Path | None = None, *, timeout_s: float = 10.0,
+                 create: bool = True, read_only: bool = False) -> Catalog:
     """The catalog at ``location`` (a path: SQLite; ``postgresql://USER@HOST/DB``), else
-    ``PCMLAB_CATALOG``, else the per-user SQLite file. Created if it does not exist."""
-    return Catalog.open(location, timeout_s=timeout_s)
+    ``PCMLAB_CATALOG``, else the per-user SQLite file. Created if it does not exist, unless
+    ``create=False`` or ``read_only`` (then CatalogError naming the path)."""
+    return Catalog.open(location, timeout_s=timeout_s, create=create, read_only=read_only)
 
 
 def runs(catalog: str | Path | Catalog | None = None, **filters: Any) -> pd.DataFrame:

@@ -22,26 +22,38 @@ from sqlalchemy.engine import Connection, Engine
 from pcmlab import __version__
 from pcmlab.catalog import schema as T
 from pcmlab.catalog.location import redact, resolve_location, to_url
-from pcmlab.catalog.records import CellRange, ChipIdentity, now_utc, utc
+from pcmlab.catalog.records import CellRange, ChipIdentity, check_run_id, now_utc, utc
 from pcmlab.errors import CatalogError, CatalogUnavailableError
 
 log = logging.getLogger(__name__)
 
 # columns a caller may set through register/update (the rest are the catalog's own)
 RUN_FIELDS = frozenset(c.name for c in T.runs.columns) - {"run_id", "chip_id", "updated_at"}
+OPEN_STATUSES = frozenset({"running", "resumed"})  # a file still being written
 _JSON_VALUE = (str, int, float, bool, type(None), list, dict)
 
 
-def _sqlite_engine(url: sa.URL, timeout_s: float) -> Engine:
-    if url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+def _sqlite_engine(url: sa.URL, timeout_s: float, *, create: bool = True,
+                   read_only: bool = False) -> Engine:
+    path = Path(url.database) if url.database and url.database != ":memory:" else None
+    if path is not None and not path.exists() and (not create or read_only):
+        raise CatalogError(
+            f"catalog {path} does not exist; check --catalog / PCMLAB_CATALOG (a mistyped "
+            "path is a new, empty catalog). A catalog is made by any measuring command "
+            "(pcmlab run, deploy, ...) or by 'pcmlab catalog scan FOLDER' over your files")
+    if path is not None and not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None and read_only:  # SQLite's own read-only mode: it writes nothing
+        url = url.set(database=f"{path.absolute().as_uri()}?mode=ro",
+                      query={"uri": "true"})
     engine = sa.create_engine(url, connect_args={"timeout": timeout_s})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we say BEGIN ourselves (below)
         cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        if not read_only:  # a writer made it WAL; a read-only connection keeps that
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
         # WAL + NORMAL: never corrupt; a power cut may lose the last commits, which the
         # files still hold for 'pcmlab catalog scan'
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -62,30 +74,35 @@ class Catalog:
     """An open catalog. ``Catalog.open()`` finds it (argument, ``PCMLAB_CATALOG``, the
     per-user default); use as a context manager or call ``close()``."""
 
-    def __init__(self, engine: Engine, location: str) -> None:
+    def __init__(self, engine: Engine, location: str, *, read_only: bool = False) -> None:
         self.engine = engine
+        self.read_only = read_only
         self._write_engine = engine.execution_options(pcmlab_write=True)
         self.location = location
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, location: str | Path | None = None, *, timeout_s: float = 10.0) -> Catalog:
+    def open(cls, location: str | Path | None = None, *, timeout_s: float = 10.0,
+             create: bool = True, read_only: bool = False) -> Catalog:
         """Open (and create or migrate) the catalog at a path or URL. ``timeout_s``: how
-        long to wait for a locked SQLite file or an unreachable server.
+        long to wait for a locked SQLite file or an unreachable server. ``create=False``:
+        a SQLite file that does not exist is refused (CatalogError naming it), not made.
+        ``read_only``: nothing is written (no tables made, no migration; SQLite opened in
+        its read-only mode); implies ``create=False``.
         Raises ``CatalogUnavailableError`` if it cannot be reached."""
         where = resolve_location(location)
         url = to_url(where)
         if url.get_backend_name() == "sqlite":
-            engine = _sqlite_engine(url, timeout_s)
+            engine = _sqlite_engine(url, timeout_s, create=create, read_only=read_only)
         elif url.get_backend_name() == "postgresql":
             engine = sa.create_engine(url, pool_pre_ping=True,
                                       connect_args={"connect_timeout": max(1, int(timeout_s))})
         else:
             raise CatalogError(f"catalog backend {url.get_backend_name()!r} is not "
                                "supported; use SQLite (a path) or postgresql://")
-        catalog = cls(engine, redact(url))
+        catalog = cls(engine, redact(url), read_only=read_only)
         try:
-            catalog._prepare()
+            catalog._check() if read_only else catalog._prepare()
         except BaseException:
             engine.dispose()
             raise
@@ -150,6 +167,21 @@ class Catalog:
                     version=version, applied_at=now_utc(), pcmlab_version=__version__))
                 log.info("migrated catalog %s to schema %d", self.location, version)
 
+    def _check(self) -> None:
+        """A reader's look at the schema: refused unless it is this pcmlab's."""
+        with self._read() as conn:
+            if not sa.inspect(conn).has_table(T.schema_version.name):
+                raise CatalogError(f"catalog {self.location} has no pcmlab tables; is it a "
+                                   "pcmlab catalog? (any measuring command or 'pcmlab "
+                                   "catalog scan FOLDER' makes one)")
+            version = self._version(conn)
+        if version != T.SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.location} has schema version {version}, this pcmlab "
+                f"({__version__}) reads {T.SCHEMA_VERSION}; "
+                + ("upgrade pcmlab" if version > T.SCHEMA_VERSION else
+                   "run 'pcmlab catalog scan' (a writer) once to bring it up to date"))
+
     @staticmethod
     def _version(conn: Connection) -> int:
         return int(conn.execute(sa.select(sa.func.max(T.schema_version.c.version)))
@@ -169,6 +201,7 @@ class Catalog:
         Returns the run id."""
         if kind not in T.RUN_KINDS:
             raise CatalogError(f"run kind {kind!r} is not one of {', '.join(T.RUN_KINDS)}")
+        check_run_id(run_id)
         values = self._values(fields)
         values.update(kind=kind, path=str(Path(path).absolute()))
         now = now_utc()
@@ -191,6 +224,10 @@ class Catalog:
             else:
                 if "meta" in values:
                     values["meta"] = {**(existing.meta or {}), **values["meta"]}
+                if values.get("status") in OPEN_STATUSES:
+                    # written again (resumed): its end, hash and size are no longer true
+                    for key in ("ended_at", "content_hash", "file_size"):
+                        values.setdefault(key, None)
                 conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
                              .values(updated_at=now, **values))
             if cells is not None:
@@ -335,9 +372,11 @@ class Catalog:
                   with_config: bool = False) -> list[dict[str, Any]]:
         """Runs matching every filter given, newest first. ``chip``: serial (or the full
         identity string); ``kind``/``status``: one or several; ``since``/``until``: start
-        times (ISO 8601 or datetime, UTC if no zone); ``tag``: metadata keys that must be
+        times (ISO 8601 or datetime, UTC if no zone; an ``until`` date without a time
+        takes in that whole day); ``tag``: metadata keys that must be
         present; ``where``: metadata values by (dotted) key, compared as JSON values.
-        A status of ``killed`` matches runs recorded as running whose writer is gone.
+        A status of ``killed`` matches runs recorded as killed and runs recorded as
+        running whose writer is gone.
         ``offset``/``limit``: one page of the result, in its order (``count_runs`` with
         the same filters says how many match in all). ``config`` (large) is None unless
         ``with_config``; ``get`` always has it."""
@@ -400,7 +439,12 @@ class Catalog:
         if since is not None:
             parts.append(T.runs.c.started_at >= utc(since))
         if until is not None:
-            parts.append(T.runs.c.started_at <= utc(until))
+            day = _date_only(until)
+            if day is not None:  # a date alone: to the end of that day (UTC), inclusive
+                parts.append(T.runs.c.started_at < utc(dt.datetime.combine(
+                    day + dt.timedelta(days=1), dt.time())))
+            else:
+                parts.append(T.runs.c.started_at <= utc(until))
         for key in _many(tag) if tag is not None else ():
             parts.append(_meta(key).as_string().is_not(None))
         for key, value in (where or {}).items():
@@ -417,7 +461,9 @@ class Catalog:
                 raise CatalogError(f"status {', '.join(map(repr, unknown))} is not one of "
                                    f"{', '.join(T.STATUSES)}")
             open_ = {"running", "resumed"}
-            fixed = statuses - open_ - {"killed"}  # as recorded is as shown
+            # as recorded is as shown; "killed" matches both the runs recorded as killed
+            # (scan records them so) and the ones judged killed below
+            fixed = statuses - open_
             to_judge = open_ if "killed" in statuses else statuses & open_
             status_parts = [T.runs.c.status.in_(sorted(fixed))] if fixed else []
             if to_judge:
@@ -569,6 +615,18 @@ def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     rec["meta"] = rec.get("meta") or {}
     rec.setdefault("config", None)
     return rec
+
+
+def _date_only(value: Any) -> dt.date | None:
+    """The day of a date given without a time (``date``, or text 'YYYY-MM-DD'), else None."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 def _many(value: str | Iterable[str]) -> list[str]:

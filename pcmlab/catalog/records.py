@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +17,21 @@ from pcmlab.errors import CatalogError
 def new_run_id() -> str:
     """A globally unique run id (a random UUID, 36 characters)."""
     return str(uuid.uuid4())
+
+
+def check_run_id(run_id: str, source: object = None) -> str:
+    """``run_id`` if it has the form pcmlab writes (a UUID, lower case with hyphens, as
+    ``new_run_id``), else CatalogError naming it and ``source`` (the file it came from):
+    an id is shown in pages and links, so nothing else may reach the catalog."""
+    try:
+        canonical = str(uuid.UUID(run_id)) if isinstance(run_id, str) else None
+    except ValueError:
+        canonical = None
+    if canonical != run_id:
+        where = f" in {source}" if source is not None else ""
+        raise CatalogError(f"run id {run_id!r}{where} is not a run id pcmlab writes (a UUID "
+                           "such as 3f2a6c1e-0b8d-4e57-9a4c-2d1f0e9b7a65); not registered")
+    return run_id
 
 
 @dataclass(frozen=True)
@@ -98,3 +115,29 @@ def utc(value: dt.datetime | str | float | None) -> dt.datetime | None:
 
 def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class _InexactError(ValueError):
+    pass
+
+
+def _exact_float(text: str) -> float:
+    value = float(text)
+    if json.dumps(value) != text:  # 1.10 would read back as 1.1, 1e3 as 1000.0
+        raise _InexactError(text)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise _InexactError(text)  # NaN, Infinity: not JSON a catalog can compare
+
+
+def parse_value(text: str) -> Any:
+    """A metadata value typed on a command line or in a filter box: JSON (3, true, null,
+    "quoted text", {"a": 1}) when it reads back exactly as typed, else the text itself, so
+    that firmware=1.10 stays "1.10" and lot=1e3 stays "1e3" (quote to force text:
+    n='"3"')."""
+    try:
+        return json.loads(text, parse_float=_exact_float, parse_constant=_no_constant)
+    except ValueError:  # not JSON, or a number that would not read back as typed
+        return text

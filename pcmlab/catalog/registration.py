@@ -13,7 +13,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,14 @@ OFF = "off"  # PCMLAB_CATALOG=off (or --catalog off): register nothing
 PENDING_ATTR = "catalog_pending"
 RUN_ID_ATTR = "run_id"
 REGISTER_TIMEOUT_S = 5.0  # a run waits at most this long for a locked catalog
+# after a failed send, updates during the run (the readout path) do not try that catalog
+# again for this long: a locked or unreachable catalog delays at most one readout per
+# period, never every one; start and finish always try
+RETRY_AFTER_S = 300.0
 
 _location: str | None = None  # set by configure(); None: PCMLAB_CATALOG or the default
 _warned: set[str] = set()
+_failed_at: dict[str, float] = {}  # location -> time.monotonic() of its last failed send
 
 
 def configure(location: str | os.PathLike[str] | None) -> None:
@@ -70,6 +77,9 @@ class Registration:
     def __init__(self, run_id: str, kind: str, path: Path) -> None:
         self.run_id, self.kind, self.path = run_id, kind, path
         self.pending: str | None = None
+        # the record start() could not send: sent whole with the first update or finish
+        # that reaches a catalog not knowing the run (chip, config, start time, ...)
+        self._unsent: dict[str, Any] | None = None
 
     @classmethod
     def start(cls, kind: str, path: str | Path, *, run_id: str | None = None,
@@ -78,15 +88,36 @@ class Registration:
         """Register a file being created (status running, this process as its writer)."""
         reg = cls(run_id or new_run_id(), kind, Path(path).absolute())
         fields.setdefault("pid", os.getpid())
-        reg._send(lambda cat: cat.register(reg.run_id, kind=kind, path=reg.path,
-                                           chip_identity=chip_identity, cells=cells,
-                                           status=status, **fields))
+        fields.setdefault("started_at", now_utc())
+        record = dict(fields, chip_identity=chip_identity, cells=cells, status=status)
+        if not reg._send(lambda cat: cat.register(reg.run_id, kind=kind, path=reg.path,
+                                                  **record)):
+            reg._unsent = record
         return reg
 
     def update(self, *, cells: list[CellRange] | None = None, **fields: Any) -> bool:
         """Change fields while the file is written (e.g. the cells, once programmed)."""
-        return self._send(lambda cat: cat.register(self.run_id, kind=self.kind,
-                                                   path=self.path, cells=cells, **fields))
+        return self._send_fields(cells, fields, hot=True)
+
+    def _send_fields(self, cells: list[CellRange] | None, fields: dict[str, Any], *,
+                     hot: bool = False) -> bool:
+        unsent = self._unsent
+
+        def action(cat: Any) -> None:
+            if unsent is not None and not cat.list_runs_by_id([self.run_id]):
+                record = {**unsent, **fields}
+                record["meta"] = {**(unsent.get("meta") or {}), **(fields.get("meta") or {})}
+                if cells is not None:
+                    record["cells"] = cells
+                cat.register(self.run_id, kind=self.kind, path=self.path, **record)
+            else:
+                cat.register(self.run_id, kind=self.kind, path=self.path, cells=cells,
+                             **fields)
+
+        if not self._send(action, hot=hot):
+            return False
+        self._unsent = None
+        return True
 
     def finish(self, status: str, *, cells: list[CellRange] | None = None,
                hash_file: bool = True, **fields: Any) -> bool:
@@ -94,9 +125,7 @@ class Registration:
         fields.setdefault("ended_at", now_utc())
         if hash_file and self.path.exists():
             fields.update(file_fields(self.path))
-        return self._send(lambda cat: cat.register(self.run_id, kind=self.kind,
-                                                   path=self.path, cells=cells,
-                                                   status=status, **fields))
+        return self._send_fields(cells, {**fields, "status": status})
 
     def pending_record(self) -> str:
         """What a file records when its registration is pending (JSON)."""
@@ -104,16 +133,22 @@ class Registration:
                            "since": now_utc().isoformat(timespec="seconds"),
                            "reason": self.pending or ""}, sort_keys=True)
 
-    def _send(self, action: Any) -> bool:
+    def _send(self, action: Any, *, hot: bool = False) -> bool:
+        """``hot``: on a measurement's path (an update during the run): skipped while the
+        catalog failed within the last ``RETRY_AFTER_S``."""
         where = location()
         if where is None:
             return True  # registration switched off: nothing is pending
+        if hot and time.monotonic() - _failed_at.get(where, -math.inf) < RETRY_AFTER_S:
+            self.pending = self.pending or f"catalog {where} unavailable"
+            return False
         from pcmlab.catalog.database import Catalog
 
         try:
             with Catalog.open(where, timeout_s=REGISTER_TIMEOUT_S) as cat:
                 action(cat)
         except CatalogError as exc:
+            _failed_at[where] = time.monotonic()
             self.pending = str(exc)
             if where not in _warned:  # once: a month-long run must not warn per readout
                 _warned.add(where)
@@ -121,6 +156,7 @@ class Registration:
                             "the registration and 'pcmlab catalog scan' will catch up (%s)",
                             exc)
             return False
+        _failed_at.pop(where, None)
         self.pending = None
         return True
 

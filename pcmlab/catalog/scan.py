@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pcmlab.catalog.database import Catalog
-from pcmlab.catalog.records import CellRange, cell_ranges, new_run_id, utc
+from pcmlab.catalog.records import CellRange, cell_ranges, check_run_id, new_run_id, utc
 from pcmlab.catalog.registration import file_fields
 from pcmlab.errors import PcmlabError
 
@@ -31,6 +31,8 @@ class ScanReport:
     moved: list[tuple[str, Path, str]] = field(default_factory=list)  # (id, new, old path)
     unchanged: int = 0
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # not pcmlab's
+    # files pcmlab wrote (its schema attribute) that cannot be read: corrupt, truncated
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,10 @@ def _run_file(path: Path) -> FileRecord | None:
                       "created": run.created, "version": run.pcmlab_version,
                       "geometry": run.geometry, "interruptions": run.interruptions}
             evaluation = run.evaluation()
-    except (SchemaError, OSError):
+    except (SchemaError, OSError) as exc:
+        if _has_pcmlab_schema(path):
+            raise UnreadableFileError(f"{path}: a file pcmlab wrote that cannot be read "
+                                      f"({exc})") from None
         return None
     if writer_alive(path):
         status = "running"
@@ -105,6 +110,27 @@ def _run_file(path: Path) -> FileRecord | None:
                             n_reset=prog.reset_pulses)
     return FileRecord(record["run_id"], record["kind"], fields,
                       record["driver"] or None, cells)
+
+
+class UnreadableFileError(PcmlabError):
+    """A file with pcmlab's schema attribute that cannot be read."""
+
+
+def _has_pcmlab_schema(path: Path) -> bool:
+    """Whether the HDF5 file carries pcmlab's ``schema`` attribute (read on its own, so
+    a file whose data is damaged still tells)."""
+    import h5py
+
+    from pcmlab.store import schema as S
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get(S.ATTR_SCHEMA)
+    except (OSError, ValueError):
+        return False
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return isinstance(value, str) and value.split("/")[0] == S.SCHEMA_FAMILY
 
 
 def _sweep(path: Path) -> FileRecord | None:
@@ -157,12 +183,23 @@ def scan(catalog: Catalog, folder: str | Path) -> ScanReport:
         path = path.absolute()
         try:
             rec = read_file(path)
+        except UnreadableFileError as exc:
+            log.warning("%s", exc)
+            report.unreadable.append((path, str(exc)))
+            continue
         except PcmlabError as exc:
             report.skipped.append((path, str(exc)))
             continue
         if rec is None:
             report.skipped.append((path, "not a file pcmlab wrote"))
             continue
+        if rec.run_id:
+            try:
+                check_run_id(rec.run_id, path)
+            except PcmlabError as exc:
+                log.warning("%s", exc)
+                report.skipped.append((path, str(exc)))
+                continue
         fields = dict(rec.fields)
         if fields["status"] != "running":
             fields.update(file_fields(path))

@@ -42,7 +42,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("tag", help="set metadata on a run: pcmlab tag ID key=value ...")
     p.add_argument("run_id")
     p.add_argument("tags", nargs="+", metavar="KEY=VALUE", help="a dotted key nests "
-                   "(sample.batch=B7); a JSON value stays typed (n=3, ok=true), else text")
+                   "(sample.batch=B7); a JSON value stays typed (n=3, ok=true) when it reads "
+                   "back exactly as typed, else text (firmware=1.10 stays '1.10'; "
+                   "quote to force text: n='\"3\"')")
     add_catalog_option(p)
     p.set_defaults(func=cmd_tag)
 
@@ -53,7 +55,8 @@ def add_parsers(sub: Any) -> None:
     add_catalog_option(c)
     c.set_defaults(func=cmd_catalog_info)
     c = csub.add_parser("scan", help="register the files in a folder (idempotent; moved "
-                        "files are found again, not duplicated)")
+                        "files are found again, not duplicated; exit 1 naming any pcmlab "
+                        "file that cannot be read)")
     c.add_argument("folder", type=Path)
     add_catalog_option(c)
     c.set_defaults(func=cmd_catalog_scan)
@@ -81,19 +84,21 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", action="append", choices=("running", "finished", "stopped",
                    "killed", "resumed", "recovered", "failed"), help="repeatable")
     p.add_argument("--since", metavar="TIME", help="started at or after (ISO 8601, UTC)")
-    p.add_argument("--until", metavar="TIME", help="started at or before (ISO 8601, UTC)")
+    p.add_argument("--until", metavar="TIME", help="started at or before (ISO 8601, UTC; a date "
+                   "alone, e.g. 2026-03-31, takes in that whole day)")
     p.add_argument("--tag", action="append", metavar="KEY", help="has this metadata key "
                    "(repeatable)")
     p.add_argument("--where", action="append", metavar="KEY=VALUE", default=[],
-                   help="metadata KEY equals VALUE (dotted keys; repeatable)")
+                   help="metadata KEY equals VALUE (dotted keys; repeatable; "
+                   "VALUE read as for 'pcmlab tag': 3 is a number, 1.10 is text)")
 
 
 def parse_value(text: str) -> Any:
-    """A JSON value (3, 2.5, true, null, {"a": 1}) stays typed; anything else is text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    """A JSON value (3, true, null, {"a": 1}) stays typed when it reads back exactly as
+    typed; anything else (1.10, 1e3, ada) is text."""
+    from pcmlab.catalog.records import parse_value as parse
+
+    return parse(text)
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, Any]:
@@ -106,14 +111,15 @@ def parse_pairs(items: list[str], what: str) -> dict[str, Any]:
     return out
 
 
-def _open(args: argparse.Namespace):  # -> Catalog
+def _open(args: argparse.Namespace, *, create: bool = False):  # -> Catalog
     from pcmlab.catalog import open_catalog
     from pcmlab.catalog.registration import OFF
 
     where = getattr(args, "catalog", None)
     if where is not None and str(where).lower() == OFF:
         raise ConfigError("the catalog is switched off (--catalog off); give a catalog")
-    return open_catalog(where)
+    # only scan makes a catalog: a mistyped path for the others is an error, not a new one
+    return open_catalog(where, create=create)
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,7 +267,7 @@ def cmd_catalog_info(args: argparse.Namespace) -> int:
 def cmd_catalog_scan(args: argparse.Namespace) -> int:
     from pcmlab.catalog.scan import scan
 
-    with _open(args) as cat:
+    with _open(args, create=True) as cat:
         report = scan(cat, args.folder)
     for run_id, path in report.added:
         console.print(f"[green]added[/]   {run_id[:8]} {path}")
@@ -269,10 +275,14 @@ def cmd_catalog_scan(args: argparse.Namespace) -> int:
         console.print(f"[cyan]updated[/] {run_id[:8]} {path}")
     for run_id, path, old in report.moved:
         console.print(f"[yellow]moved[/]   {run_id[:8]} {old} -> {path}")
+    for path, why in report.unreadable:
+        err_console.print(f"[red]unreadable[/] {path}: {why}")
     console.print(f"{len(report.added)} added, {len(report.updated)} updated, "
                   f"{len(report.moved)} moved, {report.unchanged} unchanged, "
-                  f"{len(report.skipped)} other file(s) skipped")
-    return 0
+                  f"{len(report.skipped)} other file(s) skipped"
+                  + (f", {len(report.unreadable)} pcmlab file(s) unreadable (exit 1)"
+                     if report.unreadable else ""))
+    return 1 if report.unreadable else 0
 
 
 def cmd_catalog_verify(args: argparse.Namespace) -> int:

@@ -8,13 +8,13 @@ catalog; no path from a URL reaches the file system.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pcmlab.catalog import Catalog, open_catalog
+from pcmlab.catalog.records import parse_value
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RunFilter:
     since: str | None = None  # ISO 8601, UTC if no zone
     until: str | None = None
     tag: tuple[str, ...] = ()
-    where: tuple[str, ...] = ()  # KEY=VALUE on metadata, VALUE read as JSON if it is JSON
+    where: tuple[str, ...] = ()  # KEY=VALUE on metadata, VALUE as parse_value reads it
 
     def arguments(self) -> dict[str, Any]:
         """As ``Catalog.list_runs`` takes them; ValueError naming a malformed one."""
@@ -60,6 +60,9 @@ class RunFilter:
             value = getattr(self, name)
             if value:
                 out[name] = parse_time(value)
+                if name == "until" and len(value.strip()) == 10:
+                    # a date alone: the catalog takes in the whole of that day
+                    out[name] = out[name].date()
         if self.tag:
             out["tag"] = list(self.tag)
         where = {}
@@ -67,10 +70,7 @@ class RunFilter:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"where {item!r}: expected KEY=VALUE, e.g. operator=ada")
-            try:
-                where[key.strip()] = json.loads(value)
-            except json.JSONDecodeError:
-                where[key.strip()] = value
+            where[key.strip()] = parse_value(value)  # as 'pcmlab runs --where' reads it
         if where:
             out["where"] = where
         return out
@@ -111,7 +111,8 @@ class CatalogView:
 
     @classmethod
     def open(cls, location: str | Path | None = None) -> CatalogView:
-        return cls(open_catalog(location))
+        # read-only, as docs/dashboard.md promises: never creates, migrates or writes
+        return cls(open_catalog(location, read_only=True))
 
     def runs(self, filt: RunFilter, offset: int = 0, limit: int = 50
              ) -> tuple[list[RunEntry], int]:

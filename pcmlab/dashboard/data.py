@@ -113,8 +113,8 @@ class RunData:
             cols = int(2 ** np.ceil(np.log2(np.sqrt(n))))
             geometry = {"rows": -(-n // cols), "cols": cols, "arrays": 1}
         self.geometry = geometry
-        self.shape = (int(geometry["rows"]) * int(geometry.get("arrays", 1)),
-                      int(geometry["cols"]))
+        # geometry rows are every array's, stacked (ChipInfo.arrays: each has rows / arrays)
+        self.shape = (int(geometry["rows"]), int(geometry["cols"]))
         self.schedule_time_s = r.schedule_time_s
         self.groups = group_levels(self.target_us)
         self.programming = r.programming()
@@ -338,8 +338,9 @@ class ArrayFill:
 
 def array_fill(cell: npt.NDArray[np.intp], geometry: dict[str, int]) -> list[ArrayFill]:
     """Per array (or chip of a group): how many of its cells the run holds."""
-    per = int(geometry["rows"]) * int(geometry["cols"])
     arrays = int(geometry.get("arrays", 1))
+    # the recorded rows are the stacked arrays' (a group of N chips: N x a chip's rows)
+    per = int(geometry["rows"]) // arrays * int(geometry["cols"])
     counts = np.bincount(np.asarray(cell) // per, minlength=arrays)
     return [ArrayFill(k, int(counts[k]), per) for k in range(arrays)]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -69,11 +72,46 @@ def pages(catalog: CatalogView, shared: SharedRuns | None = None
     return out
 
 
+def websocket_origins(host: str, port: int, allow: Sequence[str] = ()) -> list[str]:
+    """The ``host:port`` a browser's page may come from (its Origin) to open the page's
+    websocket: the address served, loopback's names on loopback; off loopback also this
+    machine's hostname, FQDN and addresses (all of them when serving every interface,
+    0.0.0.0 or ::) and ``allow`` (HOST or HOST:PORT, e.g. a name the users type or a
+    proxy's; the port defaults to the one served). The token is required all the same."""
+    origins = [f"{host}:{port}"]
+    if is_loopback(host):
+        origins += [f"localhost:{port}", f"127.0.0.1:{port}"]
+    else:
+        names = {socket.gethostname(), socket.getfqdn()}
+        addresses: set[str] = set()
+        for name in sorted(names):
+            with contextlib.suppress(OSError):  # a name this machine cannot resolve
+                addresses |= {str(a[4][0]) for a in socket.getaddrinfo(name, None)}
+        if host in ("0.0.0.0", "::", ""):
+            addresses.discard(host)
+        else:
+            addresses.add(host)
+        for name in sorted(names) + sorted(addresses):
+            if name and name not in ("0.0.0.0", "::"):
+                origins.append(f"[{name}]:{port}" if ":" in name else f"{name}:{port}")
+    for origin in allow:
+        origin = origin.strip()
+        if not origin:
+            continue
+        bare = origin.split("://", 1)[-1].rstrip("/")  # http://lab-pc:5006 is taken too
+        has_port = bare.rsplit(":", 1)[-1].isdigit() and (
+            not bare.startswith("[") or "]:" in bare)
+        origins.append(bare if has_port else f"{bare}:{port}")
+    return list(dict.fromkeys(origins))
+
+
 def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
-          token: str | None = None, io_loop: IOLoop | None = None) -> Dashboard:
+          token: str | None = None, io_loop: IOLoop | None = None,
+          allow_origins: Sequence[str] = ()) -> Dashboard:
     """Start serving on ``host:port`` (port 0: any free one) in ``io_loop`` (default: the
     current one; run it to serve). Off loopback a token is required: ``token``, or a new
-    one (``Dashboard.token``)."""
+    one (``Dashboard.token``). ``allow_origins``: more HOST[:PORT] a page may come from
+    (``websocket_origins``)."""
     if not is_loopback(host) and token is None:
         token = secrets.token_urlsafe(24)
     if token is not None and len(token) < 16:
@@ -84,9 +122,7 @@ def start(catalog: CatalogView, *, host: str = "127.0.0.1", port: int = 0,
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick "
                           "another --port or --host") from None
-    origins = [f"{host}:{bound}"]
-    if is_loopback(host):
-        origins += [f"localhost:{bound}", f"127.0.0.1:{bound}"]
+    origins = websocket_origins(host, bound, allow_origins)
     kwargs = {}
     if token is not None:
         kwargs["auth_provider"] = TokenAuth(token)

@@ -4,6 +4,7 @@ with the filters ``pcmlab runs`` has; refreshed every few seconds (status is liv
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 
 from bokeh.document import Document
 from bokeh.layouts import column, row
@@ -23,6 +24,9 @@ from pcmlab.errors import CatalogError
 
 PAGE_ROWS = 50
 REFRESH_MS = 3000
+# <%- %>: HTML-escaped (underscore's <%= %> inserts raw text); the ids are also checked
+# when registered (records.check_run_id) and quoted in the link
+LINK_TEMPLATE = '<a href="<%- link %>"><%- value %></a>'
 PAGE_OF_KIND = {"run": "run", "deployment": "deployment", "characterization": "run",
                 "sweep": "sweep"}
 
@@ -30,7 +34,8 @@ PAGE_OF_KIND = {"run": "run", "deployment": "deployment", "characterization": "r
 def _columns(entries) -> dict[str, list]:
     return {
         "id": [e.id[:8] for e in entries],  # as git shows commits; the link has it whole
-        "link": [f"/{PAGE_OF_KIND.get(e.kind, 'run')}?id={e.id}" for e in entries],
+        "link": [f"/{PAGE_OF_KIND.get(e.kind, 'run')}?id={quote(e.id, safe='')}"
+                 for e in entries],
         "kind": [e.kind for e in entries],
         "status": [e.status for e in entries],
         "started": [e.started for e in entries],
@@ -44,7 +49,8 @@ def _columns(entries) -> dict[str, list]:
 class RunsPage:
     def __init__(self, doc: Document, catalog: CatalogView) -> None:
         self.catalog, self.offset = catalog, 0
-        self.chip = TextInput(title="chip", placeholder="serial or model", width=160)
+        # as 'pcmlab runs --chip': the serial (or the whole identity string)
+        self.chip = TextInput(title="chip", placeholder="serial", width=160)
         self.kind = Select(title="kind", value="", options=["", *KINDS], width=130)
         self.status = Select(title="status", value="", options=["", *STATUSES], width=120)
         self.since = TextInput(title="since (UTC)", placeholder="2026-03-01", width=140)
@@ -61,7 +67,7 @@ class RunsPage:
         self.info = Div(text="", name="runs_info")
         self.message = Div(text="", name="runs_message")
         self.source = ColumnDataSource(_columns([]), name="runs_source")
-        link = HTMLTemplateFormatter(template='<a href="<%= link %>"><%= value %></a>')
+        link = HTMLTemplateFormatter(template=LINK_TEMPLATE)
         cols = [TableColumn(field="id", title="id", formatter=link, width=110),
                 TableColumn(field="kind", title="kind", width=90),
                 TableColumn(field="status", title="status", width=80),
@@ -84,10 +90,14 @@ class RunsPage:
         def text(w) -> str | None:
             return w.value.strip() or None
 
+        tag, where = text(self.tag), text(self.where)
+        # the tag box as its placeholder says: a key (has it, as 'pcmlab runs --tag') or
+        # key=value (equals it, as --where)
+        tags = (tag,) if tag and "=" not in tag else ()
+        wheres = tuple(w for w in (where, tag if tag and "=" in tag else None) if w)
         return RunFilter(chip=text(self.chip), kind=text(self.kind), status=text(self.status),
                          since=text(self.since), until=text(self.until),
-                         tag=(text(self.tag),) if text(self.tag) else (),
-                         where=(text(self.where),) if text(self.where) else ())
+                         tag=tags, where=wheres)
 
     def _on_filter(self, _attr: str, _old: str, _new: str) -> None:
         self.offset = 0

@@ -176,3 +176,50 @@ def test_pages_and_counts_of_many_runs(catalog_url: str) -> None:
             cat.list_runs(offset=-1)
         with pytest.raises(CatalogError, match="'done'"):
             cat.count_runs(status="done")
+
+
+def test_status_killed_matches_runs_recorded_as_killed(catalog_url: str) -> None:
+    # scan records a killed run as "killed": the filter must find it, beside the judged ones
+    with open_catalog(catalog_url) as cat:
+        stored = _register(cat, status="killed", started="2026-03-02T00:00:00")
+        done = _register(cat, status="finished", started="2026-03-01T00:00:00")
+        assert [r["run_id"] for r in cat.list_runs(status="killed")] == [stored]
+        assert cat.count_runs(status="killed") == 1
+        assert [r["run_id"] for r in cat.list_runs(status=["killed", "finished"],
+                                                   offset=1, limit=1)] == [done]
+        assert cat.count_runs(status=["killed", "finished"]) == 2
+
+
+def test_until_a_date_takes_in_that_whole_day(catalog_url: str) -> None:
+    with open_catalog(catalog_url) as cat:
+        late = _register(cat, started="2026-03-31T15:00:00")
+        _register(cat, started="2026-04-01T00:00:00")  # the next day: left out
+        early = _register(cat, started="2026-03-30T23:59:59")
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31")] == [late, early]
+        assert [r["run_id"] for r in cat.list_runs(until=dt.date(2026, 3, 31))] == [late,
+                                                                                     early]
+        assert cat.count_runs(until="2026-03-31") == 2
+        # a time is kept as given, inclusive
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T15:00:00")] == [late,
+                                                                                      early]
+        assert [r["run_id"] for r in cat.list_runs(until="2026-03-31T14:59")] == [early]
+
+
+def test_a_resumed_run_loses_its_end_and_hash(catalog_url: str, tmp_path) -> None:
+    import os
+
+    from pcmlab.catalog.registration import file_fields
+    from pcmlab.catalog.scan import verify
+
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"first part")
+    with open_catalog(catalog_url) as cat:
+        rid = _register(cat, status="killed")
+        cat.register(rid, kind="run", path=path, status="finished",
+                     ended_at="2026-03-02T00:00:00", **file_fields(path))
+        assert verify(cat)[1] == []
+        cat.register(rid, kind="run", path=path, status="resumed", pid=os.getpid())
+        rec = cat.get(rid)
+        assert (rec["ended_at"], rec["content_hash"], rec["file_size"]) == (None, None, None)
+        path.write_bytes(b"first part, and the readouts after the resume")
+        assert verify(cat)[1] == []  # being written again: nothing to compare yet

@@ -17,6 +17,7 @@ import pytest
 from pcmlab.catalog import open_catalog
 from pcmlab.catalog.registration import content_hash
 from pcmlab.cli import main
+from pcmlab.errors import CatalogError
 from tests.pcmlab.catalog.test_registration import SLOW_RUN, _env
 
 SWEEP = """
@@ -156,3 +157,73 @@ def test_catalog_info_never_prints_a_password(capsys) -> None:
         == 2
     err = capsys.readouterr().err
     assert "s3cret" not in err and "ada:***@127.0.0.1:1/lab" in " ".join(err.split())
+
+
+def test_tag_values_are_kept_as_typed(catalog_url, capsys) -> None:
+    # firmware=1.10 must not become 1.1, lot=1e3 not 1000.0; exact JSON stays typed
+    with open_catalog(catalog_url) as cat:
+        from pcmlab.catalog import new_run_id
+
+        rid = cat.register(new_run_id(), kind="run", path="/d/t.h5", status="finished")
+    c = ["--catalog", catalog_url]
+    assert main(["tag", rid, "firmware=1.10", "lot=1e3", "n=3", "gain=2.5", "ok=true",
+                 'serial="42"', *c]) == 0
+    with open_catalog(catalog_url) as cat:
+        meta = cat.get(rid)["meta"]
+    assert meta == {"firmware": "1.10", "lot": "1e3", "n": 3, "gain": 2.5, "ok": True,
+                    "serial": "42"}
+    assert [r["run_id"] for r in _runs(capsys, catalog_url, "--where", "firmware=1.10",
+                                       "--where", "lot=1e3", "--where", "n=3")] == [rid]
+    assert _runs(capsys, catalog_url, "--where", 'firmware="1.1"') == []
+
+
+HOSTILE_ID = '"><img src=x onerror=alert(1)>'
+
+
+def test_scan_refuses_a_run_id_pcmlab_does_not_write(tmp_path, capsys) -> None:
+    # the id reaches pages and links: a file claiming this one must not be registered
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "evil.json").write_text(json.dumps({"run_id": HOSTILE_ID, "results": [],
+                                                  "failed": 0}))
+    (folder / "good.json").write_text(json.dumps({"run_id": "3f2a6c1e-0b8d-4e57-9a4c-"
+                                                  "2d1f0e9b7a65", "results": [], "failed": 0}))
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["catalog", "scan", str(folder), "--catalog", cat]) == 0
+    capsys.readouterr()
+    with open_catalog(cat) as c:
+        assert [r["run_id"] for r in c.list_runs()] == ["3f2a6c1e-0b8d-4e57-9a4c-2d1f0e9b7a65"]
+        from pcmlab.catalog.scan import scan
+
+        report = scan(c, folder)
+        (skipped,) = [why for p, why in report.skipped if p.name == "evil.json"]
+        assert "is not a run id pcmlab writes" in skipped and "evil.json" in skipped
+        with pytest.raises(CatalogError, match="not a run id pcmlab writes"):
+            c.register(HOSTILE_ID, kind="run", path="/x/a.h5")
+
+
+def test_readers_refuse_a_catalog_that_does_not_exist(tmp_path, capsys) -> None:
+    missing = tmp_path / "typo.sqlite"
+    assert main(["runs", "--catalog", str(missing)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "typo.sqlite does not exist" in err and "pcmlab catalog scan" in err
+    assert not missing.exists()
+    (tmp_path / "data").mkdir()
+    assert main(["catalog", "scan", str(tmp_path / "data"), "--catalog", str(missing)]) == 0
+    assert missing.exists()  # a writer makes it
+    assert main(["runs", "--catalog", str(missing)]) == 0
+
+
+def test_scan_names_an_unreadable_pcmlab_file(tmp_path, capsys) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    with h5py.File(folder / "broken.h5", "w") as f:  # pcmlab's schema, its groups lost
+        f.attrs["schema"] = "pcmlab/1"
+    with h5py.File(folder / "foreign.h5", "w") as f:
+        f.attrs["schema"] = "someone-else/3"
+    cat = str(tmp_path / "c.sqlite")
+    assert main(["catalog", "scan", str(folder), "--catalog", cat]) == 1
+    out = capsys.readouterr()
+    err = " ".join(out.err.split())
+    assert "broken.h5" in err and "unreadable" in err and "foreign.h5" not in err
+    assert "1 other file(s) skipped, 1 pcmlab file(s) unreadable" in " ".join(out.out.split())

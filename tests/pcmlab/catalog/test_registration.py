@@ -207,3 +207,72 @@ def test_killed_while_a_reader_holds_the_file(reader, tmp_path) -> None:
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_catalog_back_mid_run_gets_the_whole_record(tmp_path, monkeypatch) -> None:
+    import datetime as dt
+
+    from pcmlab.catalog.registration import Registration
+
+    where = str(tmp_path / "c.sqlite")
+    open_catalog(where).close()
+    monkeypatch.setenv("PCMLAB_CATALOG", where)
+    monkeypatch.setattr(registration, "REGISTER_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(registration, "RETRY_AFTER_S", 0.0)  # the next update tries again
+    holder = sqlite3.connect(where, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # locked while the run starts
+    before = dt.datetime.now(dt.timezone.utc)
+    reg = Registration.start("run", tmp_path / "a.h5", chip_identity="pcmlab,MockPCM,SN-7,1.2",
+                             config={"schedule": {"t0_s": 20.0}}, meta={"part": 1},
+                             geometry={"rows": 8, "cols": 8, "arrays": 1})
+    assert reg.pending is not None
+    time.sleep(0.05)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert reg.update(n_readouts=3, meta={"note": "back"})  # the first send that reaches it
+    with open_catalog(where) as cat:
+        rec = cat.get(reg.run_id)
+    assert (rec["chip_serial"], rec["rows"], rec["n_readouts"]) == ("SN-7", 8, 3)
+    assert rec["config"] == {"schedule": {"t0_s": 20.0}}
+    assert rec["meta"] == {"part": 1, "note": "back"}
+    assert before <= rec["started_at"] < before + dt.timedelta(seconds=0.2)  # not "now"
+    assert reg.finish("finished", hash_file=False)
+    with open_catalog(where) as cat:
+        assert cat.get(reg.run_id)["status"] == "finished"
+
+
+def test_a_locked_catalog_delays_one_readout_not_every_one(tmp_path, monkeypatch) -> None:
+    from pcmlab.catalog import database
+    from pcmlab.catalog.registration import Registration
+
+    where = str(tmp_path / "c.sqlite")
+    open_catalog(where).close()
+    monkeypatch.setenv("PCMLAB_CATALOG", where)
+    monkeypatch.setattr(registration, "REGISTER_TIMEOUT_S", 0.3)  # a real lock timeout
+    opened = []
+    real_open = database.Catalog.open.__func__
+
+    def counting_open(cls, *a, **kw):
+        opened.append(time.monotonic())
+        return real_open(cls, *a, **kw)
+
+    monkeypatch.setattr(database.Catalog, "open", classmethod(counting_open))
+    holder = sqlite3.connect(where, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, for ever
+    try:
+        reg = Registration.start("run", tmp_path / "a.h5")
+        assert reg.pending is not None and len(opened) == 1
+        t0 = time.monotonic()
+        for i in range(5):  # the readouts' updates: none of them waits on the lock
+            assert not reg.update(n_readouts=i + 1)
+        waited_s = time.monotonic() - t0
+        assert len(opened) == 1, f"updates tried the locked catalog {len(opened) - 1} times"
+        assert waited_s < 0.3 * 5 / 2  # far from five lock timeouts (1.5 s)
+        assert not reg.finish("finished", hash_file=False)  # the end always tries
+        assert len(opened) == 2
+        monkeypatch.setattr(registration, "RETRY_AFTER_S", 0.0)
+        assert not reg.update(n_readouts=9)  # once the period is over, it tries again
+        assert len(opened) == 3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

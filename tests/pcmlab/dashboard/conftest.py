@@ -59,7 +59,11 @@ def catalog(tmp_path, monkeypatch):
 
     path = tmp_path / "catalog.sqlite"
     monkeypatch.setenv("PCMLAB_CATALOG", str(path))
-    view = CatalogView.open(path)
+    from pcmlab.catalog import open_catalog
+
+    # writable, so that tests can register through view.catalog; the server's own view is
+    # read-only (CatalogView.open, test_runs_table.py)
+    view = CatalogView(open_catalog(path))
     yield view
     view.close()
 

@@ -220,3 +220,22 @@ def test_pages_of_one_run_share_one_reading_and_each_gets_every_readout(live_wri
     shared.acquire(live)
     shared.close_all()  # the server stops: every file it had open is closed
     assert len(shared) == 0
+
+
+def test_a_chip_group_is_drawn_per_chip(tmp_path):
+    # a group of 2 chips of 16 x 32 records rows=32 (stacked), arrays=2 (drivers/group.py)
+    cells = np.array([0, 5, 511, 512, 600, 1000, 1023], np.uint32)  # 3 on chip 0, 4 on 1
+    fill = array_fill(cells.astype(np.intp), {"rows": 32, "cols": 32, "arrays": 2})
+    assert [(f.array, f.cells_used, f.cells_total) for f in fill] == [(0, 3, 512),
+                                                                      (1, 4, 512)]
+    path = tmp_path / "group.h5"
+    w = RunWriter.create(path, config={}, driver_identity="a,M,SN1,1 | a,M,SN2,1",
+                         cells=cells, target_us=np.full(cells.size, 5, np.float32),
+                         schedule_time_s=np.array([20.0, 40.0]),
+                         geometry={"rows": 32, "cols": 32, "arrays": 2}, register=False)
+    w.close()
+    d = RunData(path)
+    try:
+        assert d.shape == (32, 32)  # the two chips' rows, not 2 x 32
+    finally:
+        d.close()

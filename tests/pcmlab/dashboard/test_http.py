@@ -159,3 +159,21 @@ def test_cell_page_from_the_catalog(serve, catalog, tmp_path):
                 f"chip={urllib.parse.quote(str(tmp_path / 'a.h5'))}&cell=7", "cell=7",
                 "chip=1&cell=100000"):
         assert title(get(f"{s.base}/cell?{bad}")[1]) == "pcmlab: not found", bad
+
+
+def test_origins_off_loopback_are_the_machine_and_what_the_user_allows(monkeypatch):
+    import socket
+
+    from pcmlab.dashboard.server import websocket_origins
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "labpc")
+    monkeypatch.setattr(socket, "getfqdn", lambda *a: "labpc.lab.example.org")
+    addresses = {"labpc": ["192.0.2.7", "2001:db8::7"], "labpc.lab.example.org": ["192.0.2.7"]}
+    monkeypatch.setattr(socket, "getaddrinfo", lambda name, *a: [
+        (None, None, None, "", (addr, 0)) for addr in addresses[name]])
+    origins = websocket_origins("0.0.0.0", 5006, ["lab-dash", "http://proxy.example.org:8080/"])
+    for o in ("labpc:5006", "labpc.lab.example.org:5006", "192.0.2.7:5006",
+              "[2001:db8::7]:5006", "lab-dash:5006", "proxy.example.org:8080"):
+        assert o in origins
+    assert "localhost:5006" not in origins  # not loopback
+    assert websocket_origins("127.0.0.1", 5006) == ["127.0.0.1:5006", "localhost:5006"]

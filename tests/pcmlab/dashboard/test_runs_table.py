@@ -4,6 +4,7 @@ with offset and limit, count_runs)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from bokeh.document import Document
 
@@ -59,3 +60,72 @@ def test_the_runs_table_is_paged_on_the_server(catalog, monkeypatch):
     assert all(kw.get("limit") == PAGE_ROWS for kw in calls[-2:])  # never the whole table
     page.tag.value = "."  # a key the catalog refuses: said on the page
     assert "metadata key" in page.message.text
+
+
+def test_the_until_box_takes_in_the_whole_day(catalog):
+    ids = _many(catalog, 3)  # 2026-01-01 00:00, 00:01, 00:02
+    entries, total = catalog.runs(RunFilter(until="2026-01-01"), 0, 10)
+    assert total == 3 and [e.id for e in entries] == ids
+    entries, total = catalog.runs(RunFilter(until="2026-01-01T00:01"), 0, 10)
+    assert total == 2 and [e.id for e in entries] == ids[1:]
+
+
+def test_the_where_box_reads_values_as_the_cli_does(catalog):
+    rid = new_run_id()
+    catalog.catalog.register(rid, kind="run", path="/data/fw.h5", meta={"firmware": "1.10"})
+    assert RunFilter(where=("firmware=1.10",)).arguments()["where"] == {"firmware": "1.10"}
+    entries, total = catalog.runs(RunFilter(where=("firmware=1.10",)), 0, 10)
+    assert total == 1 and [e.id for e in entries] == [rid]
+
+
+def test_the_id_link_is_escaped():
+    import re
+
+    from pcmlab.dashboard.catalog import RunEntry
+    from pcmlab.dashboard.pages.runs import LINK_TEMPLATE, _columns
+
+    # underscore's <%= %> inserts raw HTML; every field must go through <%- %> (escaped)
+    assert re.findall(r"<%(.)", LINK_TEMPLATE) == ["-", "-"]
+    hostile = '"><img src=x onerror=alert(1)>'
+    cols = _columns([RunEntry(id=hostile, kind="run", status="finished",
+                              path=Path("/d/x.h5"), started="")])
+    assert cols["link"] == ["/run?id=%22%3E%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E"]
+
+
+def test_the_dashboard_never_makes_or_writes_a_catalog(tmp_path):
+    import pytest
+
+    from pcmlab.catalog import open_catalog
+    from pcmlab.dashboard.catalog import CatalogView
+    from pcmlab.errors import CatalogError
+
+    missing = tmp_path / "mistyped.sqlite"
+    with pytest.raises(CatalogError, match=r"mistyped\.sqlite does not exist.*catalog scan"):
+        CatalogView.open(missing)
+    assert not missing.exists()  # not made empty
+    path = tmp_path / "catalog.sqlite"
+    with open_catalog(path) as cat:
+        rid = cat.register(new_run_id(), kind="run", path="/d/a.h5", status="finished")
+    view = CatalogView.open(path)
+    try:
+        assert [e.id for e in view.runs(RunFilter())[0]] == [rid]
+        with pytest.raises(CatalogError, match="readonly"):
+            view.catalog.register(new_run_id(), kind="run", path="/d/b.h5")
+    finally:
+        view.close()
+
+
+def test_the_tag_box_takes_a_key_or_key_value(catalog):
+    ada, bob = new_run_id(), new_run_id()
+    catalog.catalog.register(ada, kind="run", path="/d/a.h5", meta={"operator": "ada"},
+                             started_at="2026-01-02T00:00:00")
+    catalog.catalog.register(bob, kind="run", path="/d/b.h5", meta={"operator": "bob"},
+                             started_at="2026-01-01T00:00:00")
+    page = RunsPage(Document(), catalog)
+    page.tag.value = "operator=ada"
+    assert page.info.text == "runs 1-1 of 1" and page.source.data["id"] == [ada[:8]]
+    page.tag.value = "operator"
+    assert page.info.text == "runs 1-2 of 2"
+    page.where.value = "operator=bob"  # both boxes apply
+    assert page.source.data["id"] == [bob[:8]]
+    assert page.chip.placeholder == "serial"  # what the chip filter matches
