@@ -37,7 +37,7 @@ from pcmlab.bridge.aihwkit_checkpoint import from_aihwkit
 from pcmlab.bridge.fusion import fusion_import_torch, read_fusion_csv, weights_from_fusion
 from pcmlab.cli import main
 from pcmlab.config import load_model
-from pcmlab.errors import SchemaError
+from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches, Periphery
 from pcmlab.pcm_model import ACCURACY_TIMES_S, PCMCalibration, PCMModel
 from pcmlab.store import RunReader
@@ -188,6 +188,49 @@ def test_an_aihwkit_checkpoint_gives_aihwkits_weights_and_periphery(hwa) -> None
     live = from_aihwkit(mlp(0), model.state_dict())
     assert torch.equal(dict(live.model.named_modules())["1"].weight, mine["1"].weight)
     assert any("weight modifier" in line for line in imported.not_mapped)
+
+
+def _wide() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(600, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_a_layer_aihwkit_split_into_tiles_comes_with_its_weights() -> None:
+    """aihwkit 1.1 splits a layer larger than 512 inputs or outputs into tiles
+    (``0.analog_module.array.i.j``); the import assembles them, scales and all."""
+    c = TorchInferenceRPUConfig()
+    c.mapping.max_input_size = 256  # three input blocks
+    c.mapping.max_output_size = 20  # two output blocks
+    c.mapping.weight_scaling_omega = 1.0
+    c.mapping.weight_scaling_columnwise = True
+    analog = convert_to_analog(_wide(), c)
+    with torch.no_grad():
+        for _, layer in analog.named_analog_layers():
+            w, b = layer.get_weights()
+            layer.set_weights(torch.randn_like(w) * 0.1, b)
+    assert len(list(analog[0].analog_module.array)) == 3
+    imported = from_aihwkit(_wide(), analog.state_dict())
+    mine = dict(imported.model.named_modules())
+    for name, layer in analog.named_analog_layers():
+        w, b = layer.get_weights()
+        assert torch.allclose(mine[name].weight, w, atol=1e-6), name
+        assert torch.allclose(mine[name].bias, b, atol=1e-6), name
+    assert any("6 tiles assembled" in line for line in imported.mapped)
+    # an analog layer with no tile weights in the state is refused, by name
+    state = {k: v for k, v in analog.state_dict().items()
+             if not (k.startswith("0.") and k.endswith("analog_tile_state"))}
+    with pytest.raises(SchemaError, match=r"layer\(s\) 0: no tile weights"):
+        from_aihwkit(_wide(), state)
+
+
+def test_layers_with_different_converter_bits_are_refused() -> None:
+    c8, c6 = TorchInferenceRPUConfig(), TorchInferenceRPUConfig()
+    c8.forward.inp_res = c8.forward.out_res = 1 / (2**8 - 2)
+    c6.forward.inp_res = c6.forward.out_res = 1 / (2**6 - 2)
+    analog = convert_to_analog(_wide(), c8)
+    analog[2] = convert_to_analog(_wide()[2], c6)
+    with pytest.raises(ConfigError, match=r"layer 2 has DAC/ADC resolution.*layer 0"):
+        from_aihwkit(_wide(), analog.state_dict())
 
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, hwa) -> None:
