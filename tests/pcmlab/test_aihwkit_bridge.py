@@ -315,6 +315,42 @@ def test_an_aihwkit_network_deploys_and_comes_back_through_fusion(
     assert abs(acc_aihwkit - measured_day) <= 0.01
 
 
+def test_fusion_evaluate_uses_the_bits_the_deployment_used(
+        tmp_path: Path, hwa, digits, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``deploy --bits 3`` run's Fusion file evaluates at 3 bits, not the model's 8."""
+    _, ckpt = hwa
+    run, csv = tmp_path / "b3.h5", tmp_path / "b3.csv"
+    model = ["--model", "examples.networks:mlp", "--weights", str(ckpt)]
+    assert main(["deploy", "examples.networks:mlp", "--weights", str(ckpt), "-o", str(run),
+                 "--runs", "1", "--rows", "64", "--cols", "256", "--bits", "3"]) == 0
+    assert main(["aihwkit", "fusion-export", str(run), *model, "-o", str(csv)]) == 0
+    capsys.readouterr()
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model]) == 0
+    out = capsys.readouterr().out
+    assert "3-bit DAC, 3-bit ADC" in out
+    printed = float(out.split("accuracy ")[1].split(" %")[0])
+    from pcmlab.cli.network import _evaluator_for, _model_and_data
+
+    loaded, data = _model_and_data("examples.networks:mlp", ckpt, None)
+    for bits in (3, None):
+        ev = _evaluator_for(loaded, data, bits, [])
+        names = [name for name, _ in ev.network.layers]
+        back = weights_from_fusion(read_fusion_csv(csv), dict(zip(names, ev.weights,
+                                                                   strict=True)))
+        acc = 100 * ev.accuracy(data.x_test, data.y_test, [back[n] for n in names])
+        print(f"Fusion file of a 3-bit deployment at {bits or 'the model'}'s bits: {acc:.2f} %")
+        if bits == 3:
+            assert printed == pytest.approx(acc, abs=0.006)
+        else:
+            assert abs(printed - acc) > 1.0  # the test can tell 3 bits from 8
+    # a Fusion CSV with no record beside it needs --bits
+    (tmp_path / "b3.csv.pcmlab.json").unlink()
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model]) == 2
+    assert "give --bits N" in capsys.readouterr().err
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model, "--bits", "3"]) == 0
+    assert f"accuracy {printed:.2f} %" in capsys.readouterr().out
+
+
 def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
     """Per level, on constants that are not the published ones (a programming-noise
     polynomial that dips below zero near G_max, where pcmlab clips it and aihwkit's own
