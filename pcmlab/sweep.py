@@ -345,7 +345,8 @@ def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConf
     ev = AnalogEvaluator(trained.model, data.x_train, periphery, ranges=ranges,
                          keep_digital=task.keep_digital, device=device)
     need = devices_needed(ev.layer_specs())
-    mapping = ev.mapping(task.rows, task.cols,
+    # the chip's G_max, as a deployment maps to it (the task key holds the calibration)
+    mapping = ev.mapping(task.rows, task.cols, g_max_us=task.calibration.g_max_us,
                          arrays=max(1, -(-need // (task.rows * task.cols))) + 1)
     noise = NoiseSwitches(programming=setting(point, "programming_noise", config),
                           drift=setting(point, "drift", config),
