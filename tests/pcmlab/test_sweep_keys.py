@@ -140,6 +140,24 @@ def test_the_fingerprint_holds_the_layer_settings_and_the_source(netmod) -> None
     assert fingerprint(net(importlib.reload(module))) != ref
 
 
+NET_ACT = NET_V1.replace("class Net", "def act(x):\n    return torch.relu(x)\n\n\nclass Net"
+                         ).replace("torch.relu(self.conv(x))", "act(self.conv(x))")
+
+
+def test_the_fingerprint_holds_a_module_level_function_the_forward_calls(netmod) -> None:
+    """Two modules that differ only in a function outside the class (``act``) are two
+    networks."""
+    path, module = netmod
+    path.write_text(NET_ACT)
+    relu = net(importlib.reload(module))
+    ref, ref_keys = fingerprint(relu), keys(BASE, relu, data())
+    path.write_text(NET_ACT.replace("torch.relu(x)", "torch.tanh(x)"))
+    tanh = net(importlib.reload(module))
+    assert tanh.state_dict().keys() == relu.state_dict().keys()
+    assert fingerprint(tanh) != ref
+    assert keys(BASE, tanh, data()).isdisjoint(ref_keys)  # no sweep part is reused
+
+
 def test_evaluate_refuses_a_network_with_another_stride(netmod) -> None:
     """The measurement file's "other network" refusal (pcmlab evaluate) sees a changed
     stride or padding, not only other weights."""
