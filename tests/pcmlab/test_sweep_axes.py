@@ -16,7 +16,7 @@ from pcmlab.tasks import load_digits, train_classifier
 VALUES = {"bits": [8, 2], "adc_bits": [8, 2], "dac_bits": [8, 2], "adc_gain": [1.0, 0.25],
           "eta": [0.0, 0.3], "programming_noise": [True, False], "drift": [True, False],
           "read_noise": [True, False], "drift_compensation": [True, False],
-          "calibration": ["published", "CAL"]}
+          "faults": [True, False], "calibration": ["published", "CAL"]}
 # what the methods cannot honour, and so refuse (all other pairs change the result)
 REFUSED = {("eta", "as-is"), ("eta", "off-the-shelf"), ("adc_gain", "full")}
 

@@ -85,6 +85,8 @@ def test_changing_each_input_alone_gives_every_part_a_new_key(netmod, tmp_path: 
         changed[field] = keys(spec_with(**{field: value}), model, d)
     changed["axis value"] = keys(spec_with(axes={"training": ["off-the-shelf"],
                                                  "bits": [6]}), model, d)
+    changed["faults"] = keys(spec_with(axes={"training": ["off-the-shelf"], "bits": [8],
+                                             "faults": [False]}), model, d)
     changed["training method"] = keys(spec_with(axes={"training": ["noise"],
                                                       "bits": [8]}), model, d)
     for field, value in {"stage1_epochs": 3, "stage2_epochs": 2, "lr": 1e-2, "batch": 32,
