@@ -351,6 +351,34 @@ def test_fusion_evaluate_uses_the_bits_the_deployment_used(
     assert f"accuracy {printed:.2f} %" in capsys.readouterr().out
 
 
+class _Net(nn.Module):
+    """A model whose root is not nn.Sequential (aihwkit wraps it in AnalogWrapper)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.act, self.fc2 = nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_fusion_layer_numbers_of_a_model_whose_root_is_not_sequential(tmp_path: Path) -> None:
+    from aihwkit.utils.export import _fusion_get_csv_header
+
+    from pcmlab.bridge.fusion import fusion_layers, fusion_ordinals, write_fusion_csv
+
+    net = _Net()
+    analog = convert_to_analog(_Net(), TorchInferenceRPUConfig())
+    theirs = [int(v) for v in _fusion_get_csv_header(analog).splitlines()[0].split(",")]
+    ordinals = fusion_ordinals(net)
+    assert [ordinals["fc1"], ordinals["fc2"]] == theirs == [1, 3]
+    weights = {n: dict(net.named_modules())[n].weight.detach() for n in ("fc1", "fc2")}
+    csv = write_fusion_csv(fusion_layers(net, weights, {n: 10 * w.abs() for n, w in
+                                                        weights.items()}), tmp_path / "n.csv")
+    fusion_import_torch(csv, analog)  # aihwkit's header check accepts it
+
+
 def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
     """Per level, on constants that are not the published ones (a programming-noise
     polynomial that dips below zero near G_max, where pcmlab clips it and aihwkit's own
