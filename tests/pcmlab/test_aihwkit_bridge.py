@@ -397,3 +397,15 @@ def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
         assert float(nu.mean()) == pytest.approx(mu, rel=0.01)
         assert float(nu.std()) == pytest.approx(sd, rel=0.02)
         assert float(q_s[0]) == pytest.approx(float(model.read_noise_q(g_us)), rel=1e-5)
+        # 1/f read noise at several t: the spread about the drifted conductance is pcmlab's
+        # (at 10 and 22 µS, where the clamp at zero does not cut the distribution)
+        if g_us < 5.0:
+            continue
+        nu_fixed = torch.full_like(g, 0.05)
+        for t_s in (25.0, 3600.0, DAY_S, 365 * DAY_S):
+            g_t = noise.apply_drift_noise_to_conductance(g, torch.stack([nu_fixed, q_s]), t_s)
+            t = t_s + noise.t_0  # aihwkit's t_inference counts from t0
+            g_drift = g_us * (t / noise.t_0) ** -0.05
+            sigma = float(model.read_noise_sigma_us(g_drift, g_us, t))
+            assert float(g_t.mean()) == pytest.approx(g_drift, rel=1e-3), t_s
+            assert float(g_t.std()) == pytest.approx(sigma, rel=0.01), (g_us, t_s)
