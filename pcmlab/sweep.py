@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_SCHEMA = "pcmlab-sweep/1"
 METHODS = ("as-is", "off-the-shelf", "noise", "full")
-SWITCHES = ("programming_noise", "drift", "read_noise", "drift_compensation")
+SWITCHES = ("programming_noise", "drift", "read_noise", "drift_compensation", "faults")
 # (axis, method) pairs where the axis cannot change the method's numbers: refused, never
 # ignored (every other axis changes every method's numbers; tests/pcmlab/test_sweep_axes.py)
 IGNORED: dict[tuple[str, str], str] = {
@@ -76,6 +76,8 @@ AXES: dict[str, tuple[type, Any, str]] = {
     "drift": (bool, True, "conductance drift"),
     "read_noise": (bool, True, "1/f read noise"),
     "drift_compensation": (bool, True, "global drift compensation"),
+    "faults": (bool, True, "the calibration's faulty devices (stuck-RESET, stuck-SET, weak), "
+               "with the pair compensation a deployment does"),
     "calibration": (str, "published", "PCM model constants: 'published' or a TOML file "
                     "written by 'pcmlab fit' (relative to the sweep file)"),
 }
@@ -345,12 +347,14 @@ def eval_task(task: EvalTask, trained: Trained, data: Dataset, config: SweepConf
     ev = AnalogEvaluator(trained.model, data.x_train, periphery, ranges=ranges,
                          keep_digital=task.keep_digital, device=device)
     need = devices_needed(ev.layer_specs())
-    mapping = ev.mapping(task.rows, task.cols,
+    # the chip's G_max, as a deployment maps to it (the task key holds the calibration)
+    mapping = ev.mapping(task.rows, task.cols, g_max_us=task.calibration.g_max_us,
                          arrays=max(1, -(-need // (task.rows * task.cols))) + 1)
     noise = NoiseSwitches(programming=setting(point, "programming_noise", config),
                           drift=setting(point, "drift", config),
                           read=setting(point, "read_noise", config),
-                          drift_compensation=setting(point, "drift_compensation", config))
+                          drift_compensation=setting(point, "drift_compensation", config),
+                          faults=setting(point, "faults", config))
     sim = ev.simulate(data.x_test, data.y_test, mapping, task.times_s, task.runs,
                       task.stream(), pcm=PCMModel(task.calibration), noise=noise)
     return np.asarray(sim.accuracy, dtype=np.float64)

@@ -226,3 +226,20 @@ def test_cli_usage_and_resource_mistakes_are_one_line(tmp_path: Path, args: list
     if "usage" in proc.stderr:
         assert proc.stderr.splitlines()[0].startswith(f"usage: pcmlab {args[0]} ")
     assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob("*.txt"))
+
+
+def test_chip_file_options_that_it_would_override_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--chip FILE sets the mock chip; --no-faults, --calibration, --seed, --rows/--cols
+    beside it were ignored by the chip (while the simulation followed --no-faults)."""
+    from mock_chip import MockChipConfig
+    from pcmlab.config import ArrayGeometry
+
+    chip = tmp_path / "chip.json"
+    chip.write_text(MockChipConfig(geometry=ArrayGeometry(rows=16, cols=16)).model_dump_json())
+    for extra in (["--no-faults"], ["--seed", "3"], ["--rows", "16"], ["--cols", "8"],
+                  ["--calibration", str(chip)]):
+        assert main(["program", "--chip", str(chip), *extra]) == 2, extra
+        assert f"with {extra[0]}" in capsys.readouterr().err
+    assert main(["program", "--chip", str(chip)]) == 0
+    assert main(["program", "--rows", "16", "--cols", "16", "--no-faults", "--seed", "2"]) == 0

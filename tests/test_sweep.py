@@ -64,6 +64,9 @@ def test_the_result_is_a_dataset_for_analysts(in_process: Path) -> None:
         assert ds.time_s.attrs["units"] == "s" and ds.accuracy.attrs["units"] == "1"
         assert "drift_compensation = [true, false]" in ds.attrs["sweep"]
         assert ds.attrs["schema"] == "pcmlab-sweep/1"
+        # what the simulation included where not an axis: faulty devices too
+        fixed = json.loads(ds.attrs["fixed"])
+        assert fixed["faults"] is True and fixed["programming_noise"] is True
         acc = ds.accuracy.values
         assert np.isfinite(acc).all() and ((acc > 0) & (acc <= 1)).all()
         # what the switches should do: without drift compensation a year costs accuracy

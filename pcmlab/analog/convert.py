@@ -13,6 +13,7 @@ import fnmatch
 import hashlib
 import inspect
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -389,12 +390,18 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def _class_source(cls: type) -> str:
-    """The source of a module class and of its bases outside torch; where there is no
-    source file, the byte code of its methods."""
+    """The source of the modules that define a module class and its bases outside torch
+    (the whole file: a module-level function its ``forward`` calls is part of the network);
+    where there is no source file, the class's source or the byte code of its methods."""
     out = []
     for k in cls.__mro__:
         if k.__module__.startswith(("torch.", "builtins")) or k is object:
             continue
+        try:
+            out.append(inspect.getsource(sys.modules[k.__module__]))
+            continue
+        except (OSError, TypeError, KeyError):
+            pass
         try:
             out.append(inspect.getsource(k))
         except (OSError, TypeError):

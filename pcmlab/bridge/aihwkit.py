@@ -38,6 +38,10 @@ NOT_EXPRESSED = (
     "(NoiseSwitches(faults=False))",
     "mock-chip physics: pulse-level programming, relaxation and MVM non-idealities are the "
     "mock chip's, not the statistical model's",
+    "the partner device: aihwkit's apply_drift_noise converts the programmed (noisy) weights "
+    "back to conductances at each drift call, a pair with one device per weight, so the "
+    "second device's programming noise, drift and read noise (pcmlab's pair G+ - G-) are "
+    "lost; it matters most for small weights",
 )
 
 

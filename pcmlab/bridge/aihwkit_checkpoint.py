@@ -19,6 +19,7 @@ instead), its noise and bound management, output noise, IR drop and weight modif
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,16 +141,83 @@ class AihwkitImport:
             "not_mapped": self.not_mapped}}
 
 
+_ARRAY = ".analog_module.array."
+_TILE_KEY = re.compile(r"^(?P<name>.*?)\.analog_module\.(?:array\.(?P<i>\d+)\.(?P<j>\d+)\.)?"
+                       r"analog_tile_state$")
+
+
+def _tensors(state: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items()
+            if k.startswith(prefix) and isinstance(v, torch.Tensor)}
+
+
 def _layer_states(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each analog layer's tiles: ``{"tiles": {(i, j): {"tile": state, tensors}}, tensors}``.
+    aihwkit's TileModuleArray splits a layer larger than its mapping's max input/output size
+    into ``array.i.j`` tiles, i over input blocks and j over output blocks."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in state.items():
-        if key.endswith(_TILE_STATE):
-            name = key[: -len(_TILE_STATE)]
-            prefix = name + ".analog_module."
-            tensors = {k[len(prefix):]: v for k, v in state.items()
-                       if k.startswith(prefix) and isinstance(v, torch.Tensor)}
-            out[name] = {"tile": value, **tensors}
+        m = _TILE_KEY.match(key)
+        if m is None:
+            continue
+        name = m["name"]
+        layer = out.setdefault(name, {"tiles": {}})
+        ij = (int(m["i"]), int(m["j"])) if m["i"] is not None else (0, 0)
+        tile_prefix = key[: -len("analog_tile_state")]
+        layer["tiles"][ij] = {"tile": value, **_tensors(state, tile_prefix)}
+    for name, layer in out.items():
+        # the layer's own tensors (bias; input_range etc. for a single tile)
+        prefix = name + ".analog_module."
+        layer.update({k: v for k, v in _tensors(state, prefix).items()
+                      if not k.startswith("array.")})
+    analog = {k.split(".analog_module.")[0] for k in state if ".analog_module." in k}
+    missing = sorted(analog - set(out))
+    if missing:
+        raise SchemaError(f"aihwkit analog layer(s) {', '.join(missing)}: no tile weights "
+                          "(no '...analog_tile_state' key) in the state dict; a layout this "
+                          "pcmlab does not read, so they cannot deploy with their weights")
     return out
+
+
+def _tile_weights(name: str, tile: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    """One tile's effective weights: aihwkit's get_scales() (mapping scales, from
+    weight_scaling_omega, times the learned output scales, each a scalar or one per output)
+    times its weights."""
+    w = _get(tile["tile"], "analog_tile_weights")
+    if not isinstance(w, torch.Tensor):
+        raise SchemaError(f"aihwkit layer {name}: no tile weights in its state")
+    w_eff = w.detach().double()
+    scales = []
+    for key in ("mapping_scales", "out_scaling_alpha"):
+        v = tile.get(key)
+        if v is None:
+            v = _get(tile["tile"], key)
+        if isinstance(v, torch.Tensor) and v.numel() > 0:
+            a = v.detach().double().reshape(-1)
+            if a.numel() not in (1, w_eff.shape[0]):
+                raise SchemaError(f"aihwkit layer {name}: {key} has {a.numel()} values "
+                                  f"for {w_eff.shape[0]} outputs")
+            w_eff = w_eff * (a.reshape(-1, 1) if a.numel() > 1 else a.reshape(()))
+            scales.append(key)
+    return w_eff, scales
+
+
+def _assemble(name: str, tiles: dict[tuple[int, int], dict[str, Any]]
+              ) -> tuple[torch.Tensor, list[str]]:
+    """The layer's weights from its tiles: tile (i, j) holds outputs block j x inputs
+    block i (TileModuleArray.get_weights concatenates likewise)."""
+    n_in = 1 + max(i for i, _ in tiles)
+    n_out = 1 + max(j for _, j in tiles)
+    if set(tiles) != {(i, j) for i in range(n_in) for j in range(n_out)}:
+        raise SchemaError(f"aihwkit layer {name}: tiles {sorted(tiles)} do not fill a "
+                          f"{n_in} x {n_out} array")
+    blocks = {ij: _tile_weights(name, t) for ij, t in tiles.items()}
+    scales = blocks[(0, 0)][1]
+    rows = [torch.cat([blocks[(i, j)][0] for i in range(n_in)], dim=1) for j in range(n_out)]
+    try:
+        return torch.cat(rows, dim=0), scales
+    except RuntimeError as e:
+        raise SchemaError(f"aihwkit layer {name}: its tiles do not assemble ({e})") from None
 
 
 def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> AihwkitImport:
@@ -173,25 +241,9 @@ def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> Aih
             raise ConfigError(f"aihwkit layer {name!r} has no Linear/Conv1d/Conv2d of that "
                               f"name in the model ({type(target).__name__ if target else 'none'}); "
                               "give the factory that made the model aihwkit converted")
-        tile = layer["tile"]
-        w = _get(tile, "analog_tile_weights")
-        if not isinstance(w, torch.Tensor):
-            raise SchemaError(f"aihwkit layer {name}: no tile weights in its state")
-        # aihwkit's get_scales(): mapping scales (weight_scaling_omega) times the learned
-        # output scales, each a scalar or one per output
-        w_eff = w.detach().double()
-        scales = []
-        for key in ("mapping_scales", "out_scaling_alpha"):
-            v = layer.get(key)
-            if v is None:
-                v = _get(tile, key)
-            if isinstance(v, torch.Tensor) and v.numel() > 0:
-                a = v.detach().double().reshape(-1)
-                if a.numel() not in (1, w_eff.shape[0]):
-                    raise SchemaError(f"aihwkit layer {name}: {key} has {a.numel()} values "
-                                      f"for {w_eff.shape[0]} outputs")
-                w_eff = w_eff * (a.reshape(-1, 1) if a.numel() > 1 else a.reshape(()))
-                scales.append(key)
+        tiles = layer["tiles"]
+        w_eff, scales = _assemble(name, tiles)
+        w = w_eff
         if w_eff.shape[0] != target.weight.shape[0] or w_eff.numel() != target.weight.numel():
             raise ConfigError(f"aihwkit layer {name}: tile weights {tuple(w.shape)} do not fit "
                               f"the model's {type(target).__name__} {tuple(target.weight.shape)}")
@@ -204,11 +256,26 @@ def from_aihwkit(model: nn.Module, state: Mapping[str, Any] | str | Path) -> Aih
                 raise ConfigError(f"aihwkit layer {name}: bias in aihwkit "
                                   f"{bias is not None}, in the model {target.bias is not None}")
         mapped.append(f"{name}: weights {tuple(target.weight.shape)} (tile weights"
-                      + "".join(f" x {k}" for k in scales) + ")")
-        r = layer.get("input_range")
-        if isinstance(r, torch.Tensor) and r.numel() == 1 and float(r) > 0:
-            ranges[name] = float(r)
-        config = config or _get(tile, "rpu_config")
+                      + "".join(f" x {k}" for k in scales)
+                      + (f", {len(tiles)} tiles assembled" if len(tiles) > 1 else "") + ")")
+        tile_ranges = [r for t in tiles.values() for r in [t.get("input_range", layer.get(
+            "input_range"))] if isinstance(r, torch.Tensor) and r.numel() == 1 and float(r) > 0]
+        if len(tile_ranges) == len(tiles):
+            ranges[name] = max(float(r) for r in tile_ranges)
+            if len({float(r) for r in tile_ranges}) > 1:
+                mapped.append(f"{name}: its {len(tiles)} tiles learned input ranges "
+                              f"{sorted(float(r) for r in tile_ranges)}; pcmlab has one DAC "
+                              "range per layer, the largest kept")
+        for t in tiles.values():
+            layer_config = _get(t["tile"], "rpu_config")
+            res = tuple(_get(layer_config, "forward", k) for k in ("inp_res", "out_res"))
+            if config is None:
+                config, config_of, config_res = layer_config, name, res
+            elif res != config_res:
+                raise ConfigError(
+                    f"aihwkit layer {name} has DAC/ADC resolution (inp_res, out_res) {res}, "
+                    f"layer {config_of} {config_res}: pcmlab deploys one DAC/ADC width for "
+                    "the whole network; give every layer the same resolutions")
     dac_bits, dac_note = _bits(_get(config, "forward", "inp_res"), "DAC")
     adc_bits, adc_note = _bits(_get(config, "forward", "out_res"), "ADC")
     mapped += [dac_note, adc_note]

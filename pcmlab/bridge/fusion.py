@@ -52,6 +52,8 @@ def fusion_ordinals(model: nn.Module) -> dict[str, int]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Sequential | nn.ModuleList):  # containers aihwkit skips
             continue
+        if name == "":  # a custom root: aihwkit wraps it (AnalogWrapper), uncounted
+            continue
         idx += 1
         out[name] = idx
     return out

@@ -4,6 +4,8 @@ conductances out in aihwkit's Fusion layout, and such a file evaluated in pcmlab
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +44,29 @@ def _readout_index(time_s: np.ndarray, args: argparse.Namespace) -> int:
     return k
 
 
+def fusion_record_path(csv: Path) -> Path:
+    """The file beside a Fusion CSV that says how it was made: the DAC/ADC bits of the
+    deployment (the CSV layout is aihwkit's and has no room for them)."""
+    return csv.with_name(csv.name + ".pcmlab.json")
+
+
+def _fusion_bits(args: argparse.Namespace) -> int | None:
+    """``--bits``, else the bits fusion-export recorded beside the CSV (None: the model's
+    own periphery), else refused: a Fusion CSV does not say which converters read it."""
+    if args.bits is not None:
+        return int(args.bits)
+    record = fusion_record_path(args.csv)
+    if not record.is_file():
+        raise ConfigError(f"{args.csv}: no {record.name} beside it saying the DAC/ADC bits "
+                          "the deployment used; give --bits N (as deployed)")
+    try:
+        bits = json.loads(record.read_text(encoding="utf-8"))["bits"]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{record}: not a pcmlab Fusion record ({exc}); give --bits N") \
+            from None
+    return None if bits is None else int(bits)
+
+
 def cmd_fusion_export(args: argparse.Namespace) -> int:
     """One readout of a deployment as aihwkit's Fusion CSV."""
     from pcmlab.bridge.fusion import fusion_from_conductances, write_fusion_csv
@@ -52,12 +77,16 @@ def cmd_fusion_export(args: argparse.Namespace) -> int:
     from pcmlab.cli.network import recorded_bits
 
     loaded, data = _model_and_data(args.model, args.weights, args.data)
-    evaluator = _evaluator_for(loaded, data, recorded_bits(args.run, None), args.keep_digital)
+    bits = recorded_bits(args.run, None)
+    evaluator = _evaluator_for(loaded, data, bits, args.keep_digital)
     mapping, readouts = deployment_readouts(args.run, evaluator)
     k = _readout_index(readouts.time_s, args)
     layers = fusion_from_conductances(loaded.model, evaluator, mapping,
                                       torch.from_numpy(readouts.conductance_us[k]))
     write_fusion_csv(layers, args.output)
+    fusion_record_path(args.output).write_text(json.dumps(
+        {"run": str(args.run), "readout": k, "time_s": float(readouts.time_s[k]),
+         "bits": bits}), encoding="utf-8")
     table = Table(title=f"{args.run.name}, readout {k} at {fmt_s(readouts.time_s[k])} "
                   "in the Fusion layout", caption="value per weight: (G+ - G-) x sign(W), "
                   "µS; aihwkit's fusion_import reads it")
@@ -68,7 +97,9 @@ def cmd_fusion_export(args: argparse.Namespace) -> int:
                       f"{x.conductance_us.mean():.3f}",
                       str(int((x.conductance_us < 0).sum())))
     console.print(table)
-    console.print(f"wrote [bold]{args.output}[/]")
+    said = "the model's own" if bits is None else str(bits)
+    console.print(f"wrote [bold]{args.output}[/] (and {fusion_record_path(args.output).name}: "
+                  f"the deployment's DAC/ADC bits, {said})")
     return 0
 
 
@@ -79,7 +110,8 @@ def cmd_fusion_evaluate(args: argparse.Namespace) -> int:
     from pcmlab.cli.network import _evaluator_for, _model_and_data
 
     loaded, data = _model_and_data(args.model, args.weights, args.data)
-    evaluator = _evaluator_for(loaded, data, None, args.keep_digital)
+    bits = _fusion_bits(args)
+    evaluator = _evaluator_for(loaded, data, bits, args.keep_digital)
     names = [name for name, _ in evaluator.network.layers]
     fusion = weights_from_fusion(read_fusion_csv(args.csv), dict(zip(
         names, evaluator.weights, strict=True)))
@@ -91,13 +123,12 @@ def cmd_fusion_evaluate(args: argparse.Namespace) -> int:
     acc = evaluator.accuracy(data.x_test, data.y_test, weights)
     ideal = evaluator.ideal_accuracy(data.x_test, data.y_test)
     console.print(f"{args.csv.name}: accuracy {100 * acc:.2f} % with the Fusion file's "
-                  f"conductances (float model {100 * ideal:.2f} %)")
+                  f"conductances, {evaluator.periphery.dac_bits}-bit DAC, "
+                  f"{evaluator.periphery.adc_bits}-bit ADC (float model {100 * ideal:.2f} %)")
     return 0
 
 
 def add_bridge_parsers(sub, add_model_options, output_file) -> None:
-    from pathlib import Path
-
     p = sub.add_parser("aihwkit", help="the bridge to IBM aihwkit: the PCM model out, "
                        "measured conductances out (Fusion layout) and back")
     bridge = p.add_subparsers(dest="aihwkit_command", required=True, metavar="COMMAND")
@@ -127,4 +158,6 @@ def add_bridge_parsers(sub, add_model_options, output_file) -> None:
     q.add_argument("csv", type=Path)
     q.add_argument("--model", required=True)
     add_model_options(q)
+    q.add_argument("--bits", type=int, help="DAC and ADC bits (default: the deployment's, "
+                   "from the record fusion-export writes beside the CSV)")
     q.set_defaults(func=cmd_fusion_evaluate)

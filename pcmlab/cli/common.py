@@ -27,6 +27,16 @@ err_console = Console(stderr=True, soft_wrap=True,
 log = logging.getLogger("pcmlab")
 
 
+class _Given(argparse.Action):
+    """Stores the value and remembers that the option was given (``args.chip_options_given``),
+    so that options a --chip FILE would override are refused, not ignored."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        given = set(getattr(namespace, "chip_options_given", None) or ())
+        namespace.chip_options_given = given | {option_string}
+
+
 def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
     g = p.add_argument_group("chip")
     g.add_argument("--resource", metavar="RESOURCE",
@@ -41,11 +51,15 @@ def add_chip_options(p: argparse.ArgumentParser, rows: int, cols: int) -> None:
                    "seeds SEED, SEED+1, ..., SEED being --seed or the --chip file's seed)")
     g.add_argument("--chip", type=Path, metavar="FILE",
                    help="mock chip configuration (.toml or .json, MockChipConfig)")
-    g.add_argument("--rows", type=int, default=rows, help=f"array rows (default {rows})")
-    g.add_argument("--cols", type=int, default=cols, help=f"array columns (default {cols})")
-    g.add_argument("--seed", type=int, default=0, help="seed of the mock chip (default 0)")
-    g.add_argument("--no-faults", action="store_true", help="a chip without faulty devices")
-    g.add_argument("--calibration", type=Path, metavar="FILE",
+    g.add_argument("--rows", type=int, default=rows, action=_Given,
+                   help=f"array rows (default {rows})")
+    g.add_argument("--cols", type=int, default=cols, action=_Given,
+                   help=f"array columns (default {cols})")
+    g.add_argument("--seed", type=int, default=0, action=_Given,
+                   help="seed of the mock chip (default 0)")
+    g.add_argument("--no-faults", default=False, nargs=0, action=_Given,
+                   help="a chip without faulty devices")
+    g.add_argument("--calibration", type=Path, metavar="FILE", action=_Given,
                    help="PCM model constants (from 'pcmlab fit') for the mock chip and the "
                    "simulated mode")
 
@@ -74,6 +88,12 @@ def make_driver(args: argparse.Namespace):  # -> CrossbarDriver
             drivers.append(make_driver(one))
         return ChipGroup(drivers)
     if args.chip is not None:
+        given = sorted(getattr(args, "chip_options_given", None) or ())
+        if given:
+            raise ConfigError(f"--chip {args.chip} with {', '.join(given)}: the chip file sets "
+                              "the geometry, seed, faults and calibration of the mock chip; "
+                              "put them in the file (MockChipConfig) instead, or leave out "
+                              "--chip")
         cfg = load_model(MockChipConfig, args.chip)
         # chip k of a group from one file: the file's chip with seed SEED + k
         cfg = cfg.model_copy(update={"seed": cfg.seed + getattr(args, "chip_index", 0)})

@@ -37,7 +37,7 @@ from pcmlab.bridge.aihwkit_checkpoint import from_aihwkit
 from pcmlab.bridge.fusion import fusion_import_torch, read_fusion_csv, weights_from_fusion
 from pcmlab.cli import main
 from pcmlab.config import load_model
-from pcmlab.errors import SchemaError
+from pcmlab.errors import ConfigError, SchemaError
 from pcmlab.evaluator import AnalogEvaluator, NoiseSwitches, Periphery
 from pcmlab.pcm_model import ACCURACY_TIMES_S, PCMCalibration, PCMModel
 from pcmlab.store import RunReader
@@ -190,6 +190,49 @@ def test_an_aihwkit_checkpoint_gives_aihwkits_weights_and_periphery(hwa) -> None
     assert any("weight modifier" in line for line in imported.not_mapped)
 
 
+def _wide() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(600, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_a_layer_aihwkit_split_into_tiles_comes_with_its_weights() -> None:
+    """aihwkit 1.1 splits a layer larger than 512 inputs or outputs into tiles
+    (``0.analog_module.array.i.j``); the import assembles them, scales and all."""
+    c = TorchInferenceRPUConfig()
+    c.mapping.max_input_size = 256  # three input blocks
+    c.mapping.max_output_size = 20  # two output blocks
+    c.mapping.weight_scaling_omega = 1.0
+    c.mapping.weight_scaling_columnwise = True
+    analog = convert_to_analog(_wide(), c)
+    with torch.no_grad():
+        for _, layer in analog.named_analog_layers():
+            w, b = layer.get_weights()
+            layer.set_weights(torch.randn_like(w) * 0.1, b)
+    assert len(list(analog[0].analog_module.array)) == 3
+    imported = from_aihwkit(_wide(), analog.state_dict())
+    mine = dict(imported.model.named_modules())
+    for name, layer in analog.named_analog_layers():
+        w, b = layer.get_weights()
+        assert torch.allclose(mine[name].weight, w, atol=1e-6), name
+        assert torch.allclose(mine[name].bias, b, atol=1e-6), name
+    assert any("6 tiles assembled" in line for line in imported.mapped)
+    # an analog layer with no tile weights in the state is refused, by name
+    state = {k: v for k, v in analog.state_dict().items()
+             if not (k.startswith("0.") and k.endswith("analog_tile_state"))}
+    with pytest.raises(SchemaError, match=r"layer\(s\) 0: no tile weights"):
+        from_aihwkit(_wide(), state)
+
+
+def test_layers_with_different_converter_bits_are_refused() -> None:
+    c8, c6 = TorchInferenceRPUConfig(), TorchInferenceRPUConfig()
+    c8.forward.inp_res = c8.forward.out_res = 1 / (2**8 - 2)
+    c6.forward.inp_res = c6.forward.out_res = 1 / (2**6 - 2)
+    analog = convert_to_analog(_wide(), c8)
+    analog[2] = convert_to_analog(_wide()[2], c6)
+    with pytest.raises(ConfigError, match=r"layer 2 has DAC/ADC resolution.*layer 0"):
+        from_aihwkit(_wide(), analog.state_dict())
+
+
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path, hwa) -> None:
     model, _ = hwa
     marker = tmp_path / "ran"
@@ -272,6 +315,70 @@ def test_an_aihwkit_network_deploys_and_comes_back_through_fusion(
     assert abs(acc_aihwkit - measured_day) <= 0.01
 
 
+def test_fusion_evaluate_uses_the_bits_the_deployment_used(
+        tmp_path: Path, hwa, digits, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``deploy --bits 3`` run's Fusion file evaluates at 3 bits, not the model's 8."""
+    _, ckpt = hwa
+    run, csv = tmp_path / "b3.h5", tmp_path / "b3.csv"
+    model = ["--model", "examples.networks:mlp", "--weights", str(ckpt)]
+    assert main(["deploy", "examples.networks:mlp", "--weights", str(ckpt), "-o", str(run),
+                 "--runs", "1", "--rows", "64", "--cols", "256", "--bits", "3"]) == 0
+    assert main(["aihwkit", "fusion-export", str(run), *model, "-o", str(csv)]) == 0
+    capsys.readouterr()
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model]) == 0
+    out = capsys.readouterr().out
+    assert "3-bit DAC, 3-bit ADC" in out
+    printed = float(out.split("accuracy ")[1].split(" %")[0])
+    from pcmlab.cli.network import _evaluator_for, _model_and_data
+
+    loaded, data = _model_and_data("examples.networks:mlp", ckpt, None)
+    for bits in (3, None):
+        ev = _evaluator_for(loaded, data, bits, [])
+        names = [name for name, _ in ev.network.layers]
+        back = weights_from_fusion(read_fusion_csv(csv), dict(zip(names, ev.weights,
+                                                                   strict=True)))
+        acc = 100 * ev.accuracy(data.x_test, data.y_test, [back[n] for n in names])
+        print(f"Fusion file of a 3-bit deployment at {bits or 'the model'}'s bits: {acc:.2f} %")
+        if bits == 3:
+            assert printed == pytest.approx(acc, abs=0.006)
+        else:
+            assert abs(printed - acc) > 1.0  # the test can tell 3 bits from 8
+    # a Fusion CSV with no record beside it needs --bits
+    (tmp_path / "b3.csv.pcmlab.json").unlink()
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model]) == 2
+    assert "give --bits N" in capsys.readouterr().err
+    assert main(["aihwkit", "fusion-evaluate", str(csv), *model, "--bits", "3"]) == 0
+    assert f"accuracy {printed:.2f} %" in capsys.readouterr().out
+
+
+class _Net(nn.Module):
+    """A model whose root is not nn.Sequential (aihwkit wraps it in AnalogWrapper)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc1, self.act, self.fc2 = nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_fusion_layer_numbers_of_a_model_whose_root_is_not_sequential(tmp_path: Path) -> None:
+    from aihwkit.utils.export import _fusion_get_csv_header
+
+    from pcmlab.bridge.fusion import fusion_layers, fusion_ordinals, write_fusion_csv
+
+    net = _Net()
+    analog = convert_to_analog(_Net(), TorchInferenceRPUConfig())
+    theirs = [int(v) for v in _fusion_get_csv_header(analog).splitlines()[0].split(",")]
+    ordinals = fusion_ordinals(net)
+    assert [ordinals["fc1"], ordinals["fc2"]] == theirs == [1, 3]
+    weights = {n: dict(net.named_modules())[n].weight.detach() for n in ("fc1", "fc2")}
+    csv = write_fusion_csv(fusion_layers(net, weights, {n: 10 * w.abs() for n, w in
+                                                        weights.items()}), tmp_path / "n.csv")
+    fusion_import_torch(csv, analog)  # aihwkit's header check accepts it
+
+
 def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
     """Per level, on constants that are not the published ones (a programming-noise
     polynomial that dips below zero near G_max, where pcmlab clips it and aihwkit's own
@@ -290,3 +397,15 @@ def test_the_exported_noise_model_draws_pcmlabs_statistics() -> None:
         assert float(nu.mean()) == pytest.approx(mu, rel=0.01)
         assert float(nu.std()) == pytest.approx(sd, rel=0.02)
         assert float(q_s[0]) == pytest.approx(float(model.read_noise_q(g_us)), rel=1e-5)
+        # 1/f read noise at several t: the spread about the drifted conductance is pcmlab's
+        # (at 10 and 22 µS, where the clamp at zero does not cut the distribution)
+        if g_us < 5.0:
+            continue
+        nu_fixed = torch.full_like(g, 0.05)
+        for t_s in (25.0, 3600.0, DAY_S, 365 * DAY_S):
+            g_t = noise.apply_drift_noise_to_conductance(g, torch.stack([nu_fixed, q_s]), t_s)
+            t = t_s + noise.t_0  # aihwkit's t_inference counts from t0
+            g_drift = g_us * (t / noise.t_0) ** -0.05
+            sigma = float(model.read_noise_sigma_us(g_drift, g_us, t))
+            assert float(g_t.mean()) == pytest.approx(g_drift, rel=1e-3), t_s
+            assert float(g_t.std()) == pytest.approx(sigma, rel=0.01), (g_us, t_s)

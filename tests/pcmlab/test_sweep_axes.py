@@ -16,7 +16,7 @@ from pcmlab.tasks import load_digits, train_classifier
 VALUES = {"bits": [8, 2], "adc_bits": [8, 2], "dac_bits": [8, 2], "adc_gain": [1.0, 0.25],
           "eta": [0.0, 0.3], "programming_noise": [True, False], "drift": [True, False],
           "read_noise": [True, False], "drift_compensation": [True, False],
-          "calibration": ["published", "CAL"]}
+          "faults": [True, False], "calibration": ["published", "CAL"]}
 # what the methods cannot honour, and so refuse (all other pairs change the result)
 REFUSED = {("eta", "as-is"), ("eta", "off-the-shelf"), ("adc_gain", "full")}
 
@@ -89,3 +89,38 @@ def test_the_methods_without_an_axis_are_refused_too() -> None:
     with pytest.raises(ValidationError, match=r"'adc_gain'.*'full'"):
         sweep.SweepConfig.model_validate({"axes": {"training": ["noise", "full"],
                                                    "adc_gain": [1.0, 2.0]}})
+
+
+def test_the_mapping_takes_the_calibrations_g_max(setup, monkeypatch, tmp_path) -> None:
+    """Weights map to the calibration's G_max (deploy does), not the default 25 µS; the
+    part key holds it."""
+    from pcmlab.evaluator import AnalogEvaluator
+    from pcmlab.pcm_model import PCMCalibration
+
+    base, data, _ = setup
+    seen: list[float] = []
+    place = AnalogEvaluator.mapping
+
+    def spy(self, *args, **kwargs):
+        mapping = place(self, *args, **kwargs)
+        seen.append(mapping.g_max_us)
+        return mapping
+
+    monkeypatch.setattr(AnalogEvaluator, "mapping", spy)
+    config = sweep.SweepConfig.model_validate({"axes": {"training": ["as-is"]}, "runs": 1,
+                                               "runs_per_task": 1, "times_s": [25.0]})
+    full = sweep.point_settings({"training": "as-is"}, config)
+    results = []
+    for g_max_us in (25.0, 50.0):
+        task = SameStream(tuple(sorted(full.items())), 0, 1, 0, (25.0,), config.rows,
+                          config.cols, (), PCMCalibration(g_max_us=g_max_us))
+        results.append(sweep.eval_task(task, base, data, config))
+    assert seen == [25.0, 50.0]
+    # and the part key changes with G_max alone
+    (tmp_path / "g50.toml").write_text("g_max_us = 50.0\n")
+    (tmp_path / "g25.toml").write_text("g_max_us = 25.0\n")
+    keys = [{k for k, _, _ in sweep.plan(sweep.SweepConfig.model_validate(
+        {"axes": {"training": ["as-is"], "calibration": [f]}, "runs": 1,
+         "runs_per_task": 1, "times_s": [25.0]}), base.model, data, tmp_path)[0]}
+        for f in ("g25.toml", "g50.toml")]
+    assert not keys[0] & keys[1]

@@ -85,6 +85,8 @@ def test_changing_each_input_alone_gives_every_part_a_new_key(netmod, tmp_path: 
         changed[field] = keys(spec_with(**{field: value}), model, d)
     changed["axis value"] = keys(spec_with(axes={"training": ["off-the-shelf"],
                                                  "bits": [6]}), model, d)
+    changed["faults"] = keys(spec_with(axes={"training": ["off-the-shelf"], "bits": [8],
+                                             "faults": [False]}), model, d)
     changed["training method"] = keys(spec_with(axes={"training": ["noise"],
                                                       "bits": [8]}), model, d)
     for field, value in {"stage1_epochs": 3, "stage2_epochs": 2, "lr": 1e-2, "batch": 32,
@@ -138,6 +140,24 @@ def test_the_fingerprint_holds_the_layer_settings_and_the_source(netmod) -> None
     assert fingerprint(seq) != fingerprint(seq2)  # a hyperparameter without a tensor
     path.write_text(NET_V2)
     assert fingerprint(net(importlib.reload(module))) != ref
+
+
+NET_ACT = NET_V1.replace("class Net", "def act(x):\n    return torch.relu(x)\n\n\nclass Net"
+                         ).replace("torch.relu(self.conv(x))", "act(self.conv(x))")
+
+
+def test_the_fingerprint_holds_a_module_level_function_the_forward_calls(netmod) -> None:
+    """Two modules that differ only in a function outside the class (``act``) are two
+    networks."""
+    path, module = netmod
+    path.write_text(NET_ACT)
+    relu = net(importlib.reload(module))
+    ref, ref_keys = fingerprint(relu), keys(BASE, relu, data())
+    path.write_text(NET_ACT.replace("torch.relu(x)", "torch.tanh(x)"))
+    tanh = net(importlib.reload(module))
+    assert tanh.state_dict().keys() == relu.state_dict().keys()
+    assert fingerprint(tanh) != ref
+    assert keys(BASE, tanh, data()).isdisjoint(ref_keys)  # no sweep part is reused
 
 
 def test_evaluate_refuses_a_network_with_another_stride(netmod) -> None:
