@@ -243,3 +243,30 @@ def test_chip_file_options_that_it_would_override_are_refused(
         assert f"with {extra[0]}" in capsys.readouterr().err
     assert main(["program", "--chip", str(chip)]) == 0
     assert main(["program", "--rows", "16", "--cols", "16", "--no-faults", "--seed", "2"]) == 0
+
+
+def test_a_chip_file_is_simulated_as_the_chip_it_builds(tmp_path: Path) -> None:
+    """The simulated mode beside a --chip FILE mock takes that chip's constants and fault
+    rates (it took the published constants, faults and all: a chip file without faulty
+    devices, or with its own drift, was predicted as the published chip)."""
+    import argparse
+
+    from mock_chip import FaultRates, MockChipConfig
+    from pcmlab.cli.common import calibration_of, make_driver
+    from pcmlab.config import ArrayGeometry
+    from pcmlab.pcm_model import PCMCalibration
+
+    cal = PCMCalibration(drift_mu_range=(0.06, 0.11), stuck_set_rate=0.02)
+    chip = tmp_path / "chip.json"
+    chip.write_text(MockChipConfig(geometry=ArrayGeometry(rows=16, cols=16), calibration=cal,
+                                   faults=FaultRates(stuck_reset=0.01, stuck_set=0.0,
+                                                     weak=0.03)).model_dump_json())
+    args = argparse.Namespace(chip=chip, resource=None, calibration=None, no_faults=False,
+                              chips=1, seed=0, rows=16, cols=16, dialect=None)
+    simulated = calibration_of(args)
+    assert simulated.drift_mu_range == (0.06, 0.11)
+    assert (simulated.stuck_reset_rate, simulated.stuck_set_rate, simulated.weak_rate) == (
+        0.01, 0.0, 0.03)  # the chip's own faulty devices, not the calibration's rates
+    built = make_driver(args).chip.config
+    assert built.calibration.drift_mu_range == simulated.drift_mu_range
+    assert FaultRates.of_calibration(simulated) == built.faults

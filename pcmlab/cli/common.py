@@ -135,8 +135,19 @@ def dialect_option(args: argparse.Namespace) -> dict[str, object]:
 
 
 def calibration_of(args: argparse.Namespace):  # -> PCMCalibration
+    """The PCM model the simulated mode and the fit start from: a chip file's own (the
+    mock chip it builds), else --calibration, else the published constants."""
     from pcmlab.pcm_model import PCMCalibration
 
+    if getattr(args, "chip", None) is not None and not getattr(args, "resource", None):
+        # the mock chip of a chip file: simulated as that chip is, its constants and its
+        # faulty devices (make_driver refuses --calibration and --no-faults beside --chip)
+        from mock_chip import MockChipConfig
+
+        chip = load_model(MockChipConfig, args.chip)
+        return chip.calibration.model_copy(update={
+            "stuck_reset_rate": chip.faults.stuck_reset, "stuck_set_rate": chip.faults.stuck_set,
+            "weak_rate": chip.faults.weak})
     cal = (PCMCalibration() if getattr(args, "calibration", None) is None
            else load_model(PCMCalibration, args.calibration))
     # a mock chip without faulty devices is simulated without them too
