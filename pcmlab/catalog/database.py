@@ -22,7 +22,15 @@ from sqlalchemy.engine import Connection, Engine
 from pcmlab import __version__
 from pcmlab.catalog import schema as T
 from pcmlab.catalog.location import redact, resolve_location, to_url
-from pcmlab.catalog.records import CellRange, ChipIdentity, check_run_id, now_utc, utc
+from pcmlab.catalog.records import (
+    CellRange,
+    ChipIdentity,
+    check_run_id,
+    group_members,
+    now_utc,
+    split_by_chip,
+    utc,
+)
 from pcmlab.errors import CatalogError, CatalogUnavailableError
 
 log = logging.getLogger(__name__)
@@ -206,11 +214,20 @@ class Catalog:
         values.update(kind=kind, path=str(Path(path).absolute()))
         now = now_utc()
         with self._write() as conn:
-            chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
+            existing = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id,
+                                              T.runs.c.driver, T.runs.c.rows, T.runs.c.cols,
+                                              T.runs.c.arrays).where(
+                T.runs.c.run_id == run_id)).first()
+            group = None
+            if chip_identity or cells is not None:
+                group = self._group(conn, chip_identity or (existing.driver if existing
+                                                            else None), values, existing)
+            if group is not None:  # a chip group: every chip its own row (the first's here)
+                chip_id = group[0][0]
+            else:
+                chip_id = self._chip(conn, chip_identity, values) if chip_identity else None
             if chip_identity:
                 values.setdefault("driver", chip_identity)
-            existing = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id).where(
-                T.runs.c.run_id == run_id)).first()
             if chip_id is not None:
                 values["chip_id"] = chip_id
             if existing is None:
@@ -233,7 +250,7 @@ class Catalog:
             if cells is not None:
                 if chip_id is None and existing is not None:
                     chip_id = existing.chip_id
-                self._set_cells(conn, run_id, chip_id, cells)
+                self._set_cells(conn, run_id, chip_id, cells, group)
         return run_id
 
     def update(self, run_id: str, *, cells: Sequence[CellRange] | None = None,
@@ -241,7 +258,8 @@ class Catalog:
         """Change fields of a known run (``meta`` is merged); CatalogError if unknown."""
         values = self._values(fields)
         with self._write() as conn:
-            row = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id).where(
+            row = conn.execute(sa.select(T.runs.c.meta, T.runs.c.chip_id, T.runs.c.driver,
+                                         T.runs.c.rows, T.runs.c.cols, T.runs.c.arrays).where(
                 T.runs.c.run_id == run_id)).first()
             if row is None:
                 raise CatalogError(f"no run {run_id!r} in catalog {self.location}")
@@ -250,7 +268,8 @@ class Catalog:
             conn.execute(T.runs.update().where(T.runs.c.run_id == run_id)
                          .values(updated_at=now_utc(), **values))
             if cells is not None:
-                self._set_cells(conn, run_id, row.chip_id, cells)
+                self._set_cells(conn, run_id, row.chip_id, cells,
+                                self._group(conn, row.driver, {}, row))
 
     def tag(self, run_id: str, tags: Mapping[str, Any]) -> dict[str, Any]:
         """Set metadata keys on a run (a dotted key nests: ``a.b=1`` is {"a": {"b": 1}});
@@ -313,18 +332,48 @@ class Catalog:
         except sa.exc.IntegrityError:
             return int(conn.execute(sa.select(T.chips.c.chip_id).where(key)).scalar_one())
 
+    def _group(self, conn: Connection, driver: str | None, values: Mapping[str, Any],
+               existing: Any) -> tuple[list[int], int | None] | None:
+        """For a run on a chip group (``drivers.ChipGroup``'s identity): each chip's id (a
+        row of its own, made if new) and the cells per chip; None for one chip."""
+        members = group_members(driver) if driver else []
+        if len(members) < 2:
+            return None
+        geo = {k: values.get(k, getattr(existing, k, None) if existing is not None else None)
+               for k in ("rows", "cols", "arrays")}
+        if geo["rows"] is None or geo["cols"] is None or geo["arrays"] != len(members):
+            # the chips are known, not where their cells are in the group
+            return [self._chip(conn, m, {}) for m in members], None
+        rows = int(geo["rows"]) // len(members)
+        chip_geo = {"rows": rows, "cols": int(geo["cols"]), "arrays": 1}
+        return [self._chip(conn, m, chip_geo) for m in members], rows * int(geo["cols"])
+
     @staticmethod
     def _set_cells(conn: Connection, run_id: str, chip_id: int | None,
-                   cells: Sequence[CellRange]) -> None:
+                   cells: Sequence[CellRange],
+                   group: tuple[list[int], int | None] | None = None) -> None:
+        """``group``: the run's chips and cells per chip; each chip gets its own ranges,
+        in its own cell numbers."""
         conn.execute(T.run_cells.delete().where(T.run_cells.c.run_id == run_id))
         for r in cells:
             if r.action not in T.ACTIONS:
                 raise CatalogError(f"cell action {r.action!r} is not one of "
                                    f"{', '.join(T.ACTIONS)}")
-        if cells:
-            conn.execute(T.run_cells.insert(), [
-                {"run_id": run_id, "chip_id": chip_id, "action": r.action, "start": r.start,
-                 "stop": r.stop, "n_set": r.n_set, "n_reset": r.n_reset} for r in cells])
+        if group is None:
+            per_chip = [(chip_id, list(cells))]
+        else:
+            ids, cells_per_chip = group
+            if cells_per_chip is None:
+                raise CatalogError(f"run {run_id} is on a group of {len(ids)} chips but its "
+                                   "geometry (rows, cols, arrays) is not recorded, so its "
+                                   "cells cannot be put on their chips; give geometry")
+            per_chip = list(zip(ids, split_by_chip(list(cells), len(ids), cells_per_chip),
+                                strict=True))
+        rows = [{"run_id": run_id, "chip_id": cid, "action": r.action, "start": r.start,
+                 "stop": r.stop, "n_set": r.n_set, "n_reset": r.n_reset}
+                for cid, ranges in per_chip for r in ranges]
+        if rows:
+            conn.execute(T.run_cells.insert(), rows)
 
     # -- reading ---------------------------------------------------------------------------
     def resolve_id(self, run_id: str, conn: Connection | None = None) -> str:
@@ -433,7 +482,13 @@ class Catalog:
         that paging and counting stay in SQL."""
         parts: list[Any] = []
         if chip is not None:
-            parts.append((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
+            on_chip = (T.chips.c.serial == chip) | (T.chips.c.identity == chip)
+            # a run on a chip group is on every chip of it: each has its own cell ranges
+            c = T.chips.alias("member_chips")
+            member = (sa.select(T.run_cells.c.run_id)
+                      .join(c, c.c.chip_id == T.run_cells.c.chip_id)
+                      .where((c.c.serial == chip) | (c.c.identity == chip)))
+            parts.append(on_chip | T.runs.c.run_id.in_(member))
         if kind is not None:
             parts.append(T.runs.c.kind.in_(_many(kind)))
         if since is not None:
@@ -509,7 +564,8 @@ class Catalog:
         """Ranges of runs on ``chip`` (serial or identity) overlapping cells [start, stop),
         with their run's id, kind, path, status and start time, oldest run first."""
         q = (sa.select(T.run_cells, T.runs.c.kind, T.runs.c.path, T.runs.c.status,
-                       T.runs.c.started_at)
+                       T.runs.c.started_at, T.runs.c.driver, T.runs.c.rows, T.runs.c.cols,
+                       T.runs.c.arrays, T.chips.c.maker, T.chips.c.model, T.chips.c.serial)
              .join(T.runs, T.runs.c.run_id == T.run_cells.c.run_id)
              .join(T.chips, T.chips.c.chip_id == T.run_cells.c.chip_id)
              .where((T.chips.c.serial == chip) | (T.chips.c.identity == chip))
@@ -519,7 +575,23 @@ class Catalog:
             rows = [dict(r) for r in conn.execute(q).mappings()]
         for r in rows:
             r["started_at"] = utc(r["started_at"])
+            r["file_offset"] = _file_offset(r)
         return rows
+
+
+def _file_offset(r: Mapping[str, Any]) -> int:
+    """What to add to a range's cells (its chip's own numbers) for the cell numbers of its
+    run's file: on a chip group (``drivers.ChipGroup``) chip k's cells come after k chips'."""
+    members = group_members(r["driver"]) if r.get("driver") else []
+    if len(members) < 2:
+        return 0
+    key = (r["maker"], r["model"], r["serial"])
+    k = next((i for i, m in enumerate(members) if ChipIdentity.parse(m).key == key), None)
+    if k is None or not r.get("rows") or not r.get("cols") or r.get("arrays") != len(members):
+        raise CatalogError(f"run {r['run_id']}: chip {r['serial']!r} on group {r['driver']!r}"
+                           f" with geometry rows={r.get('rows')}, cols={r.get('cols')}, "
+                           f"arrays={r.get('arrays')}: its cells cannot be found in the file")
+    return k * (int(r["rows"]) // len(members)) * int(r["cols"])
 
 
 _TIMES = ("started_at", "ended_at", "updated_at")

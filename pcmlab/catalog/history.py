@@ -99,10 +99,11 @@ def _history(cat: Catalog, chip: str, start: int, stop: int) -> xr.Dataset:
         with run:
             found[k] = True
             targets = run.targets()
+            in_file = wanted + r["file_offset"]  # the file's numbers (a chip group's)
             order = np.argsort(targets.cell, kind="stable")
-            pos = np.searchsorted(targets.cell[order], wanted)
+            pos = np.searchsorted(targets.cell[order], in_file)
             pos = np.minimum(pos, max(targets.cell.size - 1, 0))
-            hit = targets.cell[order][pos] == wanted
+            hit = targets.cell[order][pos] == in_file
             idx = order[pos[hit]]  # positions in the file of the cells it has
             per_run["target_us"][k, hit] = targets.conductance_us[idx]
             prog = run.programming()

@@ -95,6 +95,40 @@ class ChipIdentity:
             return cls(parts[0], parts[1], parts[2], "", identity)
         return cls(identity.strip(), "", identity.strip(), "", identity)
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(maker, model, serial): one physical chip."""
+        return self.maker, self.model, self.serial
+
+
+GROUP_SEPARATOR = " | "  # drivers.ChipGroup joins its chips' identities with it
+
+
+def group_members(identity: str) -> list[str]:
+    """The identities of the chips of a chip group's identity (``drivers.ChipGroup``:
+    chip k's cell c is the group's cell k x cells per chip + c); one chip: itself."""
+    return [m.strip() for m in identity.split(GROUP_SEPARATOR)]
+
+
+def split_by_chip(cells: list[CellRange] | tuple[CellRange, ...], n_chips: int,
+                  cells_per_chip: int) -> list[list[CellRange]]:
+    """A group run's ranges (group cell numbers) as each chip's own ranges (its local
+    cells). A range cut by a chip boundary keeps its cells on both sides; its pulse totals
+    cannot be split, so its pieces have none (the file has every cell's counts)."""
+    out: list[list[CellRange]] = [[] for _ in range(n_chips)]
+    for r in cells:
+        first, last = r.start // cells_per_chip, (r.stop - 1) // cells_per_chip
+        if last >= n_chips:
+            raise CatalogError(f"cells {r.start}:{r.stop} are beyond the {n_chips} chips of "
+                               f"{cells_per_chip} cells of the group; not registered")
+        for k in range(first, last + 1):
+            lo = max(r.start, k * cells_per_chip) - k * cells_per_chip
+            hi = min(r.stop, (k + 1) * cells_per_chip) - k * cells_per_chip
+            whole = first == last
+            out[k].append(CellRange(r.action, lo, hi, r.n_set if whole else None,
+                                    r.n_reset if whole else None))
+    return out
+
 
 def utc(value: dt.datetime | str | float | None) -> dt.datetime | None:
     """An aware UTC datetime from a datetime (naive = UTC), ISO 8601 text or Unix seconds."""

@@ -70,6 +70,48 @@ def test_history_counts_every_pulse(catalog_url, monkeypatch, tmp_path, capsys) 
     assert main(["history", "--chip", "nope", "--cells", "1:2", "--catalog", catalog_url]) == 2
 
 
+def test_a_run_on_a_chip_group_is_in_the_history_of_each_chip(catalog_url, monkeypatch,
+                                                              tmp_path) -> None:
+    """Two 16 x 16 chips as one group (chip 1's cell c is the group's 256 + c): the run is
+    listed under each serial, and each chip's history has the pulses its own driver saw."""
+    from drivers import ChipGroup
+
+    monkeypatch.setenv("PCMLAB_CATALOG", catalog_url)
+    cfg = pcmlab.RunConfig(schedule=pcmlab.ReadoutSchedule(t0_s=20.0, t_end_s=60.0,
+                                                           n_readouts=2))
+    chips = [CountingDriver(pcmlab.MockDriver(config=pcmlab.MockChipConfig(
+        seed=s, geometry={"rows": 16, "cols": 16}))) for s in (5, 6)]
+    group = ChipGroup(chips)
+    cells = np.concatenate([np.arange(250, 256), np.arange(256, 262), np.arange(300, 304)])
+    pcmlab.measure_run(group, cfg, tmp_path / "g.h5", cells=cells,
+                       target_us=np.linspace(5, 20, cells.size))
+    serials = [c.info.identity.split(",")[2] for c in chips]
+    with open_catalog(catalog_url) as cat:
+        for serial in serials:
+            assert [r["path"] for r in cat.list_runs(chip=serial)] == [
+                str((tmp_path / "g.h5").absolute())]
+        assert {c["serial"]: c["firmware"] for c in cat.chips()} == {
+            s: "0.1.0" for s in serials}
+        # each chip holds its own cells only, in its own numbers
+        assert [(r["start"], r["stop"]) for r in cat.cell_ranges(
+            chip=serials[0], start=0, stop=10**6)] == [(250, 256)]
+        assert [(r["start"], r["stop"]) for r in cat.cell_ranges(
+            chip=serials[1], start=0, stop=10**6)] == [(0, 6), (44, 48)]
+    # chip 1: local cells 0..5 and 44..47 (group 256..261, 300..303); chip 0: 250..255
+    total = [c.pulses["SET"] + c.pulses["RESET"] for c in chips]
+    assert total[1][0:6].min() > 0 and total[1][44:48].min() > 0
+    two = pcmlab.cell_history(serials[1], "0:48", catalog_url)
+    assert np.array_equal(two.cumulative_pulses.values[-1], total[1][0:48])
+    assert int(two.programmed.values.sum()) == 10
+    assert np.array_equal(two.set_pulses.fillna(0).values[0], chips[1].pulses["SET"][0:48])
+    one = pcmlab.cell_history(serials[0], "0:256", catalog_url)
+    assert np.array_equal(one.cumulative_pulses.values[-1], total[0])
+    assert int(one.programmed.values.sum()) == 6  # 250..255 only, none of chip 1's
+    with pcmlab.RunReader(tmp_path / "g.h5") as run:  # the reads of chip 1's cells
+        g = run.readouts().conductance_us[:, 6:12]  # group cells 256..261
+    assert np.array_equal(two.conductance_us.values[:, 0:6], g)
+
+
 @pytest.mark.slow
 def test_history_on_the_demos_chip_counts_every_pulse(tmp_path, monkeypatch, capsys) -> None:
     """``pcmlab demo`` (a network deployed on the mock), then ``pcmlab history`` on its
