@@ -14,7 +14,7 @@ import pcmlab
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-NAME = re.compile(r"(?<![\w/-])pcmlab\.([A-Za-z_]\w*)(\([^()`]*\))?((?:\.[A-Za-z_]\w*)*)")
+NAME = re.compile(r"(?<![\w/.-])pcmlab\.([A-Za-z_]\w*)(\([^()`]*\))?((?:\.[A-Za-z_]\w*)*)")
 # a table row: | `pcmlab.Class(...)` | what it is: `name`, `name`, ... |
 ROW = re.compile(r"^\| `pcmlab\.([A-Z]\w*)\([^`]*\)` \| [^|`]*: ((?:`\w+`(?:, )?)+) \|", re.M)
 
