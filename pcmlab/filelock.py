@@ -35,10 +35,11 @@ def _flock(l_type: int) -> bytes:
 
 def hold_writer_lock(path: str | Path) -> int:
     """Take the writer's lock on ``path``; returns the descriptor that holds it (closing
-    it releases the lock). BlockingIOError if a live writer holds it already."""
-    fd = os.open(path, os.O_RDONLY)
+    it releases the lock). Exclusive: BlockingIOError (or PermissionError) if a live writer
+holds it already."""
+    fd = os.open(path, os.O_RDWR)  # an exclusive (write) lock needs a descriptor for writing
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_RDLCK))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
     except BaseException:
         os.close(fd)
         raise

@@ -80,6 +80,10 @@ class Registration:
         # the record start() could not send: sent whole with the first update or finish
         # that reaches a catalog not knowing the run (chip, config, start time, ...)
         self._unsent: dict[str, Any] | None = None
+        # what updates could not send (the programmed cells with their pulse counts, ...):
+        # carried into the next send, so the finish brings them if nothing else did
+        self._carried: dict[str, Any] = {}
+        self._carried_cells: list[CellRange] | None = None
 
     @classmethod
     def start(cls, kind: str, path: str | Path, *, run_id: str | None = None,
@@ -102,6 +106,12 @@ class Registration:
     def _send_fields(self, cells: list[CellRange] | None, fields: dict[str, Any], *,
                      hot: bool = False) -> bool:
         unsent = self._unsent
+        if cells is None:
+            cells = self._carried_cells
+        meta = {**(self._carried.get("meta") or {}), **(fields.get("meta") or {})}
+        fields = {**self._carried, **fields}
+        if meta:
+            fields["meta"] = meta
 
         def action(cat: Any) -> None:
             if unsent is not None and not cat.list_runs_by_id([self.run_id]):
@@ -115,8 +125,10 @@ class Registration:
                              **fields)
 
         if not self._send(action, hot=hot):
+            self._carried, self._carried_cells = fields, cells
             return False
         self._unsent = None
+        self._carried, self._carried_cells = {}, None
         return True
 
     def finish(self, status: str, *, cells: list[CellRange] | None = None,

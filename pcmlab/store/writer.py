@@ -146,6 +146,10 @@ class RunWriter:
         if path.exists() and not overwrite:
             raise ConfigError(f"{path} exists; choose another output file (measurements are "
                               "never overwritten) or resume it with 'pcmlab resume'")
+        if path.exists():
+            # not even --force replaces a file a live run is writing (between readouts it
+            # has no HDF5 file open, so nothing else would stop the truncation)
+            refuse_if_written(path)
         cell_arr = np.asarray(cells, dtype=np.uint32)
         tgt = np.asarray(target_us, dtype=np.float32)
         lay = (np.full(cell_arr.shape, -1, dtype=np.int16) if layer is None

@@ -373,6 +373,29 @@ def test_a_run_killed_between_readouts_opens_without_recover(tmp_path: Path) -> 
     assert RunWriter.recover(path) is None  # nothing to recover: the file is closed
 
 
+def test_not_even_overwrite_replaces_a_file_a_live_run_is_writing(tmp_path: Path) -> None:
+    """Between readouts the writer has no HDF5 file open: create(overwrite=True) (what
+    --force does) truncated a live run's file, and that run went on writing into nothing."""
+    path = tmp_path / "run.h5"
+    proc = subprocess.Popen([sys.executable, "-c", BETWEEN_READOUTS, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "waiting"
+        with pytest.raises(SchemaError, match="still writing"):
+            RunWriter.create(path, config={}, driver_identity="a,b,1,f", cells=np.arange(4),
+                             target_us=np.ones(4), schedule_time_s=[10.0], overwrite=True,
+                             register=False)
+        with h5py.File(path, "r") as f:  # the live run's readouts are all there
+            assert f["readouts/time_s"][:].tolist() == [20.0, 200.0]
+    finally:
+        proc.kill()
+        proc.wait()
+    # once its writer is gone, --force may replace it
+    RunWriter.create(path, config={}, driver_identity="a,b,1,f", cells=np.arange(4),
+                     target_us=np.ones(4), schedule_time_s=[10.0], overwrite=True,
+                     register=False).close()
+
+
 def test_a_reader_in_the_writers_process_follows_it(tmp_path: Path) -> None:
     """The writer closes its file between readouts; a reader in the same process (a
     notebook measuring and looking) keeps it open and sees each new row."""

@@ -86,6 +86,38 @@ def test_a_run_registers_with_its_id_and_pulses(catalog_url, tmp_path, monkeypat
     assert n_set > 64 and (programmed[0].n_set, programmed[0].n_reset) == (n_set, n_reset)
 
 
+def test_a_catalog_missed_at_the_start_still_gets_the_pulses(tmp_path, monkeypatch) -> None:
+    """The first send fails (the catalog was briefly away): the programming's update is
+    then skipped for RETRY_AFTER_S, and the finish used to send the cells without their
+    pulse counts (n_set, n_reset NULL for good; scan did not repair it)."""
+    from pcmlab.catalog import database
+
+    where = str(tmp_path / "c.sqlite")
+    open_catalog(where).close()
+    monkeypatch.setenv("PCMLAB_CATALOG", where)
+    real_open = database.Catalog.open.__func__
+    calls = []
+
+    def away_once(cls, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise database.CatalogError("the catalog is away for a moment")
+        return real_open(cls, *a, **kw)
+
+    monkeypatch.setattr(database.Catalog, "open", classmethod(away_once))
+    _measure(tmp_path / "a.h5")
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        run_id = f.attrs["run_id"]
+        n_set = int(f["programming/set_pulses"][:].sum())
+        n_reset = int(f["programming/reset_pulses"][:].sum())
+    with open_catalog(where) as cat:
+        rec = cat.get(run_id)
+    assert rec["status"] == "finished" and rec["n_readouts"] == 4
+    programmed = [c for c in rec["cells"] if c.action == "programmed"]
+    assert [(c.start, c.stop, c.n_set, c.n_reset) for c in programmed] == [
+        (0, 64, n_set, n_reset)]
+
+
 def test_killed_and_resumed_runs(catalog_url, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PCMLAB_CATALOG", catalog_url)
     path = tmp_path / "slow.h5"
