@@ -66,6 +66,29 @@ def program_verify_arrays(out: dict[str, np.ndarray]) -> None:
         out[f"pv_{name}_iterations"] = np.asarray(r.iterations)
         out[f"pv_{name}_converged"] = np.asarray(r.converged)
         out[f"pv_{name}_last_pulse"] = np.asarray(r.last_pulse_s)
+        out[f"pv_{name}_set_pulses"] = np.asarray(r.set_pulses)
+        out[f"pv_{name}_reset_pulses"] = np.asarray(r.reset_pulses)
+    # zero targets (re-RESET until they read low), both overshoot policies, progress counts
+    from protocols import OvershootPolicy, ProgramVerifyConfig
+
+    for policy in OvershootPolicy:
+        driver = MockDriver(config=MockChipConfig(geometry={"rows": 64, "cols": 512}, seed=5))
+        n = 64 * 512
+        rng = np.random.default_rng(2)
+        target = np.where(rng.random(n) < 0.3, 0, rng.uniform(0, 25, n)).astype(np.float32)
+        seen: list[tuple[int, int, int, int]] = []
+        r = program_and_verify(
+            driver, rng.permutation(n).astype(np.uint32), target,
+            ProgramVerifyConfig(overshoot=policy, record_traces=True),
+            progress=lambda p, seen=seen: seen.append(
+                (p.iteration, p.n_converged, p.n_total, p.n_active)))
+        for field in ("g_us", "iterations", "converged", "last_pulse_s", "set_pulses",
+                      "reset_pulses"):
+            out[f"pv_{policy.value}_{field}"] = np.asarray(getattr(r, field))
+        for key, trace in r.traces.items():
+            out[f"pv_{policy.value}_trace_{key}"] = trace
+        out[f"pv_{policy.value}_progress"] = np.asarray(seen)
+        out[f"pv_{policy.value}_calls"] = np.asarray(r.n_driver_calls)
 
 
 def evaluator_arrays(out: dict[str, np.ndarray]) -> None:

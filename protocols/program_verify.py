@@ -230,6 +230,19 @@ def _float32_at_most(x: float) -> np.float32:
     return np.nextafter(y, np.float32(-np.inf)) if float(y) > x else y
 
 
+def _sorted_union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """The ascending union of two ascending index arrays (a stable sort of two sorted runs
+    is one merge)."""
+    if a.size == 0 or b.size == 0:
+        return b if a.size == 0 else a
+    both = np.concatenate([a, b])
+    both.sort(kind="stable")
+    keep = np.empty(both.size, dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
+
+
 def check_targets(info: ChipInfo, cells: npt.ArrayLike, target_us: npt.ArrayLike
                   ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
     """Cells and targets as program-and-verify takes them, or ConfigError naming the first
@@ -333,8 +346,6 @@ def program_and_verify(
     converged = np.zeros(n, dtype=np.bool_)
     last_pulse = np.full(n, np.nan, dtype=np.float64)
     zero = target == 0
-    need_reset = np.ones(n, dtype=np.bool_)  # everything starts from RESET
-    need_set = ~zero
     n_set = np.zeros(n, dtype=np.uint32)
     n_reset = np.zeros(n, dtype=np.uint32)
     calls = 0
@@ -342,16 +353,18 @@ def program_and_verify(
     trace_amp: list[npt.NDArray[np.float32]] = []
     interrupted = False
 
-    def report(iteration: int) -> None:
+    # The loop works on index arrays of the cells still in it (ascending, as the driver
+    # receives them), never on whole-array masks: late iterations touch a few % of cells.
+    rs = np.arange(n, dtype=np.intp)  # iteration 0: RESET everything and verify
+    ss = np.zeros(0, dtype=np.intp)
+    n_converged = 0
+
+    def report(iteration: int, n_active: int) -> None:
         if progress is not None:
-            progress(ProgramProgress(iteration, cfg.max_iterations, int(converged.sum()), n,
-                                     int((need_set | need_reset).sum())))
+            progress(ProgramProgress(iteration, cfg.max_iterations, n_converged, n, n_active))
 
     with deferred_sigint(stop):
         for it in range(0, cfg.max_iterations + 1):
-            # iteration 0 is the initial RESET of everything and its verify
-            pulsed = np.zeros(n, dtype=np.bool_)
-            rs = np.flatnonzero(need_reset)
             if rs.size:
                 driver.apply_pulses(cells_arr[rs], PulseKind.RESET, cfg.reset_amplitude_ua,
                                     cfg.reset_width_ns)
@@ -360,11 +373,9 @@ def program_and_verify(
                 if pulses is not None:
                     pulses(n_set, n_reset)
                 last_pulse[rs] = driver.clock.now()
-                pulsed[rs] = True
                 if stop.requested:
                     interrupted = True
                     break
-            ss = np.flatnonzero(need_set) if it > 0 else np.zeros(0, dtype=np.intp)
             if ss.size:
                 driver.apply_pulses(cells_arr[ss], PulseKind.SET, amp[ss], cfg.set_width_ns)
                 calls += 1
@@ -372,11 +383,10 @@ def program_and_verify(
                 if pulses is not None:
                     pulses(n_set, n_reset)
                 last_pulse[ss] = driver.clock.now()
-                pulsed[ss] = True
                 if stop.requested:
                     interrupted = True
                     break
-            touched = np.flatnonzero(pulsed)
+            touched = _sorted_union(rs, ss)
             if touched.size == 0:
                 break
             g_read = np.asarray(driver.read(cells_arr[touched]), dtype=np.float32)  # as g holds
@@ -389,11 +399,10 @@ def program_and_verify(
             tol_touched, zero_touched = tol[touched], zero[touched]
             ok = np.abs(err) <= tol_touched
             converged[touched[ok]] = True
-            need_reset[touched] = False
-            need_set[touched[ok]] = False
+            n_converged += int(np.count_nonzero(ok))
+            # every cell that still needs a pulse was touched: its next step is decided here
             # zero targets that still read high: RESET again
-            bad_zero = touched[~ok & zero_touched]
-            need_reset[bad_zero] = True
+            reset_next = ~ok & zero_touched
             # SET cells: feedback on the error; overshoot handled by policy
             live = ~ok & ~zero_touched
             over = live & (err < -tol_touched)
@@ -402,21 +411,23 @@ def program_and_verify(
             amp[idx_under] = np.clip(amp[idx_under] + gain[idx_under] * err[under],
                                      cfg.min_set_ua, max_set)
             idx_over = touched[over]
+            set_next = live
             if cfg.overshoot is OvershootPolicy.RESET:
-                need_reset[idx_over] = True
+                reset_next |= over
                 lowered = amp[idx_over] + gain[idx_over] * err[over] - cfg.overshoot_backoff_ua
                 amp[idx_over] = np.clip(lowered, cfg.min_set_ua, max_set)
                 gain[idx_over] *= cfg.overshoot_gain_factor
             else:
-                need_set[idx_over] = False
+                set_next = under
+            rs, ss = touched[reset_next], touched[set_next]
             if it > 0 and cfg.record_traces:
                 trace_g.append(g.copy())
                 trace_amp.append(amp.copy())
-            report(it)
+            report(it, int(np.count_nonzero(reset_next | set_next)))
             if stop.requested:
                 interrupted = True
                 break
-            if it == cfg.max_iterations or not (need_set.any() or need_reset.any()):
+            if it == cfg.max_iterations or not (rs.size or ss.size):
                 break
     traces = {}
     if cfg.record_traces and trace_g:
