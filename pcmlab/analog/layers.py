@@ -68,6 +68,7 @@ class AnalogMatrix(nn.Module):
         self.gdc = 1.0  # global drift compensation factor
         self.recorded: dict[str, list[torch.Tensor]] = {"x": [], "y": []}
         self.x_min = math.inf
+        self._range_cache: dict[str, tuple[tuple[float, ...], float]] = {}
 
     # -- what the kinds define -------------------------------------------------------------
     @property
@@ -117,13 +118,30 @@ class AnalogMatrix(nn.Module):
                 w = w + noise.detach()  # straight through: d(w + n)/dw = 1
         return w
 
-    def _convert(self, v: torch.Tensor, hi: torch.Tensor, bits: int, signed: bool,
+    def _convert(self, v: torch.Tensor, which: str, bits: int, signed: bool,
                  inplace: bool = False) -> torch.Tensor:
+        """DAC (``which`` "in") or ADC ("out") conversion of ``v`` over the layer's range."""
         st = self.state
         if st.learn_ranges and self.training:
+            hi = self.input_range() if which == "in" else self.output_range()
             return quantize_learned(v, hi, bits, signed=signed, keep=st.quant_noise)
-        h = float(hi.detach())
+        h = self._range_value(which)
         return quantize(v, -h if signed else 0.0, h, bits, inplace=inplace)
+
+    def _range_value(self, which: str) -> float:
+        """``input_range()`` or ``output_range()`` as a float, computed again only when a
+        parameter it depends on holds another value. The key is the values themselves (a
+        scalar read is cheap; the ops on 0-d tensors are not): a write through ``.data``
+        moves no version counter, so nothing less would see every change. A forward
+        without autograd would otherwise spend a tenth of a small layer's time here."""
+        deps = (self.log_in,) if which == "in" else (self.log_out, self.state.log_gain)
+        key = tuple(float(t.detach()) for t in deps)
+        cached = self._range_cache.get(which)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = float((self.input_range() if which == "in" else self.output_range()).detach())
+        self._range_cache[which] = (key, value)
+        return value
 
     def _record(self, name: str, v: torch.Tensor) -> None:
         flat = v.detach().flatten()
@@ -147,7 +165,7 @@ class AnalogMatrix(nn.Module):
         if st.recording:
             self._record("x", x)
         if quantized and p.dac_bits is not None:
-            x = self._convert(x, self.input_range(), p.dac_bits, self.input_signed)
+            x = self._convert(x, "in", p.dac_bits, self.input_signed)
         y = self.mac(x, self.crossbar_weight())
         # the MAC's output is this layer's own: without autograd (and when nothing keeps a
         # view of it) the ADC, the drift compensation and the bias overwrite it, with the
@@ -156,7 +174,7 @@ class AnalogMatrix(nn.Module):
         if st.recording:
             self._record("y", y)
         if quantized and p.adc_bits is not None:
-            y = self._convert(y, self.output_range(), p.adc_bits, True, inplace)
+            y = self._convert(y, "out", p.adc_bits, True, inplace)
         if self.gdc != 1.0:
             y = y.mul_(self.gdc) if inplace else y * self.gdc
         return self.add_bias(y, inplace)

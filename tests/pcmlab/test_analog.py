@@ -212,3 +212,39 @@ def test_chip_mode_im2col_is_the_convolution(conv) -> None:
     got = backend._chip_mac(layer, x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_range_or_gain_changed_after_a_forward_is_the_one_used() -> None:
+    """The layers keep their DAC/ADC ranges as floats between forwards: every way of
+    changing a range (set_ranges, an in-place write as an optimizer makes, another
+    parameter, the shared gain) must reach the next forward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    x = torch.randn(256, 16)
+    net = convert_to_analog(model, Periphery(adc_bits=4, dac_bits=4)).eval()
+    layer = next(m for m in net.modules() if hasattr(m, "set_ranges"))
+    layer.set_ranges(-1.0, 1.0, 2.0)
+
+    def fresh() -> torch.Tensor:
+        """The same layer with no cached range: what the forward must give."""
+        layer._range_cache.clear()
+        with torch.no_grad():
+            return net(x)
+
+    with torch.no_grad():
+        first = net(x)
+    torch.testing.assert_close(first, fresh(), rtol=0, atol=0)
+    changes = {
+        "set_ranges": lambda: layer.set_ranges(-3.0, 3.0, 0.5),
+        "in-place write": lambda: layer.log_in.data.add_(0.7),
+        "new parameter": lambda: setattr(layer, "log_out",
+                                         nn.Parameter(torch.tensor(1.3), requires_grad=False)),
+        "gain in place": lambda: layer.state.log_gain.data.sub_(0.9),
+    }
+    for label, change in changes.items():
+        with torch.no_grad():
+            before = net(x)
+            change()
+            after = net(x)
+        assert not torch.equal(before, after), label
+        torch.testing.assert_close(after, fresh(), rtol=0, atol=0, msg=label)
