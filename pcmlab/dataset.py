@@ -52,10 +52,14 @@ def open_run(path: str | Path) -> xr.Dataset:
     open until ``ds.close()`` (or the end of a ``with pcmlab.open_run(path) as ds:``
     block); ``ds.load()`` reads the conductances into memory. ``path`` may also be a run
     id from the catalog (or a unique prefix of one)."""
-    from pcmlab.catalog.history import run_path
     from pcmlab.store import RunReader
 
-    run = RunReader(run_path(path))
+    file = Path(path)
+    if not file.exists():  # a run id, perhaps: only then the catalog (and its SQL layer)
+        from pcmlab.catalog.history import run_path
+
+        file = run_path(path)
+    run = RunReader(file)
     try:
         ds = run_dataset(run)
     except BaseException:

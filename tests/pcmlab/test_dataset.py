@@ -107,3 +107,24 @@ def test_open_run_reads_no_conductance_until_asked(tmp_path: Path) -> None:
                                           f["readouts/conductance_us"][...])
     with pytest.raises(Exception):  # noqa: B017  (closed: h5py's own error)
         ds.conductance_us.values  # noqa: B018
+
+
+def test_opening_a_run_file_loads_no_catalog(tmp_path: Path) -> None:
+    """open_run of a file path and the per-level analyses leave the catalog (and its SQL
+    layer, 0.3-0.4 s of imports) unloaded: only a run id needs it. In a fresh process, as
+    a notebook opens its first run."""
+    path = tmp_path / "run.h5"
+    make_run(path, rows=3)
+    code = textwrap.dedent(f"""
+        import sys
+        import pcmlab
+        with pcmlab.open_run({str(path)!r}) as ds:
+            ds.conductance_us.values
+            pcmlab.level_convergence(ds)
+        loaded = sorted(m for m in sys.modules
+                        if m.startswith(("sqlalchemy", "pcmlab.catalog")))
+        print(loaded)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2])
+    assert out.stdout.strip() == "[]", out.stdout
