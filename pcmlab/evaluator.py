@@ -303,9 +303,14 @@ class AnalogEvaluator:
         out, off = [], 0
         for lm in mapping.layers:
             m = lm.n_weights
-            w = (g[off:off + m] - g[off + m:off + 2 * m]) * (lm.w_max / mapping.g_max_us)
-            out.append(w.view(lm.groups, lm.in_dim, lm.out_dim).transpose(1, 2)
-                       .reshape(lm.weight_shape))
+            shape = (lm.groups, lm.in_dim, lm.out_dim)
+            # the difference written straight into the layer's layout (groups, out, in):
+            # one pass and one tensor instead of three, the same arithmetic per element
+            w = torch.empty(lm.weight_shape, dtype=g.dtype, device=g.device)
+            torch.sub(g[off:off + m].view(shape).transpose(1, 2),
+                      g[off + m:off + 2 * m].view(shape).transpose(1, 2),
+                      out=w.view(lm.groups, lm.out_dim, lm.in_dim))
+            out.append(w.mul_(lm.w_max / mapping.g_max_us))
             off += 2 * m
         return out
 
@@ -317,11 +322,12 @@ class AnalogEvaluator:
         response of an all-ones input on every device; "column_sum" the |column
         responses| to an all-ones input through the differential pairs."""
         out, off = [], 0
+        g_double = g.double() if self.gdc_estimator == "device_sum" else g
         for lm in mapping.layers:
             m = lm.n_weights
             if self.gdc_estimator == "device_sum":
                 # an all-ones input on every device: the sum of all column currents
-                out.append(np.array([float(g[off:off + 2 * m].double().sum())]))
+                out.append(np.array([float(g_double[off:off + 2 * m].sum())]))
             else:
                 # an all-ones input, signed: one response per column of every group
                 diff = (g[off:off + m] - g[off + m:off + 2 * m]).double()
@@ -374,6 +380,8 @@ class AnalogEvaluator:
             if not offset.any():
                 offset = None
 
+        buffers = {k: torch.empty_like(q_read) for k in ("g", "z", "gq")}
+
         def read(g_prog: torch.Tensor, nu: torch.Tensor, q: torch.Tensor, t: float
                  ) -> torch.Tensor:
             """pcm.drift and pcm.read_noise_sigma_us at one time t (each device's own
@@ -388,13 +396,19 @@ class AnalogEvaluator:
                     -np.log(np.maximum(age, t0) / t0).astype(np.float32)).to(dev)
                 c = torch.from_numpy(np.sqrt(np.maximum(pcm.read_noise_log_factor(age), 0.0))
                                      .astype(np.float32)).to(dev)
-            g = torch.exp(nu * log_drift).mul_(g_prog) if noise.drift else g_prog.clone()
+            # into buffers of the simulation (what a read returns is used before the next)
+            if not noise.drift or (offset is None and log_drift == 0.0):
+                # at t0 and before, exp(nu * -0.0) is 1 exactly: G(t) is G_prog
+                g = buffers["g"].copy_(g_prog)
+            else:
+                g = torch.mul(nu, log_drift, out=buffers["g"]).exp_().mul_(g_prog)
             if noise.read:
-                z = torch.randn(g.shape, generator=gen, device=dev)
+                z = buffers["z"].normal_(generator=gen)  # torch.randn's draw
+                gq = torch.mul(g, q, out=buffers["gq"])
                 if offset is None:
-                    g.addcmul_(g * q, z, value=float(c))
+                    g.addcmul_(gq, z, value=float(c))
                 else:
-                    g.addcmul_(g * q, z * c)
+                    g.addcmul_(gq, z.mul_(c))
                 g.clamp_(min=0.0)
             return g
 
@@ -405,26 +419,39 @@ class AnalogEvaluator:
         # targets, and per run only for the devices a fault left elsewhere (the same values
         # as the whole arrays computed anew, bit for bit)
         nu_mean, nu_std = pcm.drift_nu_mean(g_t), pcm.drift_nu_std(g_t)
+        sigma_prog = pcm.prog_noise_sigma_us(g_t) if noise.programming else None
         with torch.no_grad():
             for run in range(n_runs):
-                g_prog = pcm.program(g_t, rng) if noise.programming else g_t.copy()
-                g_state, q = g_t, q_read
-                mu, sd = nu_mean, nu_std
+                g_prog = (pcm.program(g_t, rng, sigma_us=sigma_prog) if noise.programming
+                          else g_t.copy())
+                q, moved = q_read, None
                 if faults:
                     g_prog, g_state = program_with_faults(pcm, g_t, g_prog, plus, minus, rng,
                                                           verify_tolerance,
-                                                          noisy=noise.programming)
+                                                          noisy=noise.programming,
+                                                          copy=False)
                     moved = np.flatnonzero(g_state != g_t)
                     if moved.size:
                         g_moved = g_state[moved]
                         q = q_read.clone()
                         q[torch.from_numpy(moved).to(dev)] = tensor(pcm.read_noise_q(g_moved))
-                        mu, sd = nu_mean.copy(), nu_std.copy()
-                        mu[moved] = pcm.drift_nu_mean(g_moved)
-                        sd[moved] = pcm.drift_nu_std(g_moved)
-                # pcm.sample_nu(g_state, rng), its draw and arithmetic
-                nu = tensor(np.abs(mu + sd * rng.standard_normal(mu.shape, dtype=mu.dtype))
-                            if noise.drift else np.zeros_like(g_t))
+                    else:
+                        moved = None
+                if noise.drift:
+                    # pcm.sample_nu(g_state, rng), its draw and arithmetic, in place in the
+                    # draw: |mu + sd z| with the targets' statistics, then the devices a
+                    # fault moved with their own
+                    z = rng.standard_normal(nu_mean.shape, dtype=nu_mean.dtype)
+                    z_moved = None if moved is None else z[moved]
+                    z *= nu_std
+                    z += nu_mean
+                    np.abs(z, out=z)
+                    if moved is not None:
+                        z[moved] = np.abs(pcm.drift_nu_mean(g_moved)
+                                          + pcm.drift_nu_std(g_moved) * z_moved)
+                    nu = tensor(z)
+                else:
+                    nu = tensor(np.zeros_like(g_t))
                 g_prog_t = tensor(g_prog)
                 reference = None
                 if noise.drift_compensation:
@@ -486,6 +513,7 @@ def program_with_faults(
     pcm: PCMModel, g_target_us: npt.NDArray[np.float64], g_prog_us: npt.NDArray[np.float64],
     plus: npt.NDArray[np.intp], minus: npt.NDArray[np.intp], rng: np.random.Generator,
     verify_tolerance: tuple[float, float] = (0.5, 0.04), *, noisy: bool = True,
+    copy: bool = True,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """The programmed state of a chip with the calibration's faulty devices, after the pair
     compensation of ``protocols.program_verify.program_pairs``: (G_prog, the state each
@@ -494,10 +522,11 @@ def program_with_faults(
     Stuck devices keep their conductance; a weak device reaches no more than its ceiling. A
     faulty device outside the verify window is taken as stuck, and its partner (when good)
     is programmed so that the pair's difference is the intended one (capped at G_max; a
-    negative partner target leaves the partner as it was)."""
+    negative partner target leaves the partner as it was). ``copy=False``: G_prog is
+    written into ``g_prog_us`` (a caller that needs it no more saves a copy)."""
     g_max = pcm.calibration.g_max_us
     kind, g_fault = pcm.sample_faults(g_target_us.size, rng)
-    g = g_prog_us.copy()
+    g = g_prog_us.copy() if copy else g_prog_us
     state = g_target_us.copy()
     # the arithmetic on the faulty devices and the pairs with one failed device only (the
     # same values as over whole arrays: a few percent of the work)

@@ -121,11 +121,20 @@ class PCMModel:
         g = np.asarray(g_target_us, dtype=np.float64) / self.calibration.g_max_us
         return np.maximum(c0 + c1 * g + c2 * g * g, 0.0)
 
-    def program(self, g_target_us: ArrayLike, rng: np.random.Generator) -> FloatArray:
-        """Programmed conductances: target plus programming noise, never negative."""
+    def program(self, g_target_us: ArrayLike, rng: np.random.Generator, *,
+                sigma_us: FloatArray | None = None) -> FloatArray:
+        """Programmed conductances: target plus programming noise, never negative.
+        ``sigma_us``: ``prog_noise_sigma_us(g_target_us)`` when the caller has it already
+        (a Monte Carlo programs the same targets once per run)."""
         g_t = np.asarray(g_target_us, dtype=np.float64)
-        g = g_t + self.prog_noise_sigma_us(g_t) * rng.standard_normal(g_t.shape)
-        return np.maximum(g, 0.0)
+        sigma = self.prog_noise_sigma_us(g_t) if sigma_us is None else sigma_us
+        # g_t + sigma * z, in place in the draw (the same arithmetic: * and + commute)
+        g = rng.standard_normal(g_t.shape)
+        if not isinstance(g, np.ndarray):  # a scalar target
+            return np.maximum(g_t + sigma * g, 0.0)
+        g *= sigma
+        g += g_t
+        return np.maximum(g, 0.0, out=g)
 
     # -- faulty devices --------------------------------------------------------------------
     def sample_faults(self, n: int, rng: np.random.Generator
